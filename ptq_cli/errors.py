@@ -1,0 +1,33 @@
+"""The errors ptq raises. Each message names the thing that went wrong and what to do next.
+
+The CLI maps them to exit codes: a usage error exits 2, every other failure exits 3
+(exit 1 is reserved for `ptq compare` thresholds that were missed).
+"""
+
+
+class PtqError(Exception):
+    """Base of every error ptq reports to the user as one line."""
+
+    exit_code = 3
+
+
+class UsageError(PtqError):
+    """The command line or the API call asks for something inconsistent."""
+
+    exit_code = 2
+
+
+class OutputExistsError(UsageError):
+    """The output path exists and --force was not given."""
+
+
+class ModelError(PtqError):
+    """The model cannot be read, is invalid, or uses something ptq cannot handle."""
+
+
+class DataError(PtqError):
+    """The calibration/evaluation data is missing, malformed, or does not match the model."""
+
+
+class CalibrationError(PtqError):
+    """Calibration failed (NaN/Inf in an activation, a table for another model, ...)."""

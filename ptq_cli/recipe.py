@@ -1,0 +1,225 @@
+"""The typed recipe: everything that decides how a model is quantized, as frozen data.
+
+A Recipe round-trips through JSON (`to_dict` / `from_dict`); unknown keys and bad values are
+refused with a message that says what is allowed, never silently ignored.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field, fields, replace
+from typing import Any
+
+from ptq_cli.errors import UsageError
+
+
+class QType(enum.Enum):
+    """An integer type a tensor is quantized to, with its range."""
+
+    UINT8 = "uint8"
+    INT8 = "int8"
+    UINT16 = "uint16"
+    INT16 = "int16"
+    UINT4 = "uint4"
+    INT4 = "int4"
+
+    @property
+    def bits(self) -> int:
+        return int("".join(c for c in self.value if c.isdigit()))
+
+    @property
+    def signed(self) -> bool:
+        return not self.value.startswith("u")
+
+    @property
+    def qmin(self) -> int:
+        return -(1 << (self.bits - 1)) if self.signed else 0
+
+    @property
+    def qmax(self) -> int:
+        return (1 << (self.bits - 1)) - 1 if self.signed else (1 << self.bits) - 1
+
+    @property
+    def onnx_type(self) -> int:
+        import onnx
+
+        return {
+            QType.UINT8: onnx.TensorProto.UINT8,
+            QType.INT8: onnx.TensorProto.INT8,
+            QType.UINT16: onnx.TensorProto.UINT16,
+            QType.INT16: onnx.TensorProto.INT16,
+            QType.UINT4: onnx.TensorProto.UINT4,
+            QType.INT4: onnx.TensorProto.INT4,
+        }[self]
+
+    @property
+    def numpy_type(self):
+        import numpy as np
+
+        # 4-bit values are held in int8/uint8 arrays; onnx packs them when the tensor is made.
+        return {
+            QType.UINT8: np.uint8,
+            QType.INT8: np.int8,
+            QType.UINT16: np.uint16,
+            QType.INT16: np.int16,
+            QType.UINT4: np.uint8,
+            QType.INT4: np.int8,
+        }[self]
+
+
+class Format(enum.Enum):
+    """How the quantized graph is written."""
+
+    QDQ = "qdq"  # QuantizeLinear/DequantizeLinear around float ops; onnxruntime fuses them
+    QOPERATOR = "qoperator"  # QLinearConv, QLinearMatMul, ... integer operators
+
+
+class CalibMethod(enum.Enum):
+    """How an activation's float range is chosen from calibration statistics."""
+
+    MINMAX = "minmax"
+    ENTROPY = "entropy"
+    PERCENTILE = "percentile"
+    MSE = "mse"
+
+
+@dataclass(frozen=True)
+class PerTensor:
+    """One scale and zero-point for the whole tensor."""
+
+
+@dataclass(frozen=True)
+class PerChannel:
+    """One scale and zero-point per slice along an axis; None means the op's output-channel axis."""
+
+    axis: int | None = None
+
+
+Granularity = PerTensor | PerChannel
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """How one class of tensors (weights or activations) is quantized."""
+
+    dtype: QType = QType.INT8
+    symmetric: bool = True
+    granularity: Granularity = PerChannel()
+    reduce_range: bool = False  # 7-bit range, for CPUs without VNNI (avoids int16 saturation)
+    power_of_two: bool = False  # scale = 2**k, for integer-only hardware
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.dtype, QType):
+            raise UsageError(f"dtype must be one of {[q.value for q in QType]}, got {self.dtype!r}")
+        if not isinstance(self.granularity, (PerTensor, PerChannel)):
+            raise UsageError(f"granularity must be PerTensor() or PerChannel(axis), got {self.granularity!r}")
+
+
+@dataclass(frozen=True)
+class CalibrationSpec:
+    """How activation ranges are measured."""
+
+    method: CalibMethod = CalibMethod.MINMAX
+    percentile: float = 99.999
+    bins: int = 2048
+    moving_average: float | None = None  # EMA constant for min/max, e.g. 0.01; None = absolute min/max
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.method, CalibMethod):
+            raise UsageError(f"method must be one of {[m.value for m in CalibMethod]}, got {self.method!r}")
+        if not 0.0 < self.percentile <= 100.0:
+            raise UsageError(f"percentile must be in (0, 100], got {self.percentile}")
+        if self.bins < 16:
+            raise UsageError(f"bins must be at least 16, got {self.bins}")
+        if self.moving_average is not None and not 0.0 < self.moving_average <= 1.0:
+            raise UsageError(f"moving_average must be in (0, 1], got {self.moving_average}")
+
+
+DEFAULT_WEIGHTS = TensorSpec(dtype=QType.INT8, symmetric=True, granularity=PerChannel())
+DEFAULT_ACTIVATIONS = TensorSpec(dtype=QType.UINT8, symmetric=False, granularity=PerTensor())
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """Everything that decides the quantized model, apart from the model and the data."""
+
+    weights: TensorSpec = DEFAULT_WEIGHTS
+    activations: TensorSpec = DEFAULT_ACTIVATIONS
+    format: Format = Format.QDQ
+    dynamic: bool = False
+    exclude: tuple[str, ...] = ()  # node names or op types left in float
+    calibration: CalibrationSpec = field(default_factory=CalibrationSpec)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.format, Format):
+            raise UsageError(f"format must be one of {[f.value for f in Format]}, got {self.format!r}")
+        if isinstance(self.activations.granularity, PerChannel):
+            raise UsageError("activations can only be quantized per tensor")
+        object.__setattr__(self, "exclude", tuple(self.exclude))
+
+    def with_(self, **changes: Any) -> "Recipe":
+        return replace(self, **changes)
+
+    def excludes(self, node_name: str, op_type: str) -> bool:
+        return node_name in self.exclude or op_type in self.exclude
+
+    # --- JSON round trip -------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return _to_plain(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "Recipe":
+        return _from_plain(cls, data, "recipe")
+
+
+def _to_plain(value: Any) -> Any:
+    if isinstance(value, enum.Enum):
+        return value.value
+    if isinstance(value, PerTensor):
+        return {"kind": "per_tensor"}
+    if isinstance(value, PerChannel):
+        return {"kind": "per_channel", "axis": value.axis}
+    if hasattr(value, "__dataclass_fields__"):
+        return {f.name: _to_plain(getattr(value, f.name)) for f in fields(value)}
+    if isinstance(value, tuple):
+        return [_to_plain(v) for v in value]
+    return value
+
+
+_NESTED = {"weights": TensorSpec, "activations": TensorSpec, "calibration": CalibrationSpec}
+_ENUMS = {"dtype": QType, "format": Format, "method": CalibMethod}
+
+
+def _from_plain(cls: type, data: dict[str, Any], where: str) -> Any:
+    if not isinstance(data, dict):
+        raise UsageError(f"{where} must be an object, got {type(data).__name__}")
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise UsageError(f"unknown key(s) {unknown} in {where}; allowed: {sorted(known)}")
+    kwargs: dict[str, Any] = {}
+    for key, raw in data.items():
+        if key in _NESTED:
+            kwargs[key] = _from_plain(_NESTED[key], raw, f"{where}.{key}")
+        elif key in _ENUMS:
+            try:
+                kwargs[key] = _ENUMS[key](raw)
+            except ValueError:
+                allowed = [e.value for e in _ENUMS[key]]
+                raise UsageError(f"{where}.{key} must be one of {allowed}, got {raw!r}") from None
+        elif key == "granularity":
+            kwargs[key] = _granularity(raw, f"{where}.{key}")
+        elif key == "exclude":
+            kwargs[key] = tuple(raw)
+        else:
+            kwargs[key] = raw
+    return cls(**kwargs)
+
+
+def _granularity(raw: Any, where: str) -> Granularity:
+    kind = raw.get("kind") if isinstance(raw, dict) else None
+    if kind == "per_tensor" and set(raw) == {"kind"}:
+        return PerTensor()
+    if kind == "per_channel" and set(raw) <= {"kind", "axis"}:
+        return PerChannel(axis=raw.get("axis"))
+    raise UsageError(f'{where} must be {{"kind": "per_tensor"}} or {{"kind": "per_channel", "axis": N}}, got {raw!r}')
