@@ -1,0 +1,114 @@
+"""Passes that put an FP32 model in the shape the quantizer expects. Each takes a model and
+returns a new one; the caller's model is never modified.
+
+- Constant nodes become initializers (weights stored in Constant nodes count as weights);
+- the opset is raised to one with per-axis QuantizeLinear/DequantizeLinear (13), or 21 for
+  4- and 16-bit types: writing `axis` into an older opset gives a model onnxruntime refuses;
+- BatchNormalization after a Conv is folded into the Conv's weights and bias;
+- shapes and types are inferred so that passes know which tensors are float.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper, version_converter
+
+from ptq_cli.errors import ModelError
+from ptq_cli.model.graph import GraphIndex, attribute, drop_unused_initializers, ensure_node_names
+from ptq_cli.model.io import opset_version
+
+log = logging.getLogger(__name__)
+
+QDQ_PER_AXIS_OPSET = 13
+QDQ_4_16_BIT_OPSET = 21
+
+
+def prepare(model: onnx.ModelProto, *, min_opset: int = QDQ_PER_AXIS_OPSET) -> onnx.ModelProto:
+    """Copy, normalise and shape-infer `model` for quantization."""
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    constants_to_initializers(out)
+    out = upgrade_opset(out, min_opset)
+    fold_batch_norm(out)
+    ensure_node_names(out.graph)
+    return infer_shapes(out)
+
+
+def constants_to_initializers(model: onnx.ModelProto) -> None:
+    graph = model.graph
+    kept = []
+    for node in graph.node:
+        value = attribute(node, "value") if node.op_type == "Constant" and node.domain in ("", "ai.onnx") else None
+        if value is not None and len(node.output) == 1:
+            tensor = onnx.TensorProto()
+            tensor.CopyFrom(value)
+            tensor.name = node.output[0]
+            graph.initializer.append(tensor)
+        else:
+            kept.append(node)
+    if len(kept) != len(graph.node):
+        del graph.node[:]
+        graph.node.extend(kept)
+
+
+def upgrade_opset(model: onnx.ModelProto, min_opset: int) -> onnx.ModelProto:
+    current = opset_version(model)
+    if current >= min_opset:
+        return model
+    try:
+        upgraded = version_converter.convert_version(model, min_opset)
+    except Exception as exc:
+        raise ModelError(f"the model is at opset {current}; per-channel QDQ needs opset {min_opset}, "
+                         f"and onnx's version converter failed ({type(exc).__name__}: {exc}). "
+                         "Try --per-tensor, or upgrade the model with your exporter.") from None
+    upgraded.ir_version = max(upgraded.ir_version, helper.find_min_ir_version_for(
+        [helper.make_opsetid("", min_opset)], ignore_unknown=True))
+    log.info("upgraded opset %d -> %d", current, min_opset)
+    return upgraded
+
+
+def fold_batch_norm(model: onnx.ModelProto) -> int:
+    """Fold BatchNormalization into a preceding Conv whose output only it reads. Returns the count."""
+    graph = model.graph
+    index = GraphIndex(graph)
+    removed: set[int] = set()
+    for bn in graph.node:
+        if bn.op_type != "BatchNormalization" or len([o for o in bn.output if o]) != 1:
+            continue
+        conv = index.producer.get(bn.input[0])
+        if conv is None or conv.op_type != "Conv" or index.single_consumer(conv.output[0]) is not bn:
+            continue
+        params = [index.constant(name) for name in list(bn.input[1:5]) + list(conv.input[1:2])]
+        if any(p is None for p in params):
+            continue
+        gamma, beta, mean, var, weight = params
+        bias = index.constant(conv.input[2]) if len(conv.input) > 2 and conv.input[2] else np.zeros_like(mean)
+        if bias is None:
+            continue
+        factor = gamma / np.sqrt(var + attribute(bn, "epsilon", 1e-5))
+        new_w = (weight * factor.reshape(-1, *([1] * (weight.ndim - 1)))).astype(np.float32)
+        new_b = ((bias - mean) * factor + beta).astype(np.float32)
+        w_name, b_name = f"{conv.name or conv.output[0]}_bn_folded_W", f"{conv.name or conv.output[0]}_bn_folded_B"
+        graph.initializer.extend([numpy_helper.from_array(new_w, w_name), numpy_helper.from_array(new_b, b_name)])
+        del conv.input[1:]
+        conv.input.extend([w_name, b_name])
+        conv.output[0] = bn.output[0]
+        removed.add(id(bn))
+    if removed:
+        kept = [n for n in graph.node if id(n) not in removed]
+        del graph.node[:]
+        graph.node.extend(kept)
+        drop_unused_initializers(graph)
+    return len(removed)
+
+
+def infer_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
+    try:
+        if model.ByteSize() < 2**31 - 1:
+            return onnx.shape_inference.infer_shapes(model, strict_mode=False, data_prop=True)
+    except Exception as exc:  # inference is best effort: ops without a shape function, ...
+        log.info("shape inference failed (%s); continuing with the types that are known", exc)
+    return model

@@ -1,0 +1,124 @@
+"""What each op family needs quantized: one declarative handler per family, shared by every
+output format (QDQ insertion and the QOperator rewrite read the same table).
+
+The placement follows what onnxruntime's CPU provider fuses into integer kernels:
+- compute ops (Conv, Gemm, MatMul, Add, ...) get DequantizeLinear on every input and
+  QuantizeLinear on the output, which onnxruntime turns into QLinearConv, QGemm, QLinearAdd, ...;
+- a Relu/Clip that alone reads a compute op's output is folded into that op's output range:
+  the QuantizeLinear goes after the Relu/Clip, whose range starts at 0, and onnxruntime drops it
+  (ReluQuantFusion / ClipQuantFusion) so the integer kernel saturates instead;
+- data-movement ops (Reshape, Transpose, MaxPool, ...) reuse their input's scale and
+  zero-point on the output, so onnxruntime can run them on the integer tensor directly.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from typing import Callable
+
+import onnx
+
+from ptq_cli.model.graph import GraphIndex, attribute
+
+
+class OutputRule(enum.Enum):
+    OWN = "own"  # the output is quantized with its own calibrated range
+    PASSTHROUGH = "passthrough"  # the output reuses the input's scale and zero-point
+    UNIT = "unit"  # the output lies in [0, 1] by definition (Softmax, Sigmoid)
+
+
+@dataclass(frozen=True)
+class OpHandler:
+    """How one op family is quantized."""
+
+    activations: tuple[int, ...]  # inputs quantized as activations; () with all_inputs=True = every input
+    output: OutputRule = OutputRule.OWN
+    weight: int | None = None  # input quantized as a weight when it is a constant
+    bias: int | None = None  # input quantized to int32 with S_x * S_w
+    fuses_relu: bool = False  # a following lone Relu/Clip folds into the output range
+    all_inputs: bool = False
+    # The output-channel axis of the weight for per-channel scales (None: per tensor only).
+    weight_axis: Callable[[onnx.NodeProto, int], int | None] = lambda node, ndim: None
+    # Returns why this node cannot be quantized, or None.
+    refuse: Callable[[onnx.NodeProto, GraphIndex], str | None] = lambda node, index: None
+
+
+def _gemm_axis(node: onnx.NodeProto, ndim: int) -> int | None:
+    return 0 if attribute(node, "transB", 0) else 1
+
+
+def _matmul_axis(node: onnx.NodeProto, ndim: int) -> int | None:
+    return ndim - 1 if ndim == 2 else None  # per column of a 2-D B; batched B stays per tensor
+
+
+def _conv_transpose_axis(node: onnx.NodeProto, ndim: int) -> int | None:
+    # Weight is [C_in, C_out / group, k...]: axis 1 is the output channel only without groups.
+    return 1 if attribute(node, "group", 1) == 1 else None
+
+
+def _refuse_pad(node: onnx.NodeProto, index: GraphIndex) -> str | None:
+    if attribute(node, "mode", b"constant") not in (b"constant", "constant"):
+        return None
+    value = index.constant(node.input[2]) if len(node.input) > 2 and node.input[2] else None
+    if value is not None and value.size and float(value.reshape(-1)[0]) != 0.0:
+        return "Pad with a non-zero constant would need that value to be exactly representable"
+    return None
+
+
+def _refuse_maxpool(node: onnx.NodeProto, index: GraphIndex) -> str | None:
+    if len([o for o in node.output if o]) > 1:
+        return "MaxPool with an Indices output has no integer kernel"
+    return None
+
+
+def _refuse_gather(node: onnx.NodeProto, index: GraphIndex) -> str | None:
+    if node.input[0] in index.initializers:
+        return "Gather from a constant table (an embedding) is left in float"
+    return None
+
+
+_CONV = OpHandler((0,), weight=1, bias=2, fuses_relu=True, weight_axis=lambda node, ndim: 0)
+_PASS = OpHandler((0,), OutputRule.PASSTHROUGH)
+
+HANDLERS: dict[str, OpHandler] = {
+    "Conv": _CONV,
+    "ConvTranspose": OpHandler((0,), weight=1, bias=2, fuses_relu=True, weight_axis=_conv_transpose_axis),
+    "Gemm": OpHandler((0,), weight=1, bias=2, fuses_relu=True, weight_axis=_gemm_axis),
+    "MatMul": OpHandler((0, 1), weight=1, fuses_relu=True, weight_axis=_matmul_axis),
+    "Add": OpHandler((0, 1), fuses_relu=True),
+    "Mul": OpHandler((0, 1), fuses_relu=True),
+    "Concat": OpHandler((), all_inputs=True),
+    "AveragePool": OpHandler((0,)),
+    "GlobalAveragePool": OpHandler((0,)),
+    "LeakyRelu": OpHandler((0,)),
+    "Sigmoid": OpHandler((0,), OutputRule.UNIT),
+    "Softmax": OpHandler((0,), OutputRule.UNIT),
+    "MaxPool": OpHandler((0,), OutputRule.PASSTHROUGH, refuse=_refuse_maxpool),
+    "Resize": _PASS,
+    "Pad": OpHandler((0,), OutputRule.PASSTHROUGH, refuse=_refuse_pad),
+    "Reshape": _PASS,
+    "Transpose": _PASS,
+    "Flatten": _PASS,
+    "Squeeze": _PASS,
+    "Unsqueeze": _PASS,
+    "Slice": _PASS,
+    "Split": _PASS,
+    "Gather": OpHandler((0,), OutputRule.PASSTHROUGH, refuse=_refuse_gather),
+    "DepthToSpace": _PASS,
+    "SpaceToDepth": _PASS,
+}
+
+# Activations that onnxruntime folds into the QuantizeLinear after them.
+FUSED_ACTIVATIONS = ("Relu", "Clip")
+
+
+def handler_for(node: onnx.NodeProto) -> OpHandler | None:
+    if node.domain not in ("", "ai.onnx"):
+        return None
+    return HANDLERS.get(node.op_type)
+
+
+def activation_inputs(node: onnx.NodeProto, handler: OpHandler) -> list[int]:
+    indices = range(len(node.input)) if handler.all_inputs else handler.activations
+    return [i for i in indices if i < len(node.input) and node.input[i]]

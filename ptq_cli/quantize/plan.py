@@ -1,0 +1,205 @@
+"""Decide, for a prepared float model, which nodes are quantized and with which parameters.
+
+The plan is independent of the output format: the QDQ pass and the QOperator rewrite both
+consume it. It is built in three steps over the (topologically sorted) graph:
+1. compute nodes (Conv, MatMul, Add, ...) claim their activation inputs and their output
+   (moved past a lone Relu/Clip, which onnxruntime folds into the integer kernel);
+2. data-movement nodes (Reshape, MaxPool, ...) join when their input is already quantized;
+3. every quantized tensor gets its parameters: inherited through data-movement nodes,
+   [0, 1] for Softmax/Sigmoid, its calibrated range otherwise.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx
+
+from ptq_cli.errors import CalibrationError
+from ptq_cli.model.graph import GraphIndex, attribute
+from ptq_cli.quantize.handlers import (FUSED_ACTIVATIONS, OpHandler, OutputRule, activation_inputs,
+                                       handler_for)
+from ptq_cli.quantize.scheme import QParams, compute_qparams, weight_range
+from ptq_cli.recipe import PerChannel, Recipe, TensorSpec
+
+
+@dataclass(frozen=True)
+class SkipReason:
+    """A node left in float, and why."""
+
+    node: str
+    op_type: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class WeightPlan:
+    tensor: str  # the float initializer
+    params: QParams
+
+
+@dataclass(frozen=True)
+class BiasPlan:
+    tensor: str
+    input_tensor: str  # the activation whose scale multiplies the weight's
+    weight: WeightPlan
+
+
+@dataclass
+class QuantPlan:
+    """Everything the emitters need. Keys are node names / tensor names of the prepared model."""
+
+    activations: dict[str, QParams] = field(default_factory=dict)
+    weights: dict[tuple[str, str], WeightPlan] = field(default_factory=dict)  # (node, input) ->
+    biases: dict[str, BiasPlan] = field(default_factory=dict)  # node -> bias
+    quantized: list[str] = field(default_factory=list)  # nodes that run in integer
+    fused: dict[str, str] = field(default_factory=dict)  # Relu/Clip node -> producer node
+    skipped: list[SkipReason] = field(default_factory=list)
+
+
+def make_plan(model: onnx.ModelProto, recipe: Recipe, ranges: Mapping[str, tuple[float, float]]) -> QuantPlan:
+    index = GraphIndex(model.graph)
+    plan = QuantPlan()
+    claimed = _claim_compute_nodes(model.graph, index, recipe, ranges, plan)
+    passthrough = _claim_passthrough_nodes(model.graph, index, recipe, claimed, plan)
+    _assign_activation_params(model.graph, index, recipe, ranges, claimed, passthrough, plan)
+    _plan_weights(model.graph, index, recipe, plan)
+    order = {n.name: i for i, n in enumerate(model.graph.node)}
+    plan.quantized.sort(key=order.__getitem__)
+    plan.skipped.sort(key=lambda s: order[s.node])
+    return plan
+
+
+def _skip_reason(node: onnx.NodeProto, handler: OpHandler | None, index: GraphIndex, recipe: Recipe) -> str | None:
+    if recipe.excludes(node.name, node.op_type):
+        return "excluded by --exclude"
+    if not any(index.is_float(name) for name in node.input if name):
+        return "no float input: integer or shape arithmetic"
+    if handler is None:
+        return f"onnxruntime has no integer kernel for {node.op_type}; it runs in float"
+    return handler.refuse(node, index)
+
+
+def _claim_compute_nodes(graph, index, recipe, ranges, plan) -> set[str]:
+    """Step 1: compute nodes claim their inputs and output. Returns the claimed tensor names."""
+    claimed: set[str] = set()
+    for node in graph.node:
+        handler = handler_for(node)
+        if node.op_type in FUSED_ACTIVATIONS or (handler and handler.output is OutputRule.PASSTHROUGH):
+            continue
+        reason = _skip_reason(node, handler, index, recipe)
+        inputs = [node.input[i] for i in activation_inputs(node, handler)] if handler else []
+        weight = node.input[handler.weight] if handler and handler.weight is not None and \
+            handler.weight < len(node.input) and node.input[handler.weight] in index.initializers else None
+        activations = [t for t in inputs if t != weight and t not in index.initializers]
+        if reason is None:
+            missing = [t for t in activations + [node.output[0]] if t not in ranges]
+            if handler.output is OutputRule.UNIT and node.output[0] in missing:
+                missing.remove(node.output[0])
+            if missing:
+                reason = f"no calibration range for {missing[0]!r}"
+        if reason is not None:
+            plan.skipped.append(SkipReason(node.name, node.op_type, reason))
+            continue
+        out = node.output[0]
+        follower = index.single_consumer(out) if handler.fuses_relu else None
+        if follower is not None and follower.op_type in FUSED_ACTIVATIONS and \
+                not recipe.excludes(follower.name, follower.op_type) and follower.output[0] in ranges:
+            plan.fused[follower.name] = node.name
+            out = follower.output[0]
+        claimed.update(activations)
+        claimed.add(out)
+        plan.quantized.append(node.name)
+    for node in graph.node:
+        if node.op_type in FUSED_ACTIVATIONS and node.name not in plan.fused:
+            reason = _skip_reason(node, None, index, recipe)
+            if reason is None or reason.startswith("onnxruntime has no"):
+                reason = f"{node.op_type} only folds into a quantized producer (Conv, Gemm, MatMul, Add, ...)"
+            plan.skipped.append(SkipReason(node.name, node.op_type, reason))
+    return claimed
+
+
+def _claim_passthrough_nodes(graph, index, recipe, claimed, plan) -> set[str]:
+    """Step 2: data-movement nodes whose input is quantized. Returns their quantized outputs."""
+    outputs: set[str] = set()
+    for node in graph.node:
+        handler = handler_for(node)
+        if handler is None or handler.output is not OutputRule.PASSTHROUGH:
+            continue
+        reason = _skip_reason(node, handler, index, recipe)
+        source = node.input[0]
+        if reason is None and source not in claimed and source not in outputs:
+            reason = f"its input {source!r} is float here; data-movement ops only follow quantized data"
+        if reason is not None:
+            plan.skipped.append(SkipReason(node.name, node.op_type, reason))
+            continue
+        outputs.update(o for o in node.output if o)
+        plan.quantized.append(node.name)
+    return outputs
+
+
+def _assign_activation_params(graph, index, recipe, ranges, claimed, passthrough, plan) -> None:
+    """Step 3: parameters for every quantized activation, in graph order."""
+    spec = recipe.activations
+    unit = {n.output[0] for n in graph.node if n.name in plan.quantized
+            and handler_for(n) is not None and handler_for(n).output is OutputRule.UNIT}
+    quantized_inputs = [i.name for i in graph.input if i.name in claimed]
+    for name in quantized_inputs:
+        plan.activations[name] = _activation_params(name, ranges, spec)
+    for node in graph.node:
+        for out in node.output:
+            if out in passthrough:
+                plan.activations[out] = plan.activations[node.input[0]]
+            elif out in unit:
+                plan.activations[out] = _params(0.0, 1.0, spec)
+            elif out in claimed:
+                plan.activations[out] = _activation_params(out, ranges, spec)
+
+
+def _activation_params(name: str, ranges, spec: TensorSpec) -> QParams:
+    lo, hi = ranges[name]
+    if not (np.isfinite(lo) and np.isfinite(hi)):
+        raise CalibrationError(f"calibration range of {name!r} is not finite ({lo}, {hi}): "
+                               "the data produced NaN/Inf there; check the inputs or exclude the node")
+    return _params(lo, hi, spec)
+
+
+def _params(lo, hi, spec: TensorSpec, axis: int | None = None) -> QParams:
+    return compute_qparams(lo, hi, spec.dtype, symmetric=spec.symmetric, reduce_range=spec.reduce_range,
+                           power_of_two=spec.power_of_two, axis=axis)
+
+
+def _plan_weights(graph, index, recipe, plan) -> None:
+    """Weights (and activation inputs that are constants) of the quantized compute nodes."""
+    quantized = set(plan.quantized)
+    for node in graph.node:
+        handler = handler_for(node)
+        if node.name not in quantized or handler is None or handler.output is OutputRule.PASSTHROUGH:
+            continue
+        for i in sorted(set(activation_inputs(node, handler)) | ({handler.weight} - {None})):
+            if i >= len(node.input) or node.input[i] not in index.initializers:
+                continue
+            value = index.constant(node.input[i])
+            is_weight = i == handler.weight
+            spec = recipe.weights if is_weight else recipe.activations
+            axis = None
+            if is_weight and isinstance(spec.granularity, PerChannel):
+                axis = spec.granularity.axis if spec.granularity.axis is not None else handler.weight_axis(node, value.ndim)
+            lo, hi = weight_range(value, axis)
+            plan.weights[(node.name, node.input[i])] = WeightPlan(node.input[i], _params(lo, hi, spec, axis))
+        _plan_bias(node, handler, index, plan)
+
+
+def _plan_bias(node, handler, index, plan) -> None:
+    if handler.bias is None or handler.bias >= len(node.input) or not node.input[handler.bias]:
+        return
+    bias, x, w = node.input[handler.bias], node.input[0], node.input[handler.weight]
+    weight = plan.weights.get((node.name, w))
+    if bias not in index.initializers or weight is None or x not in plan.activations:
+        return
+    if node.op_type == "Gemm" and (attribute(node, "alpha", 1.0) != 1.0 or attribute(node, "beta", 1.0) != 1.0
+                                   or index.constant(bias).ndim != 1):
+        return  # onnxruntime's QGemm only takes a plain 1-D int32 bias
+    plan.biases[node.name] = BiasPlan(bias, x, weight)

@@ -1,0 +1,145 @@
+"""Write a QuantPlan as QuantizeLinear/DequantizeLinear pairs around the float ops.
+
+    activation T:  producer -> T -> QuantizeLinear -> T_quantized -> DequantizeLinear -> T_dequantized -> consumers
+    weight W:      W_quantized (int8 initializer) -> DequantizeLinear -> consumer
+    bias B:        B_quantized (int32, scale S_x·S_w, zero-point 0) -> DequantizeLinear -> consumer
+
+Every consumer of a quantized activation reads the dequantized tensor, so that onnxruntime
+sees the QuantizeLinear as the producer's only consumer and fuses both into one integer kernel.
+A graph output keeps its name: the producer writes a renamed tensor and the DequantizeLinear
+writes the output.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+from ptq_cli.model.graph import GraphIndex, NameAllocator, drop_unused_initializers
+from ptq_cli.quantize.plan import QuantPlan, WeightPlan
+from ptq_cli.quantize.scheme import QParams, quantize, quantize_bias
+
+
+class _Emitter:
+    def __init__(self, model: onnx.ModelProto) -> None:
+        self.graph = model.graph
+        self.names = NameAllocator(model.graph)
+        self.initializers: list[onnx.TensorProto] = []
+        self._params_cache: dict[tuple, tuple[str, str]] = {}
+
+    def constant(self, array: np.ndarray, base: str) -> str:
+        name = self.names.new(base)
+        self.initializers.append(numpy_helper.from_array(array, name))
+        return name
+
+    def scale_and_zero(self, qp: QParams, base: str) -> tuple[str, str]:
+        """Initializers for a (scale, zero-point) pair, shared by tensors with equal parameters."""
+        key = (qp.qtype, qp.scale.tobytes(), qp.zero_point.tobytes(), qp.scale.shape)
+        if key not in self._params_cache:
+            scale = self.constant(qp.scale.astype(np.float32), f"{base}_scale")
+            zero = self.names.new(f"{base}_zero_point")
+            self.initializers.append(_typed_constant(np.asarray(qp.zero_point), qp, zero))
+            self._params_cache[key] = (scale, zero)
+        return self._params_cache[key]
+
+    def dequantize(self, source: str, qp: QParams, output: str, base: str) -> onnx.NodeProto:
+        scale, zero = self.scale_and_zero(qp, base)
+        return _qdq_node("DequantizeLinear", [source, scale, zero], output, self.names.new(f"{base}_DequantizeLinear"), qp)
+
+    def quantize(self, source: str, qp: QParams, output: str, base: str) -> onnx.NodeProto:
+        scale, zero = self.scale_and_zero(qp, base)
+        return _qdq_node("QuantizeLinear", [source, scale, zero], output, self.names.new(f"{base}_QuantizeLinear"), qp)
+
+
+def _qdq_node(op: str, inputs: list[str], output: str, name: str, qp: QParams) -> onnx.NodeProto:
+    attrs = {"axis": qp.axis} if qp.per_channel else {}
+    return helper.make_node(op, inputs, [output], name=name, **attrs)
+
+
+def _typed_constant(array: np.ndarray, qp: QParams, name: str) -> onnx.TensorProto:
+    if qp.qtype.bits == 4:  # onnx packs 4-bit values itself when given the element type
+        return helper.make_tensor(name, qp.qtype.onnx_type, array.shape, array.reshape(-1).tolist())
+    return numpy_helper.from_array(array, name)
+
+
+def insert_qdq(model: onnx.ModelProto, plan: QuantPlan) -> onnx.ModelProto:
+    """Return a copy of `model` (prepared) with the plan written as Q/DQ pairs."""
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    graph = out.graph
+    index = GraphIndex(graph)
+    emit = _Emitter(out)
+    rename: dict[str, str] = {}  # activation -> its dequantized tensor, for consumers
+    new_nodes: list[onnx.NodeProto] = []
+
+    def qdq_after(tensor: str) -> None:
+        qp = plan.activations[tensor]
+        base = tensor
+        quantized = emit.names.new(f"{base}_quantized")
+        if tensor in index.outputs:
+            # Keep the graph output's name on the DequantizeLinear; the producer writes a new name.
+            source = emit.names.new(f"{base}_float")
+            producer = next((n for n in new_nodes for i, o in enumerate(n.output) if o == tensor), None)
+            if producer is not None:
+                producer.output[list(producer.output).index(tensor)] = source
+                new_nodes.append(emit.quantize(source, qp, quantized, base))
+                new_nodes.append(emit.dequantize(quantized, qp, tensor, base))
+                return
+        dequantized = emit.names.new(f"{base}_dequantized")
+        new_nodes.append(emit.quantize(tensor, qp, quantized, base))
+        new_nodes.append(emit.dequantize(quantized, qp, dequantized, base))
+        rename[tensor] = dequantized
+
+    for value in graph.input:
+        if value.name in plan.activations:
+            qdq_after(value.name)
+    weights_done: dict[tuple[str, bytes], str] = {}
+    for node in graph.node:
+        for i, name in enumerate(node.input):
+            weight = plan.weights.get((node.name, name))
+            if weight is not None:
+                node.input[i] = _weight_input(emit, new_nodes, weight, index, weights_done)
+            elif node.name in plan.biases and plan.biases[node.name].tensor == name and i > 0:
+                node.input[i] = _bias_input(emit, new_nodes, plan, node.name, index)
+            elif name in rename:
+                node.input[i] = rename[name]
+        new_nodes.append(node)
+        for tensor in node.output:
+            if tensor in plan.activations:
+                qdq_after(tensor)
+
+    del graph.node[:]
+    graph.node.extend(new_nodes)
+    graph.initializer.extend(emit.initializers)
+    drop_unused_initializers(graph)
+    return out
+
+
+def _weight_input(emit: _Emitter, nodes: list, weight: WeightPlan, index: GraphIndex, done: dict) -> str:
+    qp = weight.params
+    key = (weight.tensor, qp.scale.tobytes() + qp.zero_point.tobytes() + str(qp.axis).encode())
+    if key not in done:
+        q = quantize(index.constant(weight.tensor), qp)
+        q_name = emit.names.new(f"{weight.tensor}_quantized")
+        emit.initializers.append(_typed_constant(q, qp, q_name))
+        dequantized = emit.names.new(f"{weight.tensor}_dequantized")
+        nodes.append(emit.dequantize(q_name, qp, dequantized, weight.tensor))
+        done[key] = dequantized
+    return done[key]
+
+
+def _bias_input(emit: _Emitter, nodes: list, plan: QuantPlan, node_name: str, index: GraphIndex) -> str:
+    bias = plan.biases[node_name]
+    x_scale = plan.activations[bias.input_tensor].scale
+    q, scale = quantize_bias(index.constant(bias.tensor), x_scale, bias.weight.params.scale)
+    q_name = emit.constant(q, f"{bias.tensor}_quantized")
+    scale_name = emit.constant(scale if bias.weight.params.per_channel else scale.reshape(-1)[:1].reshape(()),
+                               f"{bias.tensor}_scale")
+    zero_shape = scale.shape if bias.weight.params.per_channel else ()
+    zero_name = emit.constant(np.zeros(zero_shape, np.int32), f"{bias.tensor}_zero_point")
+    dequantized = emit.names.new(f"{bias.tensor}_dequantized")
+    attrs = {"axis": 0} if bias.weight.params.per_channel else {}
+    nodes.append(helper.make_node("DequantizeLinear", [q_name, scale_name, zero_name], [dequantized],
+                                  name=emit.names.new(f"{bias.tensor}_DequantizeLinear"), **attrs))
+    return dequantized
