@@ -1,0 +1,112 @@
+"""`ptq quantize`: flags -> Recipe -> ptq_cli.quantize() -> summary."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+
+import click
+
+from ptq_cli.cli import reported_errors
+from ptq_cli.cli.data_options import data_options, image_preprocess_from_options, pop_data_options
+from ptq_cli.recipe import (CalibMethod, CalibrationSpec, Format, PerChannel, PerTensor, QType, Recipe,
+                            TensorSpec)
+
+_QTYPES = [q.value for q in QType]
+
+
+@click.command("quantize")
+@click.argument("model", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path),
+              help="Where to write the INT8 model [default: MODEL.int8.onnx beside MODEL].")
+@data_options(required=False)
+@click.option("--calibration", type=click.Path(exists=True, dir_okay=False, path_type=Path), metavar="TABLE",
+              help="A table from `ptq calibrate` (used instead of --data; no data is read again).")
+@click.option("--method", type=click.Choice([m.value for m in CalibMethod]), default="minmax", show_default=True,
+              help="How activation ranges are chosen from the calibration statistics.")
+@click.option("--percentile", type=float, default=99.999, show_default=True, help="For --method percentile.")
+@click.option("--bins", type=int, default=2048, show_default=True, help="Histogram bins (entropy/percentile/mse).")
+@click.option("--batch-size", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Calibration batch size (models whose batch is fixed at 1 always get 1).")
+@click.option("--max-samples", type=click.IntRange(min=1), help="Use at most N calibration samples.")
+@click.option("--per-channel/--per-tensor", default=True, show_default=True,
+              help="One weight scale per output channel, or one per tensor.")
+@click.option("--weight-type", type=click.Choice(_QTYPES), default="int8", show_default=True)
+@click.option("--activation-type", type=click.Choice(_QTYPES), default="uint8", show_default=True)
+@click.option("--symmetric-activations", is_flag=True, help="Zero-point at the middle of the activation range.")
+@click.option("--asymmetric-weights", is_flag=True, help="Weights with a zero-point (default: symmetric).")
+@click.option("--reduce-range", is_flag=True,
+              help="7-bit weights, for CPUs without VNNI where u8 x s8 pair sums can saturate int16.")
+@click.option("--power-of-two", is_flag=True, help="Round every scale up to a power of two (integer-only hardware).")
+@click.option("--format", "fmt", type=click.Choice([f.value for f in Format]), default="qdq", show_default=True,
+              help="qdq: Quantize/DequantizeLinear pairs around float ops; qoperator: QLinearConv, ... ops.")
+@click.option("--dynamic", is_flag=True,
+              help="Weights now, activation ranges at run time (no data needed; best for MatMul-heavy models).")
+@click.option("--exclude", multiple=True, metavar="NODE_OR_OP",
+              help="Leave a node (by name) or every node of an op type in float. Repeatable.")
+@click.option("--recipe", "recipe_file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="A recipe JSON (as recorded in an output's metadata); flags are then ignored.")
+@click.option("-f", "--force", is_flag=True, help="Replace OUTPUT if it exists.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar and no summary on stderr.")
+@click.pass_context
+def quantize_command(ctx: click.Context, model: Path, output: Path | None, calibration: Path | None,
+                     recipe_file: Path | None, force: bool, as_json: bool, quiet: bool, batch_size: int,
+                     max_samples: int | None, **flags) -> None:
+    """Quantize MODEL to INT8 and write OUTPUT.
+
+    Static quantization needs activation ranges: from --data DIR (calibrated now) or from
+    --calibration TABLE (made earlier by `ptq calibrate`). --dynamic needs neither.
+
+    \b
+    Examples:
+      ptq quantize model.onnx --data calib/
+      ptq quantize model.onnx --data images/ --preset imagenet-tf --method percentile
+      ptq quantize model.onnx --calibration model.calib.json --per-tensor -o out.onnx
+      ptq quantize model.onnx --dynamic
+    """
+    from ptq_cli.quantize.api import default_output, quantize
+
+    data_opts = pop_data_options(flags)
+    with reported_errors(ctx):
+        recipe = _recipe(recipe_file, **flags)
+        result = quantize(model, output or default_output(model), data=data_opts.get("data"),
+                          calibration=calibration, recipe=recipe, image=image_preprocess_from_options(**data_opts),
+                          force=force, progress=not quiet, batch_size=batch_size, max_samples=max_samples)
+    if as_json:
+        click.echo(json.dumps(result.to_dict(), indent=2))
+    if not quiet:
+        click.echo(_summary(result), err=True)
+
+
+def _recipe(recipe_file: Path | None, *, method, percentile, bins, per_channel, weight_type, activation_type,
+            symmetric_activations, asymmetric_weights, reduce_range, power_of_two, fmt, dynamic, exclude) -> Recipe:
+    if recipe_file is not None:
+        from ptq_cli.errors import UsageError
+
+        try:
+            return Recipe.from_dict(json.loads(recipe_file.read_text()))
+        except json.JSONDecodeError as exc:
+            raise UsageError(f"{recipe_file} is not valid JSON: {exc}") from None
+    weights = TensorSpec(QType(weight_type), symmetric=not asymmetric_weights,
+                         granularity=PerChannel() if per_channel else PerTensor(),
+                         reduce_range=reduce_range, power_of_two=power_of_two)
+    activations = TensorSpec(QType(activation_type), symmetric=symmetric_activations, granularity=PerTensor(),
+                             power_of_two=power_of_two)
+    return Recipe(weights=weights, activations=activations, format=Format(fmt), dynamic=dynamic,
+                  exclude=tuple(exclude),
+                  calibration=CalibrationSpec(method=CalibMethod(method), percentile=percentile, bins=bins))
+
+
+def _summary(result) -> str:
+    lines = [f"wrote {result.output}" if result.output else "no output written",
+             f"  quantized {len(result.quantized)} nodes"
+             + (f" ({len(result.fused)} Relu/Clip folded into their producer)" if result.fused else ""),
+             f"  size {result.size_before / 1e6:.2f} MB -> {result.size_after / 1e6:.2f} MB"]
+    if result.skipped:
+        reasons = Counter((s.op_type, s.reason) for s in result.skipped)
+        lines.append(f"  left in float: {len(result.skipped)} nodes")
+        for (op_type, reason), count in sorted(reasons.items(), key=lambda kv: -kv[1]):
+            lines.append(f"    {count:4d} x {op_type}: {reason}")
+    return "\n".join(lines)

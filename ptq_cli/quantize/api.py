@@ -1,0 +1,164 @@
+"""`ptq_cli.quantize()`: FP32 model + recipe + calibration -> INT8 model, written atomically."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import onnx
+
+from ptq_cli import __version__
+from ptq_cli.errors import ModelError, UsageError
+from ptq_cli.model.io import check_model, load_model, save_model
+from ptq_cli.model.prepare import QDQ_4_16_BIT_OPSET, QDQ_PER_AXIS_OPSET, prepare
+from ptq_cli.quantize.plan import QuantPlan, SkipReason, make_plan
+from ptq_cli.quantize.qdq import insert_qdq
+from ptq_cli.recipe import Format, Recipe
+
+Ranges = Mapping[str, tuple[float, float]]
+
+
+@dataclass(frozen=True)
+class QuantizeResult:
+    """What `quantize` did. `output` is None when nothing was written (no output path given)."""
+
+    model: onnx.ModelProto
+    output: Path | None
+    recipe: Recipe
+    quantized: tuple[str, ...]
+    skipped: tuple[SkipReason, ...]
+    fused: dict[str, str] = field(default_factory=dict)
+    size_before: int = 0
+    size_after: int = 0
+    source_sha256: str = ""
+
+    def to_dict(self) -> dict:
+        return {
+            "output": str(self.output) if self.output else None,
+            "source_sha256": self.source_sha256,
+            "quantized": list(self.quantized),
+            "fused": dict(self.fused),
+            "skipped": [{"node": s.node, "op_type": s.op_type, "reason": s.reason} for s in self.skipped],
+            "size_before": self.size_before,
+            "size_after": self.size_after,
+            "recipe": self.recipe.to_dict(),
+            "ptq_version": __version__,
+        }
+
+
+def default_output(model_path: str | os.PathLike) -> Path:
+    path = Path(model_path)
+    return path.with_name(f"{path.stem}.int8.onnx")
+
+
+def quantize_model(model: onnx.ModelProto, recipe: Recipe, ranges: Ranges) -> tuple[onnx.ModelProto, QuantPlan]:
+    """The pure transformation: a float model and activation ranges in, a quantized model out."""
+    prepared = prepare(model, min_opset=_required_opset(recipe))
+    plan = make_plan(prepared, recipe, ranges)
+    if recipe.format is Format.QOPERATOR:
+        from ptq_cli.quantize.qoperator import rewrite_qoperator
+
+        return rewrite_qoperator(prepared, plan), plan
+    return insert_qdq(prepared, plan), plan
+
+
+def _required_opset(recipe: Recipe) -> int:
+    wide = {spec.dtype.bits for spec in (recipe.weights, recipe.activations)} - {8}
+    return QDQ_4_16_BIT_OPSET if wide else QDQ_PER_AXIS_OPSET
+
+
+def quantize(model: str | os.PathLike | onnx.ModelProto, output: str | os.PathLike | None = None, *,
+             data=None, calibration=None, recipe: Recipe = Recipe(), image=None, force: bool = False,
+             progress: bool = True, batch_size: int = 1, max_samples: int | None = None) -> QuantizeResult:
+    """Quantize `model` (a path or a ModelProto) and write it to `output` (when given).
+
+    Activation ranges come from `calibration` (a CalibrationTable or the path of one) or are
+    measured on `data` (a folder/Dataset) with `recipe.calibration`. The input is never modified.
+    """
+    if recipe.dynamic:
+        from ptq_cli.quantize.dynamic import quantize_dynamic
+
+        return quantize_dynamic(model, output, recipe=recipe, force=force)
+    source, source_sha, path = _load_source(model)
+    if output is not None:
+        _check_output(Path(output), path, force)
+    ranges, data_description = _ranges(path or source, source_sha, data, calibration, recipe, image,
+                                       progress=progress, batch_size=batch_size, max_samples=max_samples)
+    quantized, plan = quantize_model(source, recipe, ranges)
+    _stamp(quantized, recipe, source_sha, data_description)
+    _verify_loads(quantized)
+    written = save_model(quantized, output, force=force, protect=(path,) if path else ()) if output else None
+    return QuantizeResult(quantized, written, recipe, tuple(plan.quantized), tuple(plan.skipped), dict(plan.fused),
+                          source.ByteSize(), quantized.ByteSize(), source_sha)
+
+
+def _load_source(model) -> tuple[onnx.ModelProto, str, Path | None]:
+    from ptq_cli.calibrate.table import model_sha256
+
+    if isinstance(model, onnx.ModelProto):
+        check_model(model)
+        return model, model_sha256(model), None
+    path = Path(model)
+    return load_model(path), model_sha256(path), path
+
+
+def _check_output(output: Path, source: Path | None, force: bool) -> None:
+    """Fail before the (long) calibration rather than after it."""
+    if source is not None and output.exists() and output.resolve() == source.resolve():
+        raise UsageError(f"refusing to write over the input {source}; choose another output with -o")
+    if output.exists() and not force:
+        from ptq_cli.errors import OutputExistsError
+
+        raise OutputExistsError(f"{output} already exists; pass --force to replace it or choose another -o")
+
+
+def _ranges(source, source_sha, data, calibration, recipe, image, **collect) -> tuple[Ranges, str]:
+    from ptq_cli.calibrate.table import CalibrationTable
+
+    if calibration is not None and data is not None:
+        raise UsageError("give either --data or --calibration, not both")
+    if calibration is not None:
+        table = calibration if isinstance(calibration, CalibrationTable) else CalibrationTable.load(calibration)
+        table.check_model(source_sha)
+    elif data is not None:
+        from ptq_cli.calibrate.api import calibrate
+
+        table = calibrate(source, data, spec=recipe.calibration, image=image, **collect)
+    else:
+        raise UsageError("static quantization needs calibration data: pass --data DIR or --calibration TABLE "
+                         "(or use --dynamic, which needs none)")
+    if table.spec.method is not recipe.calibration.method or table.spec.percentile != recipe.calibration.percentile:
+        table = table.with_method(recipe.calibration)
+    return dict(table.ranges), table.data
+
+
+def _stamp(model: onnx.ModelProto, recipe: Recipe, source_sha: str, data: str) -> None:
+    """Record how the model was made, so that any output can be traced and reproduced."""
+    props = {
+        "ptq.version": __version__,
+        "ptq.recipe": json.dumps(recipe.to_dict(), sort_keys=True),
+        "ptq.source_sha256": source_sha,
+        "ptq.calibration_data": data,
+    }
+    kept = [p for p in model.metadata_props if p.key not in props]
+    del model.metadata_props[:]
+    model.metadata_props.extend(kept)
+    for key, value in props.items():
+        model.metadata_props.add(key=key, value=value)
+
+
+def _verify_loads(model: onnx.ModelProto) -> None:
+    """An output onnxruntime refuses is a bug in ptq; never write one."""
+    import onnxruntime as ort
+
+    check_model(model, "the quantized model")
+    if model.ByteSize() >= 2**31 - 1:
+        return
+    try:
+        ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    except Exception as exc:
+        raise ModelError(f"onnxruntime refuses the quantized model ({str(exc).splitlines()[0]}); this is a "
+                         "ptq bug: please report it, and try --exclude on the node it names") from None
