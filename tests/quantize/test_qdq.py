@@ -1,0 +1,217 @@
+"""QDQ insertion on tiny graphs: structure, validity, numerics in onnxruntime, and what
+onnxruntime's CPU provider fuses the result into."""
+
+import copy
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from ptq_cli.model.prepare import prepare
+from ptq_cli.quantize.api import quantize_model
+from ptq_cli.recipe import PerTensor, Recipe, TensorSpec, QType
+from tests.conftest import (image_batches, make_model, minmax_ranges, ops, run, session, sqnr_db,
+                            tiny_conv_relu)
+
+
+def _quantize(model, batches, recipe=Recipe()):
+    before = model.SerializeToString()
+    ranges = minmax_ranges(prepare(model), batches)
+    out, plan = quantize_model(model, recipe, ranges)
+    assert model.SerializeToString() == before, "the input model was modified"
+    onnx.checker.check_model(out, full_check=True)
+    return out, plan
+
+
+def _optimized_ops(model, tmp_path) -> list[str]:
+    path = tmp_path / "optimized.onnx"
+    session(model, optimized_model_filepath=str(path))
+    return ops(onnx.load(str(path)))
+
+
+def test_conv_chain_fuses_into_integer_kernels(rng, tmp_path):
+    model = tiny_conv_relu(rng)
+    batches = image_batches(rng)
+    out, plan = _quantize(model, batches)
+    assert plan.fused == {"relu1": "conv1", "relu2": "conv2"}
+    assert plan.skipped == []
+    # Weights: int8 per-channel DequantizeLinear with axis 0; bias int32.
+    weight_dq = [n for n in out.graph.node if n.op_type == "DequantizeLinear" and n.input[0] == "w1_quantized"]
+    assert len(weight_dq) == 1 and helper.get_attribute_value(weight_dq[0].attribute[0]) == 0
+    inits = {t.name: t for t in out.graph.initializer}
+    assert inits["w1_quantized"].data_type == TensorProto.INT8
+    assert inits["b1_quantized"].data_type == TensorProto.INT32
+    assert "w1" not in inits  # the float weight is gone
+    # No Q/DQ between a Conv and the Relu it feeds: the Relu's output carries the range.
+    conv1 = next(n for n in out.graph.node if n.name == "conv1")
+    relu1 = next(n for n in out.graph.node if n.name == "relu1")
+    assert relu1.input[0] == conv1.output[0]
+    feeds = batches[0]
+    ref, got = run(model, feeds)[0], run(out, feeds)[0]
+    assert sqnr_db(ref, got) > 30
+    fused = _optimized_ops(out, tmp_path)
+    assert fused.count("QLinearConv") == 2 and "QGemm" in fused
+    assert "Conv" not in fused and "Relu" not in fused and "Gemm" not in fused
+    assert "QLinearGlobalAveragePool" in fused
+
+
+def test_per_tensor_weights_have_scalar_scales(rng):
+    recipe = Recipe(weights=TensorSpec(QType.INT8, True, PerTensor()))
+    out, _ = _quantize(tiny_conv_relu(rng), image_batches(rng), recipe)
+    for node in out.graph.node:
+        if node.op_type in ("QuantizeLinear", "DequantizeLinear"):
+            assert not node.attribute, node.name
+    scales = [t for t in out.graph.initializer if t.name.endswith("_scale")]
+    assert scales and all(len(t.dims) == 0 for t in scales)
+
+
+def test_opset_11_is_upgraded_so_per_channel_is_valid(rng):
+    model = tiny_conv_relu(rng, opset=11)
+    batches = image_batches(rng)
+    out, _ = _quantize(model, batches)
+    assert next(o.version for o in out.opset_import if o.domain == "") >= 13
+    assert sqnr_db(run(model, batches[0])[0], run(out, batches[0])[0]) > 30
+
+
+def test_weights_in_constant_nodes_count_as_weights(rng):
+    model = tiny_conv_relu(rng)
+    w1 = next(t for t in model.graph.initializer if t.name == "w1")
+    const = helper.make_node("Constant", [], ["w1"], name="w1_const", value=w1)
+    kept = [t for t in model.graph.initializer if t.name != "w1"]
+    del model.graph.initializer[:]
+    model.graph.initializer.extend(kept)
+    model.graph.node.insert(0, const)
+    out, plan = _quantize(model, image_batches(rng))
+    assert "Constant" not in ops(out)
+    assert any(t.name == "w1_quantized" and t.data_type == TensorProto.INT8 for t in out.graph.initializer)
+
+
+def test_batch_norm_is_folded_into_the_conv(rng):
+    c = 4
+    w = numpy_helper.from_array(rng.normal(0, 1, (c, 3, 3, 3)).astype(np.float32), "w")
+    bn = [numpy_helper.from_array(v.astype(np.float32), n) for v, n in [
+        (rng.uniform(0.5, 2, c), "g"), (rng.normal(0, 1, c), "beta"), (rng.normal(0, 1, c), "mean"),
+        (rng.uniform(0.5, 2, c), "var")]]
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c"], name="conv"),
+             helper.make_node("BatchNormalization", ["c", "g", "beta", "mean", "var"], ["y"], name="bn")]
+    model = make_model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 6, 6])],
+                       [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, c, 4, 4])], [w, *bn])
+    prepared = prepare(model)
+    assert ops(prepared) == ["Conv"]
+    x = rng.normal(0, 1, (1, 3, 6, 6)).astype(np.float32)
+    np.testing.assert_allclose(run(prepared, {"x": x})[0], run(model, {"x": x})[0], rtol=1e-4, atol=1e-4)
+    out, plan = _quantize(model, [{"x": x}])
+    assert plan.quantized == ["conv"]
+    # The graph output keeps its name, now written by a DequantizeLinear.
+    assert out.graph.output[0].name == "y"
+    assert next(n for n in out.graph.node if "y" in n.output).op_type == "DequantizeLinear"
+
+
+def _after_conv(op_type, rng, extra_inputs=(), initializers=(), **attrs):
+    """x -> Conv(3->4) -> OP -> y, so that OP sees a quantized input."""
+    w = numpy_helper.from_array(rng.normal(0, 0.5, (4, 3, 3, 3)).astype(np.float32), "w")
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c"], name="conv", pads=[1, 1, 1, 1]),
+             helper.make_node(op_type, ["c", *extra_inputs], ["y"], name="op", **attrs)]
+    graph = helper.make_graph(nodes, "op", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3, 8, 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], [w, *initializers])
+    inferred = onnx.shape_inference.infer_shapes(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]))
+    y = inferred.graph.output[0]
+    return make_model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3, 8, 8])], [y],
+                      [w, *initializers])
+
+
+def _const(name, value):
+    return numpy_helper.from_array(np.asarray(value), name)
+
+
+OPS = {
+    "AveragePool": dict(kernel_shape=[2, 2], strides=[2, 2]),
+    "GlobalAveragePool": {},
+    "MaxPool": dict(kernel_shape=[2, 2], strides=[2, 2]),
+    "LeakyRelu": dict(alpha=0.1),
+    "Sigmoid": {},
+    "Softmax": dict(axis=1),
+    "Transpose": dict(perm=[0, 2, 3, 1]),
+    "Flatten": dict(axis=1),
+    "Reshape": dict(extra_inputs=["shape"], initializers=[_const("shape", np.int64([2, -1]))]),
+    "Unsqueeze": dict(extra_inputs=["axes"], initializers=[_const("axes", np.int64([1]))]),
+    "Slice": dict(extra_inputs=["starts", "ends"], initializers=[_const("starts", np.int64([0])),
+                                                                 _const("ends", np.int64([2]))]),
+    "Gather": dict(extra_inputs=["idx"], initializers=[_const("idx", np.int64([0, 2]))], axis=1),
+    "Resize": dict(extra_inputs=["", "scales"], initializers=[_const("scales", np.float32([1, 1, 2, 2]))],
+                   mode="nearest"),
+    "Pad": dict(extra_inputs=["pads"], initializers=[_const("pads", np.int64([0, 0, 1, 1, 0, 0, 1, 1]))]),
+    "Add": dict(extra_inputs=["k"], initializers=[_const("k", np.float32(np.linspace(-1, 1, 8)))]),
+    "Mul": dict(extra_inputs=["k"], initializers=[_const("k", np.float32(np.linspace(0.5, 2, 8)))]),
+    "Concat": dict(extra_inputs=["c"], axis=1),
+    "MatMul": dict(extra_inputs=["m"], initializers=[_const("m", np.float32(np.eye(8, 5)))]),
+}
+
+
+@pytest.mark.parametrize("op_type", sorted(OPS))
+def test_every_op_family_is_quantized_and_stays_close(op_type, rng):
+    spec = dict(OPS[op_type])
+    extra, inits = spec.pop("extra_inputs", ()), spec.pop("initializers", ())
+    model = _after_conv(op_type, rng, extra, inits, **spec)
+    batches = image_batches(rng, n=4)
+    out, plan = _quantize(model, batches)
+    assert "op" in plan.quantized, plan.skipped
+    ref, got = run(model, batches[0])[0], run(out, batches[0])[0]
+    assert got.shape == ref.shape
+    assert sqnr_db(ref, got) > 25, op_type
+    producer = {o: n for n in out.graph.node for o in n.output}
+    op = next(n for n in out.graph.node if n.name == "op")
+    assert producer[op.input[0]].op_type == "DequantizeLinear"
+    if op_type in ("MaxPool", "Transpose", "Reshape", "Resize", "Pad", "Gather"):
+        # Data movement reuses the input's parameters, so onnxruntime can run it on integers.
+        q_in = producer[producer[op.input[0]].input[0]]
+        q_out = next(n for n in out.graph.node if n.op_type == "QuantizeLinear" and n.input[0] == op.output[0])
+        assert q_in.input[1:] == q_out.input[1:]
+
+
+def test_activation_times_activation_matmul_and_conv_transpose(rng):
+    w = numpy_helper.from_array(rng.normal(0, 0.5, (3, 2, 3, 3)).astype(np.float32), "w")
+    nodes = [helper.make_node("MatMul", ["a", "b"], ["m"], name="mm"),
+             helper.make_node("ConvTranspose", ["m", "w"], ["y"], name="deconv", strides=[2, 2])]
+    model = make_model(nodes, [helper.make_tensor_value_info("a", TensorProto.FLOAT, [1, 3, 4, 5]),
+                               helper.make_tensor_value_info("b", TensorProto.FLOAT, [1, 3, 5, 4])],
+                       [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2, 9, 9])], [w])
+    batches = [{"a": rng.normal(0, 1, (1, 3, 4, 5)).astype(np.float32),
+                "b": rng.normal(0, 1, (1, 3, 5, 4)).astype(np.float32)} for _ in range(4)]
+    out, plan = _quantize(model, batches)
+    assert plan.quantized == ["mm", "deconv"]
+    deconv_w = next(n for n in out.graph.node if n.op_type == "DequantizeLinear" and n.input[0] == "w_quantized")
+    assert helper.get_attribute_value(deconv_w.attribute[0]) == 1  # ConvTranspose's output-channel axis
+    assert sqnr_db(run(model, batches[0])[0], run(out, batches[0])[0]) > 25
+
+
+def test_skips_are_explained_and_exclude_works(rng):
+    model = tiny_conv_relu(rng)
+    batches = image_batches(rng)
+    out, plan = _quantize(model, batches, Recipe(exclude=("conv2", "Gemm")))
+    reasons = {s.node: s.reason for s in plan.skipped}
+    assert reasons["conv2"] == "excluded by --exclude" and reasons["fc"] == "excluded by --exclude"
+    assert "relu2" in reasons and "folds into a quantized producer" in reasons["relu2"]
+    assert [n.op_type for n in out.graph.node if n.name in ("conv2", "fc")] == ["Conv", "Gemm"]
+    assert sqnr_db(run(model, batches[0])[0], run(out, batches[0])[0]) > 30
+
+
+def test_output_is_deterministic(rng):
+    model = tiny_conv_relu(rng)
+    batches = image_batches(rng)
+    a, _ = _quantize(model, batches)
+    b, _ = _quantize(copy.deepcopy(model), batches)
+    assert a.SerializeToString(deterministic=True) == b.SerializeToString(deterministic=True)
+
+
+def test_int16_activations_use_opset_21(rng):
+    recipe = Recipe(activations=TensorSpec(QType.INT16, symmetric=True, granularity=PerTensor()),
+                    weights=TensorSpec(QType.INT16, symmetric=True))
+    model = tiny_conv_relu(rng)
+    batches = image_batches(rng)
+    out, _ = _quantize(model, batches, recipe)
+    assert next(o.version for o in out.opset_import if o.domain == "") >= 21
+    out8, _ = _quantize(model, batches)
+    ref = run(model, batches[0])[0]
+    assert sqnr_db(ref, run(out, batches[0])[0]) > sqnr_db(ref, run(out8, batches[0])[0]) + 20
