@@ -1,0 +1,77 @@
+"""Checking raw arrays against the model's inputs: names, rank, fixed dims, dtype, finiteness.
+
+The batch (first) dimension is not checked here: iter_batches regroups rows to what the model
+takes. An array with one dimension less than the input is a single sample and gets a batch axis.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from ptq_cli.errors import DataError
+from ptq_cli.model.io import InputSpec
+
+
+def check_feeds(raw: dict[str, np.ndarray], specs: Sequence[InputSpec],
+                source: str) -> dict[str, np.ndarray]:
+    """Return the feeds, cast/expanded as the model wants them, or raise DataError naming `source`."""
+    names = [s.name for s in specs]
+    missing = [n for n in names if n not in raw]
+    extra = sorted(k for k in raw if k not in names)
+    if missing or extra:
+        parts = []
+        if missing:
+            parts.append("missing input " + ", ".join(repr(n) for n in missing))
+        if extra:
+            parts.append("unknown key " + ", ".join(repr(k) for k in extra))
+        raise DataError(f"{source}: {'; '.join(parts)}; the model's inputs are "
+                        f"{', '.join(repr(n) for n in names)}")
+    feeds = {spec.name: check_array(raw[spec.name], spec, source) for spec in specs}
+    _check_same_rows(feeds, source)
+    return feeds
+
+
+def check_array(array: np.ndarray, spec: InputSpec, source: str) -> np.ndarray:
+    array = np.asarray(array)
+    rank = len(spec.shape)
+    if rank > 0 and array.ndim == rank - 1:
+        array = array[np.newaxis]  # one sample saved without its batch axis
+    if array.ndim != rank or any(want is not None and want != got
+                                 for want, got in zip(spec.shape[1:], array.shape[1:])):
+        raise DataError(f"{source}: input {spec.name!r} expects shape {format_spec_shape(spec)}, "
+                        f"got {format_shape(array.shape)}")
+    array = _check_dtype(array, spec, source)
+    if array.dtype.kind in "fc":
+        bad = np.size(array) - int(np.count_nonzero(np.isfinite(array)))
+        if bad:
+            raise DataError(f"{source}: input {spec.name!r} contains {bad} NaN or Inf value(s); "
+                            "fix or drop this file")
+    return array
+
+
+def _check_dtype(array: np.ndarray, spec: InputSpec, source: str) -> np.ndarray:
+    if array.dtype == spec.dtype:
+        return array
+    if array.dtype == np.float64 and spec.dtype == np.float32:
+        # numpy saves float64 by default; the cast loses nothing a float32 model would use.
+        return array.astype(np.float32)
+    raise DataError(f"{source}: input {spec.name!r} expects {spec.dtype}, got {array.dtype}; "
+                    f"save the data as {spec.dtype}")
+
+
+def _check_same_rows(feeds: dict[str, np.ndarray], source: str) -> None:
+    rows = {name: a.shape[0] for name, a in feeds.items() if a.ndim}
+    if len(set(rows.values())) > 1:
+        listed = ", ".join(f"{n}: {r}" for n, r in rows.items())
+        raise DataError(f"{source}: inputs have different batch sizes ({listed}); "
+                        "every input of a sample needs the same number of rows")
+
+
+def format_spec_shape(spec: InputSpec) -> str:
+    return "[" + ",".join("?" if d is None else str(d) for d in spec.shape) + "]"
+
+
+def format_shape(shape: tuple[int, ...]) -> str:
+    return "(" + ",".join(str(d) for d in shape) + ")"
