@@ -14,11 +14,8 @@ __version__ = "0.1.0"
 
 # Resolved lazily so that `ptq --version` and the error types import nothing heavy.
 _PUBLIC = {
-    "quantize": "ptq_cli.quantize.api",
     "QuantizeResult": "ptq_cli.quantize.api",
-    "calibrate": "ptq_cli.calibrate.api",
     "CalibrationTable": "ptq_cli.calibrate.table",
-    "compare": "ptq_cli.compare.api",
     "CompareReport": "ptq_cli.compare.report",
     "Recipe": "ptq_cli.recipe",
     "TensorSpec": "ptq_cli.recipe",
@@ -33,10 +30,18 @@ _PUBLIC = {
     "PtqError": "ptq_cli.errors",
 }
 
-__all__ = sorted(_PUBLIC) + ["__version__"]
+__all__ = sorted(_PUBLIC) + ["__version__", "quantize", "calibrate", "compare"]
 
 
 def __getattr__(name: str):
     if name in _PUBLIC:
         return getattr(import_module(_PUBLIC[name]), name)
     raise AttributeError(f"module 'ptq_cli' has no attribute {name!r}")
+
+
+# The public functions share their names with the subpackages that hold them. Importing them
+# here, once, binds the names to the functions: a later import of a submodule does not rebind
+# an attribute of this package.
+from ptq_cli.quantize.api import quantize  # noqa: E402
+from ptq_cli.calibrate.api import calibrate  # noqa: E402
+from ptq_cli.compare.api import compare  # noqa: E402
