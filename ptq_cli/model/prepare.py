@@ -5,6 +5,8 @@ returns a new one; the caller's model is never modified.
 - the opset is raised to one with per-axis QuantizeLinear/DequantizeLinear (13), or 21 for
   4- and 16-bit types: writing `axis` into an older opset gives a model onnxruntime refuses;
 - BatchNormalization after a Conv is folded into the Conv's weights and bias;
+- a zero Pad before a Conv becomes the Conv's own padding: onnxruntime has no integer Pad
+  fusion, so a Pad left in the graph runs in float between a Dequantize and a Quantize;
 - shapes and types are inferred so that passes know which tensors are float.
 """
 
@@ -33,6 +35,7 @@ def prepare(model: onnx.ModelProto, *, min_opset: int = QDQ_PER_AXIS_OPSET) -> o
     constants_to_initializers(out)
     out = upgrade_opset(out, min_opset)
     fold_batch_norm(out)
+    fold_pad_into_conv(out)
     ensure_node_names(out.graph)
     return infer_shapes(out)
 
@@ -103,6 +106,59 @@ def fold_batch_norm(model: onnx.ModelProto) -> int:
         graph.node.extend(kept)
         drop_unused_initializers(graph)
     return len(removed)
+
+
+def fold_pad_into_conv(model: onnx.ModelProto) -> int:
+    """Merge a constant-zero, spatial-only Pad into the Conv that alone reads it. Returns the count."""
+    graph = model.graph
+    index = GraphIndex(graph)
+    removed: set[int] = set()
+    for pad in graph.node:
+        conv = index.single_consumer(pad.output[0]) if pad.op_type == "Pad" else None
+        if conv is None or conv.op_type != "Conv" or conv.input[0] != pad.output[0]:
+            continue
+        pads = _spatial_zero_pads(pad, index)
+        if pads is None or attribute(conv, "auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET"):
+            continue
+        rank = len(pads) // 2
+        old = attribute(conv, "pads", [0] * len(pads))
+        if len(old) != len(pads):
+            continue
+        merged = [a + b for a, b in zip(old, pads)]
+        kept = [a for a in conv.attribute if a.name != "pads"]
+        del conv.attribute[:]
+        conv.attribute.extend(kept + [helper.make_attribute("pads", merged)])
+        conv.input[0] = pad.input[0]
+        removed.add(id(pad))
+        log.info("folded %s into %s (%d spatial dims)", pad.name, conv.name, rank)
+    if removed:
+        kept_nodes = [n for n in graph.node if id(n) not in removed]
+        del graph.node[:]
+        graph.node.extend(kept_nodes)
+        drop_unused_initializers(graph)
+    return len(removed)
+
+
+def _spatial_zero_pads(pad: onnx.NodeProto, index: GraphIndex) -> list[int] | None:
+    """The Pad's spatial pads as a Conv `pads` list, or None unless it is a zero pad of N,C-free dims."""
+    if attribute(pad, "mode", b"constant") not in (b"constant", "constant"):
+        return None
+    if len(pad.input) > 1:  # opset >= 11: pads (and the value) are inputs
+        pads = index.constant(pad.input[1])
+        value = index.constant(pad.input[2]) if len(pad.input) > 2 and pad.input[2] else None
+        if pads is None or (len(pad.input) > 2 and pad.input[2] and value is None) or \
+                (len(pad.input) > 3 and pad.input[3]):
+            return None
+        pads, value = [int(p) for p in pads], 0.0 if value is None else float(value.reshape(-1)[0])
+    else:
+        pads, value = list(attribute(pad, "pads", [])), float(attribute(pad, "value", 0.0))
+    rank = len(pads) // 2
+    if value != 0.0 or rank < 3 or any(p < 0 for p in pads):
+        return None
+    begins, ends = pads[:rank], pads[rank:]
+    if begins[:2] != [0, 0] or ends[:2] != [0, 0]:
+        return None  # padding of the batch or channel dims is not a Conv padding
+    return begins[2:] + ends[2:]
 
 
 def infer_shapes(model: onnx.ModelProto) -> onnx.ModelProto:

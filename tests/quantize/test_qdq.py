@@ -215,3 +215,22 @@ def test_int16_activations_use_opset_21(rng):
     out8, _ = _quantize(model, batches)
     ref = run(model, batches[0])[0]
     assert sqnr_db(ref, run(out, batches[0])[0]) > sqnr_db(ref, run(out8, batches[0])[0]) + 20
+
+
+def test_zero_pad_is_folded_into_the_next_conv(rng, tmp_path):
+    w = numpy_helper.from_array(rng.normal(0, 0.5, (4, 3, 3, 3)).astype(np.float32), "w")
+    pads = _const("pads", np.int64([0, 0, 0, 1, 0, 0, 1, 2]))
+    nodes = [helper.make_node("Pad", ["x", "pads"], ["p"], name="pad"),
+             helper.make_node("Conv", ["p", "w"], ["c"], name="conv", strides=[2, 2], pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["c"], ["y"], name="relu")]
+    model = make_model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 9, 9])],
+                       [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 5, 6])], [w, pads])
+    prepared = prepare(model)
+    assert ops(prepared) == ["Conv", "Relu"]
+    conv = prepared.graph.node[0]
+    assert helper.get_attribute_value(next(a for a in conv.attribute if a.name == "pads")) == [1, 2, 2, 3]
+    x = rng.normal(0, 1, (1, 3, 9, 9)).astype(np.float32)
+    np.testing.assert_allclose(run(prepared, {"x": x})[0], run(model, {"x": x})[0], rtol=1e-5, atol=1e-5)
+    out, _ = _quantize(model, [{"x": x}])
+    assert _optimized_ops(out, tmp_path) == ["QuantizeLinear", "QLinearConv", "DequantizeLinear"] or \
+        "Pad" not in _optimized_ops(out, tmp_path)
