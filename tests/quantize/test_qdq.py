@@ -232,5 +232,5 @@ def test_zero_pad_is_folded_into_the_next_conv(rng, tmp_path):
     x = rng.normal(0, 1, (1, 3, 9, 9)).astype(np.float32)
     np.testing.assert_allclose(run(prepared, {"x": x})[0], run(model, {"x": x})[0], rtol=1e-5, atol=1e-5)
     out, _ = _quantize(model, [{"x": x}])
-    assert _optimized_ops(out, tmp_path) == ["QuantizeLinear", "QLinearConv", "DequantizeLinear"] or \
-        "Pad" not in _optimized_ops(out, tmp_path)
+    fused = _optimized_ops(out, tmp_path)
+    assert "QLinearConv" in fused and "Pad" not in fused and "Conv" not in fused
