@@ -55,6 +55,8 @@ def _register() -> None:
     from ptq_cli.cli.quantize import quantize_command
 
     main.add_command(quantize_command)
+    from ptq_cli.cli.compare import compare_command; main.add_command(compare_command)  # noqa: E702
+    from ptq_cli.cli.calibrate import calibrate_command; main.add_command(calibrate_command)  # noqa: E702
 
 
 _register()

@@ -1,0 +1,83 @@
+"""`ptq compare REFERENCE CANDIDATE --data DIR`: measure drift, render reports, gate CI by exit code."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import click
+
+from ptq_cli.cli import reported_errors
+from ptq_cli.cli.data_options import data_options, image_preprocess_from_options, pop_data_options
+
+_FILE = click.Path(dir_okay=False, writable=True, path_type=Path)
+
+
+@click.command("compare")
+@click.argument("reference", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.argument("candidate", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@data_options
+@click.option("--per-layer", is_flag=True,
+              help="Match every reference activation to its dequantized counterpart in a QDQ "
+                   "candidate and report the SQNR per tensor, worst first.")
+@click.option("--latency", is_flag=True,
+              help="Also time both models (median and p10/p90 after warm-up, interleaved runs).")
+@click.option("--min-sqnr", type=float, metavar="DB", help="Fail (exit 1) if any output's SQNR is below DB.")
+@click.option("--max-top1-drop", type=click.FloatRange(min=0), metavar="PT",
+              help="Fail (exit 1) if top-1 drops by more than PT percentage points: accuracy against "
+                   "labels when given, else agreement with the reference.")
+@click.option("--min-cosine", type=click.FloatRange(-1, 1), metavar="C",
+              help="Fail (exit 1) if any output's mean cosine similarity is below C.")
+@click.option("--json", "as_json", is_flag=True,
+              help="Print the report as JSON on stdout (schema in ptq_cli/compare/report.py); "
+                   "the table then goes to stderr.")
+@click.option("--markdown", type=_FILE, metavar="FILE", help="Write a Markdown summary to FILE.")
+@click.option("--junit", type=_FILE, metavar="FILE", help="Write JUnit XML, one test case per threshold.")
+@click.option("--html", type=_FILE, metavar="FILE",
+              help="Write a self-contained HTML report (per-layer SQNR chart, error histograms).")
+@click.option("--max-samples", type=click.IntRange(min=1), metavar="N", help="Use at most N samples.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=1, show_default=True, metavar="N",
+              help="Samples per run (models with a batch fixed at 1 are fed one at a time).")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+@click.pass_context
+def compare_command(ctx: click.Context, reference: Path, candidate: Path, **kwargs) -> None:
+    """Measure how far CANDIDATE, such as the INT8 model, drifted from REFERENCE.
+
+    \b
+    Reports SQNR, cosine, max/mean abs error and RMSE per output, top-1/top-5 agreement for
+    classifiers, and accuracy with labels. Report files (--markdown, --junit, --html) are
+    replaced when they exist. With GITHUB_STEP_SUMMARY set, the Markdown summary is appended there.
+
+    Exit codes: 0 ok, 1 a threshold was missed, 2 usage error, 3 failure.
+    """
+    from ptq_cli.compare import Thresholds, compare
+    from ptq_cli.compare.files import append_step_summary, write_report
+    from ptq_cli.compare.html import render_html
+    from ptq_cli.compare.junit import render_junit
+    from ptq_cli.compare.render import render_markdown, render_text
+
+    with reported_errors(ctx):
+        data = pop_data_options(kwargs)
+        report = compare(
+            reference, candidate, data["data"], labels=data.get("labels"),
+            image=image_preprocess_from_options(**data), per_layer=kwargs["per_layer"],
+            latency=kwargs["latency"], max_samples=kwargs["max_samples"], batch_size=kwargs["batch_size"],
+            thresholds=Thresholds(kwargs["min_sqnr"], kwargs["max_top1_drop"], kwargs["min_cosine"]),
+            progress=not kwargs["quiet"])
+        markdown = render_markdown(report)
+        for option, render in (("markdown", lambda: markdown), ("junit", lambda: render_junit(report)),
+                               ("html", lambda: render_html(report))):
+            if kwargs[option] is not None:
+                write_report(kwargs[option], render())
+        summary = os.environ.get("GITHUB_STEP_SUMMARY")
+        if summary:
+            append_step_summary(summary, markdown)
+    if kwargs["as_json"]:
+        click.echo(json.dumps(report.to_dict(), indent=2, allow_nan=False))
+        click.echo(render_text(report), err=True, nl=False)
+    else:
+        click.echo(render_text(report), nl=False)
+    for failure in report.failures:
+        click.echo(f"ptq: threshold missed: {failure}", err=True)
+    ctx.exit(report.exit_code)

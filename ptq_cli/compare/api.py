@@ -1,0 +1,130 @@
+"""`compare()`: how far a candidate model (usually the INT8 one) drifted from its reference.
+
+    report = compare("model.onnx", "model.int8.onnx", "eval/", per_layer=True,
+                     thresholds=Thresholds(min_sqnr=20, max_top1_drop=1.0))
+    report.failures      # missed thresholds, one line each; report.to_dict() is the JSON form
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import replace
+
+import onnx
+
+from ptq_cli.compare.engine import measure
+from ptq_cli.compare.latency import LatencySettings, measure_latency
+from ptq_cli.compare.layers import match_layers
+from ptq_cli.compare.report import CompareReport, ModelRef
+from ptq_cli.compare.runtime import make_session
+from ptq_cli.compare.thresholds import Thresholds, evaluate
+from ptq_cli.errors import DataError, ModelError, UsageError
+from ptq_cli.model.io import InputSpec, input_specs, load_model, sha256_file
+
+__all__ = ["compare", "compare_batches", "Thresholds", "LatencySettings", "CompareReport"]
+
+ModelLike = str | os.PathLike | onnx.ModelProto
+
+
+def compare(reference: ModelLike, candidate: ModelLike, data, *, labels: str | os.PathLike | None = None,
+            image=None, per_layer: bool = False, latency: bool = False, max_samples: int | None = None,
+            batch_size: int = 1, thresholds: Thresholds = Thresholds(), progress: bool = True,
+            latency_settings: LatencySettings = LatencySettings()) -> CompareReport:
+    """Run both models on `data` (a folder, or a `ptq_cli.data.Dataset`) and measure the drift.
+
+    `labels`: a file of integer labels in sample order (class sub-folders of an image folder are
+    read as labels without it); `image`: an `ImagePreprocess` for image folders.
+    """
+    if batch_size < 1:
+        raise UsageError(f"batch size must be at least 1, got {batch_size}")
+    if max_samples is not None and max_samples < 1:
+        raise UsageError(f"max samples must be at least 1, got {max_samples}")
+    ref_model, ref_ref = _load(reference, "reference")
+    cand_model, cand_ref = _load(candidate, "candidate")
+    specs = check_same_inputs(ref_model, cand_model)
+    from ptq_cli.data import iter_batches, open_dataset  # the data readers pull in Pillow lazily
+
+    if isinstance(data, (str, os.PathLike)):
+        dataset = open_dataset(data, specs, image=image, labels=labels)
+    else:
+        if labels is not None or image is not None:
+            raise UsageError("labels= and image= apply when data is a folder; build the Dataset with them")
+        dataset = data
+    total = min(len(dataset), max_samples) if max_samples else len(dataset)
+    batches = iter_batches(dataset, specs, batch_size=batch_size, max_samples=max_samples)
+    report = compare_batches(ref_model, cand_model, batches, description=dataset.description,
+                             per_layer=per_layer, latency=latency, thresholds=thresholds,
+                             progress=progress, total=total, latency_settings=latency_settings)
+    return replace(report, reference=ref_ref, candidate=cand_ref)
+
+
+def compare_batches(reference: onnx.ModelProto, candidate: onnx.ModelProto, batches, *,
+                    description: str = "batches", per_layer: bool = False, latency: bool = False,
+                    thresholds: Thresholds = Thresholds(), progress: bool = False,
+                    total: int | None = None,
+                    latency_settings: LatencySettings = LatencySettings()) -> CompareReport:
+    """The same as `compare` on already-loaded models and an iterable of batches
+    (objects with `.feeds`, `.size`, `.labels`)."""
+    check_same_inputs(reference, candidate)
+    pairs, notes = output_pairs(reference, candidate)
+    matching = match_layers(reference, candidate) if per_layer else None
+    measured = measure(reference, candidate, batches, pairs, matching=matching, total=total,
+                       progress=progress, keep_inputs=latency_settings.max_inputs if latency else 0)
+    if measured.samples == 0:
+        raise DataError(f"no samples were read from {description}; nothing to compare")
+    timing = None
+    if latency:
+        timing = measure_latency(make_session(reference, "reference"), make_session(candidate, "candidate"),
+                                 list(measured.kept_inputs), latency_settings)
+    if any(o.nonfinite_candidate for o in measured.outputs):
+        notes.append("the candidate produced NaN/Inf on some samples; they are counted, "
+                     "not averaged (see nonfinite_candidate)")
+    return CompareReport(
+        reference=ModelRef(None, None), candidate=ModelRef(None, None), data_description=description,
+        samples=measured.samples, labelled=measured.labelled, outputs=measured.outputs,
+        layers=measured.layers, latency=timing, thresholds=evaluate(thresholds, measured.outputs),
+        notes=tuple(notes))
+
+
+def _load(model: ModelLike, what: str) -> tuple[onnx.ModelProto, ModelRef]:
+    if isinstance(model, onnx.ModelProto):
+        return model, ModelRef(None, None)
+    if not isinstance(model, (str, os.PathLike)):
+        raise UsageError(f"the {what} must be a path to an .onnx file or an onnx.ModelProto")
+    return load_model(model), ModelRef(str(model), sha256_file(model))
+
+
+def check_same_inputs(reference: onnx.ModelProto, candidate: onnx.ModelProto) -> list[InputSpec]:
+    """The reference's input specs; UsageError when the candidate's inputs differ in any way."""
+    ref_specs, cand_specs = input_specs(reference), input_specs(candidate)
+    ref_by_name = {s.name: s for s in ref_specs}
+    cand_by_name = {s.name: s for s in cand_specs}
+    if set(ref_by_name) != set(cand_by_name):
+        raise UsageError(
+            f"the models' inputs differ: reference has {_names(ref_specs)}, candidate has "
+            f"{_names(cand_specs)}; compare needs two versions of the same model with the same inputs")
+    for name, ref in ref_by_name.items():
+        cand = cand_by_name[name]
+        if ref.dtype != cand.dtype or ref.shape != cand.shape:
+            raise UsageError(f"input {name!r} differs: reference {ref.describe()}, candidate "
+                             f"{cand.describe()}; compare needs models with identical inputs")
+    return ref_specs
+
+
+def _names(specs: list[InputSpec]) -> str:
+    return "[" + ", ".join(repr(s.name) for s in specs) + "]"
+
+
+def output_pairs(reference: onnx.ModelProto, candidate: onnx.ModelProto) -> tuple[list[tuple[str, str]], list[str]]:
+    """(reference output, candidate output) by name; by position when no name is shared."""
+    ref_names = [o.name for o in reference.graph.output]
+    cand_names = [o.name for o in candidate.graph.output]
+    if set(ref_names) <= set(cand_names):
+        return [(n, n) for n in ref_names], []
+    if not set(ref_names) & set(cand_names) and len(ref_names) == len(cand_names):
+        pairs = list(zip(ref_names, cand_names))
+        return pairs, ["outputs were matched by position (no output name is shared): "
+                       + ", ".join(f"{r} ~ {c}" for r, c in pairs)]
+    missing = [n for n in ref_names if n not in cand_names]
+    raise ModelError(f"the candidate has no output named {', '.join(map(repr, missing))} "
+                     f"(its outputs: {', '.join(map(repr, cand_names))}); is it made from this reference?")

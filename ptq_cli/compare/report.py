@@ -1,0 +1,274 @@
+"""The typed result of `ptq compare` and its JSON form.
+
+JSON schema (``schema_version`` 1; keys are only ever added, with a new version when one changes):
+
+    {
+      "schema_version": 1, "tool": "ptq", "tool_version": str,
+      "reference": {"path": str|null, "sha256": str|null},
+      "candidate": {"path": str|null, "sha256": str|null},
+      "data": {"description": str, "samples": int, "labelled": int},
+      "outputs": [{
+          "name": str, "shape": [int], "samples": int,
+          "nonfinite_candidate": int, "nonfinite_reference": int,   # rows left out of the averages
+          "exact": bool,                                            # every measured error is zero
+          "sqnr_db": num|null, "cosine_mean": num|null, "cosine_min": num|null,
+          "max_abs_error": num|null, "mean_abs_error": num|null, "rmse": num|null,
+          "error_histogram": {"log10_abs_edges": [num], "counts": [int]},
+          "classification": null | {
+              "classes": int, "top1_agreement": num, "top5_agreement": num|null,
+              "labelled": int, "reference_top1": num|null, "candidate_top1": num|null,
+              "reference_top5": num|null, "candidate_top5": num|null, "top1_drop_pt": num|null}}],
+      "layers": null | {
+          "matched": [{"tensor": str, "candidate_tensor": str, "op_type": str, "node": str,
+                       "quantized": bool, "matched_by": "name"|"graph"|"input"|"fused", "samples": int,
+                       "nonfinite_candidate": int, "sqnr_db": num|null,
+                       "input_sqnr_db": num|null,    # worst SQNR of the node's activation inputs
+                       "local_sqnr_db": num|null,    # SQNR of the error the node adds itself
+                       "weight_sqnr_db": num|null}], # worst per-output-channel SQNR of its weights
+                                                     # "matched" is sorted worst SQNR first
+          "unmatched": [{"tensor": str, "op_type": str, "node": str, "reason": str}]},
+      "latency": null | {"warmup": int, "runs": int, "inputs": int, "speedup": num,
+          "reference": {"median_ms": num, "p10_ms": num, "p90_ms": num, "min_ms": num, "max_ms": num},
+          "candidate": {...same keys...}},
+      "thresholds": [{"name": "min_sqnr"|"max_top1_drop"|"min_cosine", "limit": num,
+                      "value": num|null, "passed": bool, "detail": str}],
+      "passed": bool, "failures": [str], "notes": [str]
+    }
+
+Per-layer SQNR is cumulative (a tensor carries the error of everything upstream); the node that
+causes the drift is the one with a low "local_sqnr_db" (-10 log10(NSR_out - NSR_in) with
+NSR = 10^(-SQNR/10); null when it adds no measurable error or has an unmeasured input) or a low
+"weight_sqnr_db". Graph inputs that
+the candidate quantizes appear with op_type "(graph input)".
+Numbers that are not finite (an infinite SQNR of identical outputs, an undefined figure) are
+written as null; "exact" tells the two apart. Fractions (agreement, accuracy, cosine) are in
+0..1; "top1_drop_pt" is in percentage points: accuracy drop with labels, else 100 * (1 - agreement).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+from ptq_cli import __version__
+
+SCHEMA_VERSION = 1
+
+
+def _num(value: float | None) -> float | None:
+    if value is None or not math.isfinite(value):
+        return None
+    return float(value)
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    path: str | None
+    sha256: str | None
+
+    def to_dict(self) -> dict:
+        return {"path": self.path, "sha256": self.sha256}
+
+
+@dataclass(frozen=True)
+class ClassReport:
+    classes: int
+    top1_agreement: float
+    top5_agreement: float | None
+    labelled: int
+    reference_top1: float | None
+    candidate_top1: float | None
+    reference_top5: float | None
+    candidate_top5: float | None
+
+    @property
+    def top1_drop_pt(self) -> float | None:
+        """Percentage points lost: accuracy drop with labels, else disagreement with the reference."""
+        if self.reference_top1 is not None and self.candidate_top1 is not None:
+            return 100.0 * (self.reference_top1 - self.candidate_top1)
+        if math.isfinite(self.top1_agreement):
+            return 100.0 * (1.0 - self.top1_agreement)
+        return None
+
+    def to_dict(self) -> dict:
+        return {
+            "classes": self.classes, "top1_agreement": _num(self.top1_agreement),
+            "top5_agreement": _num(self.top5_agreement), "labelled": self.labelled,
+            "reference_top1": _num(self.reference_top1), "candidate_top1": _num(self.candidate_top1),
+            "reference_top5": _num(self.reference_top5), "candidate_top5": _num(self.candidate_top5),
+            "top1_drop_pt": _num(self.top1_drop_pt),
+        }
+
+
+@dataclass(frozen=True)
+class OutputReport:
+    name: str
+    shape: tuple[int, ...]
+    samples: int
+    nonfinite_candidate: int
+    nonfinite_reference: int
+    sqnr_db: float
+    cosine_mean: float
+    cosine_min: float
+    max_abs_error: float
+    mean_abs_error: float
+    rmse: float
+    hist_edges: tuple[float, ...]
+    hist_counts: tuple[int, ...]
+    classification: ClassReport | None = None
+
+    @property
+    def exact(self) -> bool:
+        return self.samples > 0 and self.max_abs_error == 0.0
+
+    def to_dict(self) -> dict:
+        return {
+            "name": self.name, "shape": list(self.shape), "samples": self.samples,
+            "nonfinite_candidate": self.nonfinite_candidate,
+            "nonfinite_reference": self.nonfinite_reference, "exact": self.exact,
+            "sqnr_db": _num(self.sqnr_db), "cosine_mean": _num(self.cosine_mean),
+            "cosine_min": _num(self.cosine_min), "max_abs_error": _num(self.max_abs_error),
+            "mean_abs_error": _num(self.mean_abs_error), "rmse": _num(self.rmse),
+            "error_histogram": {"log10_abs_edges": list(self.hist_edges), "counts": list(self.hist_counts)},
+            "classification": self.classification.to_dict() if self.classification else None,
+        }
+
+
+@dataclass(frozen=True)
+class LayerReport:
+    tensor: str
+    candidate_tensor: str
+    op_type: str
+    node: str
+    quantized: bool
+    matched_by: str
+    samples: int
+    nonfinite_candidate: int
+    sqnr_db: float
+    input_sqnr_db: float | None = None    # worst SQNR of the node's activation inputs
+    weight_sqnr_db: float | None = None   # worst per-output-channel SQNR of its quantized weights
+
+    @property
+    def local_sqnr_db(self) -> float | None:
+        """The SQNR of the error this node adds itself: -10 log10(NSR_out - NSR_in), where
+        NSR = 10^(-SQNR/10) and NSR_in is that of its worst input. Noise that adds up independently
+        through the node gives back the node's own SQNR; +inf when it adds nothing measurable."""
+        if self.input_sqnr_db is None or self.nonfinite_candidate or math.isnan(self.sqnr_db):
+            return None
+        added = 10.0 ** (-self.sqnr_db / 10.0) - 10.0 ** (-self.input_sqnr_db / 10.0)
+        return math.inf if added <= 0 else -10.0 * math.log10(added)
+
+    def to_dict(self) -> dict:
+        return {
+            "tensor": self.tensor, "candidate_tensor": self.candidate_tensor, "op_type": self.op_type,
+            "node": self.node, "quantized": self.quantized, "matched_by": self.matched_by,
+            "samples": self.samples, "nonfinite_candidate": self.nonfinite_candidate,
+            "sqnr_db": _num(self.sqnr_db), "input_sqnr_db": _num(self.input_sqnr_db),
+            "local_sqnr_db": _num(self.local_sqnr_db), "weight_sqnr_db": _num(self.weight_sqnr_db),
+        }
+
+
+@dataclass(frozen=True)
+class UnmatchedLayer:
+    tensor: str
+    op_type: str
+    node: str
+    reason: str
+
+    def to_dict(self) -> dict:
+        return {"tensor": self.tensor, "op_type": self.op_type, "node": self.node, "reason": self.reason}
+
+
+@dataclass(frozen=True)
+class LayersReport:
+    matched: tuple[LayerReport, ...]      # worst SQNR first
+    unmatched: tuple[UnmatchedLayer, ...]
+
+    def to_dict(self) -> dict:
+        return {"matched": [m.to_dict() for m in self.matched],
+                "unmatched": [u.to_dict() for u in self.unmatched]}
+
+
+@dataclass(frozen=True)
+class TimingStats:
+    median_ms: float
+    p10_ms: float
+    p90_ms: float
+    min_ms: float
+    max_ms: float
+
+    def to_dict(self) -> dict:
+        return {"median_ms": self.median_ms, "p10_ms": self.p10_ms, "p90_ms": self.p90_ms,
+                "min_ms": self.min_ms, "max_ms": self.max_ms}
+
+
+@dataclass(frozen=True)
+class LatencyReport:
+    warmup: int
+    runs: int
+    inputs: int
+    reference: TimingStats
+    candidate: TimingStats
+
+    @property
+    def speedup(self) -> float:
+        """Reference median / candidate median: above 1 the candidate is faster."""
+        return self.reference.median_ms / self.candidate.median_ms if self.candidate.median_ms else math.nan
+
+    def to_dict(self) -> dict:
+        return {"warmup": self.warmup, "runs": self.runs, "inputs": self.inputs,
+                "speedup": _num(self.speedup), "reference": self.reference.to_dict(),
+                "candidate": self.candidate.to_dict()}
+
+
+@dataclass(frozen=True)
+class ThresholdResult:
+    name: str           # "min_sqnr", "max_top1_drop", "min_cosine"
+    limit: float
+    value: float | None
+    passed: bool
+    detail: str
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "limit": self.limit, "value": _num(self.value),
+                "passed": self.passed, "detail": self.detail}
+
+
+@dataclass(frozen=True)
+class CompareReport:
+    reference: ModelRef
+    candidate: ModelRef
+    data_description: str
+    samples: int
+    labelled: int
+    outputs: tuple[OutputReport, ...]
+    layers: LayersReport | None = None
+    latency: LatencyReport | None = None
+    thresholds: tuple[ThresholdResult, ...] = ()
+    notes: tuple[str, ...] = field(default=())
+
+    @property
+    def failures(self) -> tuple[str, ...]:
+        """One line per missed threshold; empty when every threshold passed."""
+        return tuple(f"{t.name}: {t.detail}" for t in self.thresholds if not t.passed)
+
+    @property
+    def passed(self) -> bool:
+        return not self.failures
+
+    @property
+    def exit_code(self) -> int:
+        return 0 if self.passed else 1
+
+    def to_dict(self) -> dict:
+        return {
+            "schema_version": SCHEMA_VERSION, "tool": "ptq", "tool_version": __version__,
+            "reference": self.reference.to_dict(), "candidate": self.candidate.to_dict(),
+            "data": {"description": self.data_description, "samples": self.samples,
+                     "labelled": self.labelled},
+            "outputs": [o.to_dict() for o in self.outputs],
+            "layers": self.layers.to_dict() if self.layers else None,
+            "latency": self.latency.to_dict() if self.latency else None,
+            "thresholds": [t.to_dict() for t in self.thresholds],
+            "passed": self.passed, "failures": list(self.failures), "notes": list(self.notes),
+        }

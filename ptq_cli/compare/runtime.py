@@ -1,0 +1,64 @@
+"""onnxruntime sessions for compare: plain models, and models with extra (intermediate) outputs."""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+from onnx import helper
+
+from ptq_cli.errors import ModelError
+
+
+def make_session(model: onnx.ModelProto, what: str, *, extra_outputs: tuple[str, ...] = ()) -> ort.InferenceSession:
+    """A CPU session for `model`, optionally exposing `extra_outputs` too (the input is not modified)."""
+    if extra_outputs:
+        model = with_outputs(model, extra_outputs)
+    options = ort.SessionOptions()
+    options.log_severity_level = 3  # keep onnxruntime's warnings off the user's terminal
+    try:
+        return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    except Exception as exc:  # onnxruntime raises its own exception types for every load failure
+        raise ModelError(f"onnxruntime cannot load the {what} model: {_first_line(exc)}") from None
+
+
+def with_outputs(model: onnx.ModelProto, names: tuple[str, ...]) -> onnx.ModelProto:
+    """A copy of `model` whose graph also outputs `names` (typed from shape inference when known)."""
+    out = copy.deepcopy(model)
+    known = {v.name: v for v in _value_infos(out)}
+    present = {o.name for o in out.graph.output}
+    for name in names:
+        if name in present:
+            continue
+        info = known.get(name)
+        out.graph.output.append(copy.deepcopy(info) if info is not None
+                                else helper.make_empty_tensor_value_info(name))
+        present.add(name)
+    return out
+
+
+def _value_infos(model: onnx.ModelProto):
+    try:
+        inferred = onnx.shape_inference.infer_shapes(model, strict_mode=False)
+    except Exception:  # fall back to untyped outputs, which onnxruntime accepts
+        inferred = model
+    for value in list(inferred.graph.value_info) + list(inferred.graph.output):
+        if value.type.HasField("tensor_type") and value.type.tensor_type.elem_type:
+            yield value
+
+
+def run(session: ort.InferenceSession, feeds: dict[str, np.ndarray], what: str,
+        names: list[str] | None = None) -> dict[str, np.ndarray]:
+    names = names or [o.name for o in session.get_outputs()]
+    try:
+        values = session.run(names, feeds)
+    except Exception as exc:
+        raise ModelError(f"onnxruntime failed to run the {what} model: {_first_line(exc)}") from None
+    return dict(zip(names, values))
+
+
+def _first_line(exc: Exception) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

@@ -1,0 +1,88 @@
+"""Pass/fail limits for `ptq compare`, checked against the finished per-output figures.
+
+- min_sqnr (dB): every output's SQNR must reach it;
+- max_top1_drop (percentage points): on every classification-like output, the top-1 accuracy drop
+  against the labels when there are labels, else 100 * (1 - top-1 agreement with the reference);
+- min_cosine: every output's mean cosine similarity must reach it.
+
+A candidate that produced NaN/Inf on any sample misses min_sqnr and min_cosine (those rows are left
+out of the averages, so the averages alone would hide them); for top-1 they already count as misses.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from ptq_cli.compare.report import OutputReport, ThresholdResult
+from ptq_cli.errors import UsageError
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    min_sqnr: float | None = None
+    max_top1_drop: float | None = None
+    min_cosine: float | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("min_sqnr", "max_top1_drop", "min_cosine"):
+            value = getattr(self, name)
+            if value is not None and not math.isfinite(value):
+                raise UsageError(f"threshold {name} must be a finite number, got {value}")
+        if self.max_top1_drop is not None and self.max_top1_drop < 0:
+            raise UsageError(f"max_top1_drop is in percentage points and must be >= 0, got {self.max_top1_drop}")
+        if self.min_cosine is not None and not -1.0 <= self.min_cosine <= 1.0:
+            raise UsageError(f"min_cosine must lie in [-1, 1], got {self.min_cosine}")
+
+    @property
+    def any(self) -> bool:
+        return any(v is not None for v in (self.min_sqnr, self.max_top1_drop, self.min_cosine))
+
+
+def evaluate(thresholds: Thresholds, outputs: tuple[OutputReport, ...]) -> tuple[ThresholdResult, ...]:
+    results = []
+    if thresholds.min_sqnr is not None:
+        results.append(_lower_bound("min_sqnr", thresholds.min_sqnr, outputs,
+                                    lambda o: math.inf if o.exact else o.sqnr_db, "SQNR", " dB"))
+    if thresholds.max_top1_drop is not None:
+        results.append(_top1(thresholds.max_top1_drop, outputs))
+    if thresholds.min_cosine is not None:
+        results.append(_lower_bound("min_cosine", thresholds.min_cosine, outputs,
+                                    lambda o: o.cosine_mean, "mean cosine", ""))
+    return tuple(results)
+
+
+def _lower_bound(name, limit, outputs, value_of, label, unit) -> ThresholdResult:
+    worst_value, worst_name, problems = math.inf, None, []
+    for out in outputs:
+        value = value_of(out)
+        if out.nonfinite_candidate:
+            problems.append(f"output {out.name!r} has NaN/Inf on {out.nonfinite_candidate} sample(s)")
+        if math.isnan(value):
+            problems.append(f"output {out.name!r} has no measurable {label}")
+        elif value < worst_value:
+            worst_value, worst_name = value, out.name
+    if worst_name is None and not problems:
+        problems.append("no output to measure")
+    shown = "inf" if worst_value == math.inf else f"{worst_value:.4g}{unit}"
+    passed = not problems and worst_value >= limit
+    if problems:
+        detail = "; ".join(problems)
+    else:
+        detail = f"worst {label} {shown} on output {worst_name!r} {'>=' if passed else '<'} {limit:g}{unit}"
+    value = worst_value if worst_name is not None else None
+    return ThresholdResult(name, float(limit), value, passed, detail)
+
+
+def _top1(limit: float, outputs: tuple[OutputReport, ...]) -> ThresholdResult:
+    drops = [(o.classification.top1_drop_pt, o.name) for o in outputs if o.classification]
+    drops = [(d, n) for d, n in drops if d is not None]
+    if not drops:
+        return ThresholdResult("max_top1_drop", float(limit), None, False,
+                               "no classification-like output (rank 2, more than one class) to measure top-1 on")
+    worst, name = max(drops)
+    labelled = any(o.classification and o.classification.labelled for o in outputs)
+    what = "top-1 accuracy drop vs labels" if labelled else "top-1 disagreement with the reference"
+    passed = worst <= limit
+    detail = f"{what} {worst:.2f} pt on output {name!r} {'<=' if passed else '>'} {limit:g} pt"
+    return ThresholdResult("max_top1_drop", float(limit), worst, passed, detail)
