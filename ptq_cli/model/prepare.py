@@ -34,10 +34,24 @@ def prepare(model: onnx.ModelProto, *, min_opset: int = QDQ_PER_AXIS_OPSET) -> o
     out.CopyFrom(model)
     constants_to_initializers(out)
     out = upgrade_opset(out, min_opset)
+    _modern_ir(out)
     fold_batch_norm(out)
     fold_pad_into_conv(out)
     ensure_node_names(out.graph)
     return infer_shapes(out)
+
+
+def _modern_ir(model: onnx.ModelProto) -> None:
+    """Raise the IR version to what the opsets need (IR 3 files, e.g. from CNTK, require every
+    new initializer to be a graph input too) and stop listing initializers as inputs, which makes
+    onnxruntime treat them as overridable and skip constant folding."""
+    needed = helper.find_min_ir_version_for(list(model.opset_import), ignore_unknown=True)
+    model.ir_version = max(model.ir_version, needed, 4)
+    initializers = {t.name for t in model.graph.initializer}
+    inputs = [i for i in model.graph.input if i.name not in initializers]
+    if len(inputs) != len(model.graph.input):
+        del model.graph.input[:]
+        model.graph.input.extend(inputs)
 
 
 def constants_to_initializers(model: onnx.ModelProto) -> None:

@@ -28,6 +28,29 @@ class OutputRule(enum.Enum):
     UNIT = "unit"  # the output lies in [0, 1] by definition (Softmax, Sigmoid)
 
 
+class Layout(enum.Enum):
+    """Input order of onnxruntime's integer ops (QLinear* ops take each operand with its scale and zero point)."""
+
+    BINARY = "binary"  # a, a_scale, a_zp, b, b_scale, b_zp, y_scale, y_zp[, bias]: QLinearConv/MatMul/Add/Mul
+    GEMM = "gemm"  # a, a_scale, a_zp, b, b_scale, b_zp, bias, y_scale, y_zp: com.microsoft QGemm
+    UNARY = "unary"  # x, x_scale, x_zp, y_scale, y_zp: pools, LeakyRelu, Sigmoid, Softmax
+    CONCAT = "concat"  # y_scale, y_zp, then x, x_scale, x_zp for every input: QLinearConcat
+
+
+@dataclass(frozen=True)
+class QLinear:
+    """The integer op that replaces a float op in the QOperator format."""
+
+    op_type: str
+    domain: str = ""  # "" (ONNX) or "com.microsoft" (onnxruntime contrib ops)
+    layout: Layout = Layout.UNARY
+    attributes: tuple[str, ...] | None = None  # attributes kept from the float node; None keeps all
+    opset_attribute: bool = False  # QLinearSoftmax needs the opset of the Softmax it replaces
+
+
+_MS = "com.microsoft"
+
+
 @dataclass(frozen=True)
 class OpHandler:
     """How one op family is quantized."""
@@ -42,6 +65,12 @@ class OpHandler:
     weight_axis: Callable[[onnx.NodeProto, int], int | None] = lambda node, ndim: None
     # Returns why this node cannot be quantized, or None.
     refuse: Callable[[onnx.NodeProto, GraphIndex], str | None] = lambda node, index: None
+    # QOperator format: the integer op that replaces the float one (None: a PASSTHROUGH op runs
+    # as is on the integer tensor; a compute op without one stays float between Dequantize/Quantize).
+    qlinear: "QLinear | None" = None
+    # QOperator format: an input holding a float constant that must become the integer zero point
+    # (Pad's constant_value: padding with real 0.0 means padding with Z).
+    zero_point_input: int | None = None
 
 
 def _gemm_axis(node: onnx.NodeProto, ndim: int) -> int | None:
@@ -78,25 +107,29 @@ def _refuse_gather(node: onnx.NodeProto, index: GraphIndex) -> str | None:
     return None
 
 
-_CONV = OpHandler((0,), weight=1, bias=2, fuses_relu=True, weight_axis=lambda node, ndim: 0)
+_CONV = OpHandler((0,), weight=1, bias=2, fuses_relu=True, weight_axis=lambda node, ndim: 0,
+                  qlinear=QLinear("QLinearConv", layout=Layout.BINARY))
 _PASS = OpHandler((0,), OutputRule.PASSTHROUGH)
 
 HANDLERS: dict[str, OpHandler] = {
     "Conv": _CONV,
     "ConvTranspose": OpHandler((0,), weight=1, bias=2, fuses_relu=True, weight_axis=_conv_transpose_axis),
-    "Gemm": OpHandler((0,), weight=1, bias=2, fuses_relu=True, weight_axis=_gemm_axis),
-    "MatMul": OpHandler((0, 1), weight=1, fuses_relu=True, weight_axis=_matmul_axis),
-    "Add": OpHandler((0, 1), fuses_relu=True),
-    "Mul": OpHandler((0, 1), fuses_relu=True),
-    "Concat": OpHandler((), all_inputs=True),
-    "AveragePool": OpHandler((0,)),
-    "GlobalAveragePool": OpHandler((0,)),
-    "LeakyRelu": OpHandler((0,)),
-    "Sigmoid": OpHandler((0,), OutputRule.UNIT),
-    "Softmax": OpHandler((0,), OutputRule.UNIT),
+    "Gemm": OpHandler((0,), weight=1, bias=2, fuses_relu=True, weight_axis=_gemm_axis,
+                      qlinear=QLinear("QGemm", _MS, Layout.GEMM, ("alpha", "transA", "transB"))),
+    "MatMul": OpHandler((0, 1), weight=1, fuses_relu=True, weight_axis=_matmul_axis,
+                        qlinear=QLinear("QLinearMatMul", layout=Layout.BINARY)),
+    "Add": OpHandler((0, 1), fuses_relu=True, qlinear=QLinear("QLinearAdd", _MS, Layout.BINARY)),
+    "Mul": OpHandler((0, 1), fuses_relu=True, qlinear=QLinear("QLinearMul", _MS, Layout.BINARY)),
+    "Concat": OpHandler((), all_inputs=True, qlinear=QLinear("QLinearConcat", _MS, Layout.CONCAT)),
+    "AveragePool": OpHandler((0,), qlinear=QLinear("QLinearAveragePool", _MS, attributes=(
+        "auto_pad", "ceil_mode", "count_include_pad", "kernel_shape", "pads", "strides"))),
+    "GlobalAveragePool": OpHandler((0,), qlinear=QLinear("QLinearGlobalAveragePool", _MS)),
+    "LeakyRelu": OpHandler((0,), qlinear=QLinear("QLinearLeakyRelu", _MS)),
+    "Sigmoid": OpHandler((0,), OutputRule.UNIT, qlinear=QLinear("QLinearSigmoid", _MS)),
+    "Softmax": OpHandler((0,), OutputRule.UNIT, qlinear=QLinear("QLinearSoftmax", _MS, opset_attribute=True)),
     "MaxPool": OpHandler((0,), OutputRule.PASSTHROUGH, refuse=_refuse_maxpool),
     "Resize": _PASS,
-    "Pad": OpHandler((0,), OutputRule.PASSTHROUGH, refuse=_refuse_pad),
+    "Pad": OpHandler((0,), OutputRule.PASSTHROUGH, refuse=_refuse_pad, zero_point_input=2),
     "Reshape": _PASS,
     "Transpose": _PASS,
     "Flatten": _PASS,

@@ -1,0 +1,111 @@
+"""Dynamic quantization: structure, validity, numerics against FP32 in onnxruntime, the CLI."""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import onnx
+import pytest
+from click.testing import CliRunner
+from onnx import TensorProto, helper, numpy_helper
+
+from ptq_cli.cli import main
+from ptq_cli.errors import UsageError
+from ptq_cli.quantize.api import quantize
+from ptq_cli.quantize.dynamic import quantize_dynamic
+from ptq_cli.recipe import PerChannel, PerTensor, QType, Recipe, TensorSpec
+from tests.conftest import REPO, make_model, ops, run, sqnr_db, tiny_conv_relu
+
+DYNAMIC = Recipe(dynamic=True)
+
+
+def _inits(model):
+    return {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+
+
+def _gemm_matmul_model(rng):
+    """x[N,8] -> Gemm(transB, alpha, beta) -> MatMul(W) -> MatMul(activation x activation^T)."""
+    inits = [numpy_helper.from_array(rng.normal(0, 0.5, (6, 8)).astype(np.float32), "wg"),
+             numpy_helper.from_array(rng.normal(0, 0.1, (6,)).astype(np.float32), "bg"),
+             numpy_helper.from_array(rng.normal(0, 0.5, (6, 5)).astype(np.float32), "wm")]
+    nodes = [helper.make_node("Gemm", ["x", "wg", "bg"], ["g"], name="gemm", transB=1, alpha=0.5, beta=2.0),
+             helper.make_node("MatMul", ["g", "wm"], ["m"], name="mm"),
+             helper.make_node("Transpose", ["m"], ["t"], name="tr", perm=[1, 0]),
+             helper.make_node("MatMul", ["m", "t"], ["y"], name="mm_act")]
+    return make_model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4, 8])],
+                      [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4, 4])], inits)
+
+
+def test_matmul_and_gemm_become_matmulinteger_per_column(rng):
+    model = _gemm_matmul_model(rng)
+    before = copy.deepcopy(model)
+    result = quantize_dynamic(model)
+    out = result.model
+    onnx.checker.check_model(out, full_check=True)
+    assert model == before
+    assert ops(out).count("MatMulInteger") == 3 and "MatMul" not in ops(out) and "Gemm" not in ops(out)
+    assert ops(out).count("DynamicQuantizeLinear") == 4  # x, g, m (shared by mm_act) and t
+    assert result.quantized == ("gemm", "mm", "mm_act")
+    inits = _inits(out)
+    mm = next(n for n in out.graph.node if n.op_type == "MatMulInteger" and n.input[1].startswith("wm"))
+    assert inits[mm.input[1]].dtype == np.int8 and inits[mm.input[3]].shape == (5,)  # zero point per column
+    x = {"x": rng.normal(0, 1, (4, 8)).astype(np.float32)}
+    assert sqnr_db(run(model, x)[0], run(out, x)[0]) > 30
+
+
+def test_conv_becomes_convinteger_with_bias_and_groups(rng):
+    model = tiny_conv_relu(rng)
+    out = quantize_dynamic(model).model
+    assert ops(out)[:6] == ["DynamicQuantizeLinear", "ConvInteger", "Cast", "Mul", "Mul", "Add"]
+    conv = out.graph.node[1]
+    inits = _inits(out)
+    assert inits[conv.input[1]].dtype == np.int8 and inits[conv.input[3]].shape == ()  # one zero point
+    scale = next(n for n in out.graph.node if n.op_type == "Mul" and n.input[0].endswith("_scale"))
+    assert inits[scale.input[1]].shape == (1, 4, 1, 1)  # per-channel scale, applied in float
+    x = {"x": rng.normal(0, 1, (2, 3, 8, 8)).astype(np.float32)}
+    assert sqnr_db(run(model, x)[0], run(out, x)[0]) > 30
+
+
+def test_depthwise_conv_and_asymmetric_weights_run(rng):
+    w = numpy_helper.from_array(rng.normal(0, 0.5, (3, 1, 3, 3)).astype(np.float32), "w")
+    model = make_model([helper.make_node("Conv", ["x", "w"], ["y"], name="dw", group=3, pads=[1, 1, 1, 1])],
+                       [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 6, 6])],
+                       [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3, 6, 6])], [w])
+    recipe = DYNAMIC.with_(weights=TensorSpec(QType.UINT8, symmetric=False, granularity=PerChannel()))
+    out = quantize_dynamic(model, recipe=recipe).model
+    inits = _inits(out)
+    # ConvInteger refuses per-channel zero points: asymmetric weights fall back to one scale.
+    assert inits[out.graph.node[1].input[3]].dtype == np.uint8
+    x = {"x": rng.normal(0, 1, (1, 3, 6, 6)).astype(np.float32)}
+    assert sqnr_db(run(model, x)[0], run(out, x)[0]) > 25
+
+
+def test_sample_mixer_stays_close_to_fp32(tmp_path):
+    source = REPO / "sample_models" / "digits_mixer.onnx"
+    result = quantize(source, tmp_path / "mixer.dyn.onnx", recipe=DYNAMIC)
+    assert result.output.exists() and not result.skipped == ()
+    model, out = onnx.load(source), onnx.load(result.output)
+    assert "MatMulInteger" in ops(out) and "MatMul" not in ops(out)
+    assert dict((p.key, p.value) for p in out.metadata_props)["ptq.calibration_data"].startswith("none")
+    data = np.load(REPO / "calibration" / "digits" / "eval.npz")
+    feeds = {model.graph.input[0].name: data["input"][:64]}
+    reference, dynamic = run(model, feeds)[0], run(out, feeds)[0]
+    assert sqnr_db(reference, dynamic) > 30
+    assert np.mean(reference.argmax(1) == dynamic.argmax(1)) > 0.95
+
+
+def test_wide_weight_types_are_refused(rng):
+    recipe = DYNAMIC.with_(weights=TensorSpec(QType.INT4, granularity=PerTensor()))
+    with pytest.raises(UsageError, match="int8 or uint8"):
+        quantize_dynamic(tiny_conv_relu(rng), recipe=recipe)
+
+
+def test_cli_dynamic_needs_no_data(tmp_path, rng):
+    source = tmp_path / "m.onnx"
+    onnx.save(tiny_conv_relu(rng), source)
+    result = CliRunner().invoke(main, ["quantize", str(source), "--dynamic", "-q"])
+    assert result.exit_code == 0, result.output
+    assert "ConvInteger" in ops(onnx.load(tmp_path / "m.int8.onnx"))
+    result = CliRunner().invoke(main, ["quantize", str(source), "--dynamic", "--activation-type", "int8", "-f"])
+    assert result.exit_code == 2 and "uint8 activations" in result.output
