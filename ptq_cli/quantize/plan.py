@@ -56,6 +56,9 @@ class QuantPlan:
     biases: dict[str, BiasPlan] = field(default_factory=dict)  # node -> bias
     quantized: list[str] = field(default_factory=list)  # nodes that run in integer
     fused: dict[str, str] = field(default_factory=dict)  # Relu/Clip node -> producer node
+    # A tensor quantized with another's calibrated range: a compute output followed by data
+    # movement and then a Relu/Clip takes the Relu/Clip's range (max-pool and relu commute).
+    range_source: dict[str, str] = field(default_factory=dict)
     skipped: list[SkipReason] = field(default_factory=list)
 
 
@@ -109,6 +112,10 @@ def _claim_compute_nodes(graph, index, recipe, ranges, plan) -> set[str]:
                 not recipe.excludes(follower.name, follower.op_type) and follower.output[0] in ranges:
             plan.fused[follower.name] = node.name
             out = follower.output[0]
+        elif handler.fuses_relu:
+            relu = _relu_after_data_movement(out, index, recipe)
+            if relu is not None and relu.output[0] in ranges:
+                plan.range_source[out] = relu.output[0]
         claimed.update(activations)
         claimed.add(out)
         plan.quantized.append(node.name)
@@ -119,6 +126,21 @@ def _claim_compute_nodes(graph, index, recipe, ranges, plan) -> set[str]:
                 reason = f"{node.op_type} only folds into a quantized producer (Conv, Gemm, MatMul, Add, ...)"
             plan.skipped.append(SkipReason(node.name, node.op_type, reason))
     return claimed
+
+
+_COMMUTE_WITH_RELU = ("MaxPool", "Reshape", "Flatten", "Transpose", "Squeeze", "Unsqueeze")
+
+
+def _relu_after_data_movement(tensor: str, index: GraphIndex, recipe: Recipe) -> onnx.NodeProto | None:
+    """The Relu/Clip reached from `tensor` through single-consumer, order-preserving data movement."""
+    node = index.single_consumer(tensor)
+    steps = 0
+    while node is not None and node.op_type in _COMMUTE_WITH_RELU and len(node.output) == 1 and steps < 8:
+        node, steps = index.single_consumer(node.output[0]), steps + 1
+    if steps and node is not None and node.op_type in FUSED_ACTIVATIONS and \
+            not recipe.excludes(node.name, node.op_type):
+        return node
+    return None
 
 
 def _claim_passthrough_nodes(graph, index, recipe, claimed, plan) -> set[str]:
@@ -155,7 +177,7 @@ def _assign_activation_params(graph, index, recipe, ranges, claimed, passthrough
             elif out in unit:
                 plan.activations[out] = _params(0.0, 1.0, spec)
             elif out in claimed:
-                plan.activations[out] = _activation_params(out, ranges, spec)
+                plan.activations[out] = _activation_params(plan.range_source.get(out, out), ranges, spec)
 
 
 def _activation_params(name: str, ranges, spec: TensorSpec) -> QParams:

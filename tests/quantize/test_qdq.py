@@ -234,3 +234,24 @@ def test_zero_pad_is_folded_into_the_next_conv(rng, tmp_path):
     out, _ = _quantize(model, [{"x": x}])
     fused = _optimized_ops(out, tmp_path)
     assert "QLinearConv" in fused and "Pad" not in fused and "Conv" not in fused
+
+
+def test_relu_after_max_pool_sets_the_conv_output_range(rng, tmp_path):
+    """Conv -> MaxPool -> Relu (as PyTorch exports it): max-pool and relu commute, so the Conv
+    output takes the Relu's range and onnxruntime runs the chain without requantizing."""
+    w1 = numpy_helper.from_array(rng.normal(0, 0.5, (4, 3, 3, 3)).astype(np.float32), "w1")
+    w2 = numpy_helper.from_array(rng.normal(0, 0.5, (4, 4, 3, 3)).astype(np.float32), "w2")
+    nodes = [helper.make_node("Conv", ["x", "w1"], ["c"], name="conv1", pads=[1, 1, 1, 1]),
+             helper.make_node("MaxPool", ["c"], ["p"], name="pool", kernel_shape=[2, 2], strides=[2, 2]),
+             helper.make_node("Relu", ["p"], ["r"], name="relu"),
+             helper.make_node("Conv", ["r", "w2"], ["y"], name="conv2")]
+    model = make_model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],
+                       [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 2, 2])], [w1, w2])
+    batches = image_batches(rng, n=4, shape=(1, 3, 8, 8))
+    out, plan = _quantize(model, batches)
+    assert plan.range_source == {"c": "r"}
+    assert int(plan.activations["c"].zero_point) == 0  # the range starts at 0
+    assert plan.activations["c"].same_as(plan.activations["r"])
+    fused = _optimized_ops(out, tmp_path)
+    assert fused.count("QuantizeLinear") == 1 and fused.count("DequantizeLinear") == 1, fused
+    assert sqnr_db(run(model, batches[0])[0], run(out, batches[0])[0]) > 30
