@@ -57,6 +57,7 @@ def _register() -> None:
     main.add_command(quantize_command)
     from ptq_cli.cli.compare import compare_command; main.add_command(compare_command)  # noqa: E702
     from ptq_cli.cli.calibrate import calibrate_command; main.add_command(calibrate_command)  # noqa: E702
+    from ptq_cli.cli.inspect import inspect_command; main.add_command(inspect_command)  # noqa: E702
 
 
 _register()

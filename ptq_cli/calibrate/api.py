@@ -1,0 +1,55 @@
+"""calibrate(): model + data -> CalibrationTable, in memory that does not grow with the data."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+
+import onnx
+
+from ptq_cli.calibrate.collector import collect
+from ptq_cli.calibrate.table import CalibrationTable, model_sha256
+from ptq_cli.data import Dataset, iter_batches, open_dataset
+from ptq_cli.data.images import ImagePreprocess
+from ptq_cli.errors import DataError, UsageError
+from ptq_cli.model.io import input_specs, load_model
+from ptq_cli.recipe import CalibrationSpec
+
+
+def calibrate(model: str | os.PathLike | onnx.ModelProto, data: str | os.PathLike | Dataset, *,
+              spec: CalibrationSpec = CalibrationSpec(), image: ImagePreprocess | None = None,
+              batch_size: int = 1, max_samples: int | None = None,
+              shard: tuple[int, int] | None = None, provider: str = "CPUExecutionProvider",
+              tensors: Sequence[str] | None = None, progress: bool = True,
+              histograms: bool | None = None, channel_axis: int | None = None) -> CalibrationTable:
+    """Run `model` over `data` and return the statistics and ranges of its float activations.
+
+    shard=(k, n) observes every n-th sample from offset k; merging the n tables (table.merge)
+    equals one run over all samples. With max_samples, shard k takes its share of the first
+    max_samples samples, so the shards still add up to the single run (one row per file).
+    histograms=None collects histograms only for the methods that need them (not minmax, to keep
+    it as cheap as inference); True keeps them so `table.with_method` can switch method later.
+    channel_axis also records per-channel min/max along that axis.
+    """
+    if isinstance(model, onnx.ModelProto):
+        proto, sha = model, model_sha256(model)
+    else:
+        proto, sha = load_model(model), model_sha256(model)
+    specs = input_specs(proto)
+    dataset = data if isinstance(data, Dataset) else open_dataset(data, specs, image=image)
+    if shard is not None:
+        index, count = shard
+        dataset = dataset.shard(index, count)
+        if max_samples is not None:
+            max_samples = len(range(index, max_samples, count))
+            if max_samples == 0:
+                raise UsageError(f"--max-samples leaves no sample for shard {index}/{count}")
+    if len(dataset) == 0:
+        raise DataError(f"{dataset.description} holds no sample to calibrate on")
+    total = len(dataset) if max_samples is None else min(len(dataset), max_samples)
+    batches = iter_batches(dataset, specs, batch_size=batch_size, max_samples=max_samples)
+    stats, samples = collect(proto, batches, spec=spec, tensors=tensors, provider=provider,
+                             progress=progress, total=total, histograms=histograms,
+                             channel_axis=channel_axis)
+    return CalibrationTable.build(sha, spec, stats, data=dataset.description, samples=samples,
+                                  shard=shard)

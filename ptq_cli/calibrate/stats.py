@@ -1,0 +1,93 @@
+"""Per-tensor statistics: the observers one tensor needs, updated together from one batch."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+from ptq_cli.calibrate.observers import Histogram, MinMax, MovingAverageMinMax, PerChannelMinMax, batch_min_max
+from ptq_cli.errors import CalibrationError
+from ptq_cli.recipe import CalibMethod, CalibrationSpec
+
+
+class TensorStats:
+    """Absolute min/max always; a histogram for histogram methods; EMA and per-channel on request."""
+
+    def __init__(self, minmax: MinMax, histogram: Histogram | None = None,
+                 ema: MovingAverageMinMax | None = None,
+                 channels: PerChannelMinMax | None = None) -> None:
+        self.minmax = minmax
+        self.histogram = histogram
+        self.ema = ema
+        self.channels = channels
+
+    @classmethod
+    def for_spec(cls, spec: CalibrationSpec, *, histogram: bool | None = None,
+                 channel_axis: int | None = None) -> "TensorStats":
+        """histogram=None collects one only when spec's method needs it."""
+        keep = needs_histogram(spec) if histogram is None else histogram
+        return cls(MinMax(),
+                   Histogram(spec.bins) if keep else None,
+                   MovingAverageMinMax(spec.moving_average) if spec.moving_average else None,
+                   PerChannelMinMax(channel_axis) if channel_axis is not None else None)
+
+    def update(self, name: str, array: np.ndarray) -> None:
+        """Fold one batch in; NaN/Inf raise CalibrationError naming the tensor."""
+        if array.size == 0:
+            return
+        mn, mx = batch_min_max(array)
+        if not (math.isfinite(mn) and math.isfinite(mx)):
+            raise CalibrationError(f"activation {name!r} holds NaN or Inf (min {mn}, max {mx}); check "
+                                   "the calibration data and the model (e.g. a division by zero or "
+                                   "a log of 0 upstream of this tensor)")
+        self.minmax.update(array, mn, mx)
+        if self.histogram is not None:
+            self.histogram.update(array, mn, mx)
+        if self.ema is not None:
+            self.ema.update(array, mn, mx)
+        if self.channels is not None and array.ndim > 1:
+            self.channels.update(array)
+
+    def merge(self, other: "TensorStats") -> None:
+        self.minmax.merge(other.minmax)
+        for mine, theirs in ((self.histogram, other.histogram), (self.ema, other.ema),
+                             (self.channels, other.channels)):
+            if (mine is None) != (theirs is None):
+                raise CalibrationError("cannot merge tables collected with different options "
+                                       "(histogram / moving average / per-channel)")
+            if mine is not None:
+                mine.merge(theirs)
+
+    @property
+    def min_max(self) -> tuple[float, float]:
+        """The min/max the minmax method uses: the moving average when one was asked for."""
+        if self.ema is not None:
+            return self.ema.min, self.ema.max
+        return self.minmax.min, self.minmax.max
+
+    def copy(self) -> "TensorStats":
+        return TensorStats.from_dict(self.to_dict())
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = self.minmax.to_dict()
+        if self.histogram is not None:
+            out["histogram"] = self.histogram.to_dict()
+        if self.ema is not None:
+            out["moving_average"] = self.ema.to_dict()
+        if self.channels is not None:
+            out["per_channel"] = self.channels.to_dict()
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "TensorStats":
+        return cls(MinMax.from_dict(data),
+                   Histogram.from_dict(data["histogram"]) if "histogram" in data else None,
+                   MovingAverageMinMax.from_dict(data["moving_average"]) if "moving_average" in data else None,
+                   PerChannelMinMax.from_dict(data["per_channel"]) if "per_channel" in data else None)
+
+
+def needs_histogram(spec: CalibrationSpec) -> bool:
+    # min/max alone keeps calibration as cheap as inference; every other method reads a histogram.
+    return spec.method is not CalibMethod.MINMAX

@@ -1,0 +1,208 @@
+"""The calibration table: per-tensor statistics and chosen ranges, as versioned JSON.
+
+    {"format": "ptq-calibration", "version": 1, "tool": "ptq 0.1.0",
+     "model_sha256": "...", "data": "image folder calib/ (100 files)", "samples": 100,
+     "shard": [0, 4] | null, "calibration": {CalibrationSpec},
+     "tensors": {name: {"min", "max", "count", "range": [lo, hi],
+                        "histogram"?: {"bins", "width_exponent", "origin_bin", "width", "counts", ...},
+                        "moving_average"?: {...}, "per_channel"?: {...}}}}
+
+The statistics are enough to recompute any method (`with_method`) and to merge shards (`merge`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import onnx
+
+from ptq_cli import __version__
+from ptq_cli.calibrate.methods import Range, compute_range
+from ptq_cli.calibrate.stats import TensorStats
+from ptq_cli.errors import CalibrationError, OutputExistsError, UsageError
+from ptq_cli.model.io import sha256_file
+from ptq_cli.recipe import CalibMethod, CalibrationSpec
+
+FORMAT = "ptq-calibration"
+VERSION = 1
+
+
+def model_sha256(model: str | os.PathLike | onnx.ModelProto) -> str:
+    """The sha256 a table records: of the file for a path, of the serialized bytes for a proto."""
+    if isinstance(model, onnx.ModelProto):
+        return hashlib.sha256(model.SerializeToString()).hexdigest()
+    return sha256_file(model)
+
+
+@dataclass(frozen=True)
+class CalibrationTable:
+    """Ranges and statistics of a model's activations, for one model (by sha256)."""
+
+    model_sha256: str
+    spec: CalibrationSpec
+    stats: Mapping[str, TensorStats]
+    ranges: Mapping[str, Range]
+    data: str = ""
+    samples: int = 0
+    shard: tuple[int, int] | None = None
+    tool: str = field(default=f"ptq {__version__}")
+
+    @classmethod
+    def build(cls, model_sha256: str, spec: CalibrationSpec, stats: Mapping[str, TensorStats], *,
+              data: str = "", samples: int = 0, shard: tuple[int, int] | None = None) -> "CalibrationTable":
+        """A table whose ranges are computed from `stats` with `spec`'s method."""
+        kept = {name: s for name, s in stats.items() if not s.minmax.empty}
+        ranges = {name: _range(spec, name, s) for name, s in kept.items()}
+        return cls(model_sha256, spec, kept, ranges, data, samples, shard)
+
+    # --- queries ----------------------------------------------------------------------------
+    @property
+    def names(self) -> list[str]:
+        return list(self.ranges)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self.ranges
+
+    def range(self, name: str) -> Range:
+        """The chosen range of `name` for the table's method."""
+        try:
+            return self.ranges[name]
+        except KeyError:
+            raise CalibrationError(f"tensor {name!r} is not in the calibration table; recalibrate "
+                                   "with ptq calibrate (the table may be for another version of "
+                                   "the model)") from None
+
+    def check_model(self, sha256: str) -> None:
+        if sha256 != self.model_sha256:
+            raise CalibrationError(f"table was made for another model (sha {self.model_sha256[:12]}..., "
+                                   f"this model is {sha256[:12]}...); recalibrate with ptq calibrate")
+
+    def with_method(self, spec: CalibrationSpec) -> "CalibrationTable":
+        """The same statistics with ranges recomputed for `spec` (no data is read again)."""
+        stats = {name: _rebinned(s, spec.bins) for name, s in self.stats.items()}
+        collected = replace(spec, bins=min(spec.bins, self.spec.bins),
+                            moving_average=self.spec.moving_average)
+        return CalibrationTable.build(self.model_sha256, collected, stats, data=self.data,
+                                      samples=self.samples, shard=self.shard)
+
+    # --- JSON -------------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        tensors = {}
+        for name, stats in self.stats.items():
+            entry = stats.to_dict()
+            entry["range"] = list(self.ranges[name])
+            tensors[name] = entry
+        return {"format": FORMAT, "version": VERSION, "tool": self.tool,
+                "model_sha256": self.model_sha256, "data": self.data, "samples": self.samples,
+                "shard": list(self.shard) if self.shard else None,
+                "calibration": spec_to_dict(self.spec), "tensors": tensors}
+
+    @classmethod
+    def from_dict(cls, data: Any, where: str = "calibration table") -> "CalibrationTable":
+        if not isinstance(data, dict) or data.get("format") != FORMAT:
+            raise CalibrationError(f"{where} is not a ptq calibration table (no \"format\": \"{FORMAT}\")")
+        if data.get("version") != VERSION:
+            raise CalibrationError(f"{where} has version {data.get('version')!r}; this ptq reads "
+                                   f"version {VERSION}: recalibrate with ptq calibrate")
+        try:
+            spec = spec_from_dict(data["calibration"], f"{where}: calibration")
+            stats = {n: TensorStats.from_dict(t) for n, t in data["tensors"].items()}
+            ranges = {n: (float(t["range"][0]), float(t["range"][1])) for n, t in data["tensors"].items()}
+            shard = tuple(data["shard"]) if data.get("shard") else None
+            return cls(str(data["model_sha256"]), spec, stats, ranges, str(data.get("data", "")),
+                       int(data.get("samples", 0)), shard, str(data.get("tool", "")))
+        except (KeyError, TypeError, ValueError, IndexError) as exc:
+            raise CalibrationError(f"{where} is damaged ({type(exc).__name__}: {exc}); "
+                                   "recalibrate with ptq calibrate") from None
+
+    def save(self, path: str | os.PathLike, *, force: bool = False) -> Path:
+        """Write atomically (temp file + rename); an existing file needs force."""
+        path = Path(path)
+        if path.exists() and not force:
+            raise OutputExistsError(f"{path} already exists; pass --force to replace it or choose another -o")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                json.dump(self.to_dict(), f, separators=(",", ":"), allow_nan=False)
+                f.write("\n")
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        return path
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "CalibrationTable":
+        path = Path(path)
+        if not path.is_file():
+            raise UsageError(f"calibration table not found: {path}")
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise CalibrationError(f"{path} is not valid JSON ({exc}); recalibrate with ptq calibrate") from None
+        return cls.from_dict(data, str(path))
+
+
+def merge(tables: Sequence[CalibrationTable]) -> CalibrationTable:
+    """One table equal to a single run over the union of the shards' samples.
+
+    min/max are exact; histograms are exact too (see observers.Histogram); an EMA is averaged.
+    """
+    if not tables:
+        raise UsageError("give at least one calibration table to merge")
+    first = tables[0]
+    for other in tables[1:]:
+        if other.model_sha256 != first.model_sha256:
+            raise CalibrationError(f"cannot merge tables of different models (sha {first.model_sha256[:12]}... "
+                                   f"and {other.model_sha256[:12]}...); calibrate every shard on the same model")
+        if other.spec != first.spec:
+            raise CalibrationError("cannot merge tables made with different calibration settings "
+                                   f"({spec_to_dict(first.spec)} vs {spec_to_dict(other.spec)}); use the same flags for every shard")
+    stats: dict[str, TensorStats] = {}
+    for table in tables:
+        for name, s in table.stats.items():
+            if name in stats:
+                stats[name].merge(s)
+            else:
+                stats[name] = s.copy()
+    data = "; ".join(dict.fromkeys(t.data for t in tables))
+    return CalibrationTable.build(first.model_sha256, first.spec, stats, data=data,
+                                  samples=sum(t.samples for t in tables))
+
+
+def spec_to_dict(spec: CalibrationSpec) -> dict[str, Any]:
+    return {"method": spec.method.value, "percentile": spec.percentile, "bins": spec.bins,
+            "moving_average": spec.moving_average}
+
+
+def spec_from_dict(data: Any, where: str) -> CalibrationSpec:
+    if not isinstance(data, dict) or not set(data) <= {"method", "percentile", "bins", "moving_average"}:
+        raise CalibrationError(f"{where} must hold method, percentile, bins, moving_average; got {data!r}")
+    try:
+        method = CalibMethod(data.get("method", "minmax"))
+    except ValueError:
+        raise CalibrationError(f"{where}: unknown method {data.get('method')!r}") from None
+    return CalibrationSpec(method=method, percentile=float(data.get("percentile", 99.999)),
+                           bins=int(data.get("bins", 2048)), moving_average=data.get("moving_average"))
+
+
+def _range(spec: CalibrationSpec, name: str, stats: TensorStats) -> Range:
+    mn, mx = stats.min_max
+    try:
+        return compute_range(spec, mn, mx, stats.histogram)
+    except CalibrationError as exc:
+        raise CalibrationError(f"tensor {name!r}: {exc}") from None
+
+
+def _rebinned(stats: TensorStats, bins: int) -> TensorStats:
+    if stats.histogram is None or bins >= stats.histogram.bins:
+        return stats
+    return TensorStats(stats.minmax, stats.histogram.coarsened(bins), stats.ema, stats.channels)
