@@ -149,6 +149,7 @@ class Recipe:
     dynamic: bool = False
     exclude: tuple[str, ...] = ()  # node names or op types left in float
     calibration: CalibrationSpec = field(default_factory=CalibrationSpec)
+    bias_correction: bool = True  # subtract (W_q - W)·E[x] from Conv/Gemm biases (static only)
 
     def __post_init__(self) -> None:
         if not isinstance(self.format, Format):

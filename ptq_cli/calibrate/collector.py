@@ -104,17 +104,38 @@ def make_session(model: onnx.ModelProto, provider: str) -> ort.InferenceSession:
         raise ModelError(f"onnxruntime cannot load the model for calibration: {exc}") from None
 
 
+def bias_correction_inputs(model: onnx.ModelProto) -> set[str]:
+    """The activations whose per-channel mean bias correction uses: data inputs of Conv and of
+    Gemm (without transA), where axis 1 is the channel the weight's error is summed over."""
+    producer = {out: node for node in model.graph.node for out in node.output}
+    names = set()
+    for node in model.graph.node:
+        if node.op_type == "Conv" or (node.op_type == "Gemm" and not _attr(node, "transA")):
+            names.add(node.input[0])
+            pad = producer.get(node.input[0])
+            if pad is not None and pad.op_type == "Pad":
+                names.add(pad.input[0])  # quantization folds a zero Pad into the Conv
+    return names
+
+
+def _attr(node: onnx.NodeProto, name: str) -> int:
+    return next((a.i for a in node.attribute if a.name == name), 0)
+
+
 def collect(model: onnx.ModelProto, batches: Iterable[Batch], *, spec: CalibrationSpec,
             tensors: Sequence[str] | None = None, provider: str = "CPUExecutionProvider",
             progress: bool = True, total: int | None = None, histograms: bool | None = None,
             channel_axis: int | None = None) -> tuple[dict[str, TensorStats], int]:
-    """Observe every wanted tensor over all batches; returns (stats per tensor, samples seen)."""
+    """Observe every wanted tensor over all batches; returns (stats per tensor, samples seen).
+
+    Inputs of Conv/Gemm also get per-channel means, which bias correction needs."""
     names = select_tensors(model, tensors)
+    mean_of = bias_correction_inputs(model)
     inputs = {v.name for v in model.graph.input}
     fed = [n for n in names if n in inputs]  # graph inputs are observed from the feeds directly
     fetched = [n for n in names if n not in inputs]
     session = make_session(augmented(model, fetched), provider)
-    stats = {n: TensorStats.for_spec(spec, histogram=histograms, channel_axis=channel_axis)
+    stats = {n: TensorStats.for_spec(spec, histogram=histograms, channel_axis=channel_axis, mean=n in mean_of)
              for n in names}
     samples = 0
     with tqdm(total=total, unit="sample", desc="calibrating", file=sys.stderr,

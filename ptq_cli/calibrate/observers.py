@@ -308,3 +308,50 @@ class Histogram:
         obs.counts = np.asarray(data["counts"], dtype=np.int64)
         obs.min, obs.max = float(data["min"]), float(data["max"])
         return obs
+
+
+class ChannelMean:
+    """Mean of each slice along axis 1 (NCHW channels, or the K features of a Gemm input).
+
+    Bias correction needs E[x] per input channel of a Conv/Gemm; the sums add across batches
+    and shards exactly (in float64), so merged tables agree with one run."""
+
+    kind = "channel_mean"
+
+    def __init__(self) -> None:
+        self.sum: np.ndarray | None = None
+        self.count = 0
+
+    def update(self, array: np.ndarray) -> None:
+        if array.ndim < 2 or array.size == 0:
+            return
+        others = tuple(i for i in range(array.ndim) if i != 1)
+        sums = np.sum(array, axis=others, dtype=np.float64)
+        self._combine(sums, array.size // array.shape[1])
+
+    def _combine(self, sums: np.ndarray, count: int) -> None:
+        if self.sum is None:
+            self.sum, self.count = sums, count
+            return
+        if sums.shape != self.sum.shape:
+            raise ValueError(f"channel-mean observer saw {sums.shape[0]} channels after {self.sum.shape[0]}")
+        self.sum = self.sum + sums
+        self.count += count
+
+    @property
+    def mean(self) -> np.ndarray | None:
+        return None if self.sum is None or self.count == 0 else self.sum / self.count
+
+    def merge(self, other: "ChannelMean") -> None:
+        if other.sum is not None:
+            self._combine(other.sum, other.count)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"sum": None if self.sum is None else self.sum.tolist(), "count": self.count}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "ChannelMean":
+        obs = cls()
+        if data.get("sum") is not None:
+            obs.sum, obs.count = np.asarray(data["sum"], dtype=np.float64), int(data["count"])
+        return obs

@@ -7,7 +7,8 @@ from typing import Any
 
 import numpy as np
 
-from ptq_cli.calibrate.observers import Histogram, MinMax, MovingAverageMinMax, PerChannelMinMax, batch_min_max
+from ptq_cli.calibrate.observers import (ChannelMean, Histogram, MinMax, MovingAverageMinMax, PerChannelMinMax,
+                                         batch_min_max)
 from ptq_cli.errors import CalibrationError
 from ptq_cli.recipe import CalibMethod, CalibrationSpec
 
@@ -17,21 +18,23 @@ class TensorStats:
 
     def __init__(self, minmax: MinMax, histogram: Histogram | None = None,
                  ema: MovingAverageMinMax | None = None,
-                 channels: PerChannelMinMax | None = None) -> None:
+                 channels: PerChannelMinMax | None = None, mean: ChannelMean | None = None) -> None:
         self.minmax = minmax
         self.histogram = histogram
         self.ema = ema
         self.channels = channels
+        self.mean = mean  # per-channel E[x] of Conv/Gemm inputs, for bias correction
 
     @classmethod
     def for_spec(cls, spec: CalibrationSpec, *, histogram: bool | None = None,
-                 channel_axis: int | None = None) -> "TensorStats":
+                 channel_axis: int | None = None, mean: bool = False) -> "TensorStats":
         """histogram=None collects one only when spec's method needs it."""
         keep = needs_histogram(spec) if histogram is None else histogram
         return cls(MinMax(),
                    Histogram(spec.bins) if keep else None,
                    MovingAverageMinMax(spec.moving_average) if spec.moving_average else None,
-                   PerChannelMinMax(channel_axis) if channel_axis is not None else None)
+                   PerChannelMinMax(channel_axis) if channel_axis is not None else None,
+                   ChannelMean() if mean else None)
 
     def update(self, name: str, array: np.ndarray) -> None:
         """Fold one batch in; NaN/Inf raise CalibrationError naming the tensor."""
@@ -49,11 +52,13 @@ class TensorStats:
             self.ema.update(array, mn, mx)
         if self.channels is not None and array.ndim > 1:
             self.channels.update(array)
+        if self.mean is not None:
+            self.mean.update(array)
 
     def merge(self, other: "TensorStats") -> None:
         self.minmax.merge(other.minmax)
         for mine, theirs in ((self.histogram, other.histogram), (self.ema, other.ema),
-                             (self.channels, other.channels)):
+                             (self.channels, other.channels), (self.mean, other.mean)):
             if (mine is None) != (theirs is None):
                 raise CalibrationError("cannot merge tables collected with different options "
                                        "(histogram / moving average / per-channel)")
@@ -78,6 +83,8 @@ class TensorStats:
             out["moving_average"] = self.ema.to_dict()
         if self.channels is not None:
             out["per_channel"] = self.channels.to_dict()
+        if self.mean is not None:
+            out["channel_mean"] = self.mean.to_dict()
         return out
 
     @classmethod
@@ -85,7 +92,8 @@ class TensorStats:
         return cls(MinMax.from_dict(data),
                    Histogram.from_dict(data["histogram"]) if "histogram" in data else None,
                    MovingAverageMinMax.from_dict(data["moving_average"]) if "moving_average" in data else None,
-                   PerChannelMinMax.from_dict(data["per_channel"]) if "per_channel" in data else None)
+                   PerChannelMinMax.from_dict(data["per_channel"]) if "per_channel" in data else None,
+                   ChannelMean.from_dict(data["channel_mean"]) if "channel_mean" in data else None)
 
 
 def needs_histogram(spec: CalibrationSpec) -> bool:

@@ -79,6 +79,11 @@ class CalibrationTable:
                                    "with ptq calibrate (the table may be for another version of "
                                    "the model)") from None
 
+    def channel_mean(self, name: str):
+        """Per-channel mean (axis 1) of a Conv/Gemm input, or None when it was not collected."""
+        stats = self.stats.get(name)
+        return None if stats is None or stats.mean is None else stats.mean.mean
+
     def check_model(self, sha256: str) -> None:
         if sha256 != self.model_sha256:
             raise CalibrationError(f"table was made for another model (sha {self.model_sha256[:12]}..., "
@@ -205,4 +210,4 @@ def _range(spec: CalibrationSpec, name: str, stats: TensorStats) -> Range:
 def _rebinned(stats: TensorStats, bins: int) -> TensorStats:
     if stats.histogram is None or bins >= stats.histogram.bins:
         return stats
-    return TensorStats(stats.minmax, stats.histogram.coarsened(bins), stats.ema, stats.channels)
+    return TensorStats(stats.minmax, stats.histogram.coarsened(bins), stats.ema, stats.channels, stats.mean)

@@ -39,6 +39,9 @@ _QTYPES = [q.value for q in QType]
 @click.option("--reduce-range", is_flag=True,
               help="7-bit weights, for CPUs without VNNI where u8 x s8 pair sums can saturate int16.")
 @click.option("--power-of-two", is_flag=True, help="Round every scale up to a power of two (integer-only hardware).")
+@click.option("--bias-correction/--no-bias-correction", default=True, show_default=True,
+              help="Subtract the mean shift weight rounding adds to each Conv/Gemm output, (W_q - W)·E[x], "
+                   "measured on the calibration data. Free at inference.")
 @click.option("--format", "fmt", type=click.Choice([f.value for f in Format]), default="qdq", show_default=True,
               help="qdq: Quantize/DequantizeLinear pairs around float ops; qoperator: QLinearConv, ... ops.")
 @click.option("--dynamic", is_flag=True,
@@ -81,7 +84,8 @@ def quantize_command(ctx: click.Context, model: Path, output: Path | None, calib
 
 
 def _recipe(recipe_file: Path | None, *, method, percentile, bins, per_channel, weight_type, activation_type,
-            symmetric_activations, asymmetric_weights, reduce_range, power_of_two, fmt, dynamic, exclude) -> Recipe:
+            symmetric_activations, asymmetric_weights, reduce_range, power_of_two, fmt, dynamic, exclude,
+            bias_correction) -> Recipe:
     if recipe_file is not None:
         from ptq_cli.errors import UsageError
 
@@ -95,7 +99,7 @@ def _recipe(recipe_file: Path | None, *, method, percentile, bins, per_channel, 
     activations = TensorSpec(QType(activation_type), symmetric=symmetric_activations, granularity=PerTensor(),
                              power_of_two=power_of_two)
     return Recipe(weights=weights, activations=activations, format=Format(fmt), dynamic=dynamic,
-                  exclude=tuple(exclude),
+                  exclude=tuple(exclude), bias_correction=bias_correction,
                   calibration=CalibrationSpec(method=CalibMethod(method), percentile=percentile, bins=bins))
 
 

@@ -8,12 +8,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import onnx
 
 from ptq_cli import __version__
 from ptq_cli.errors import ModelError, UsageError
 from ptq_cli.model.io import check_model, load_model, save_model
 from ptq_cli.model.prepare import QDQ_4_16_BIT_OPSET, QDQ_PER_AXIS_OPSET, prepare
+from ptq_cli.quantize.bias_correction import correct_biases
 from ptq_cli.quantize.plan import QuantPlan, SkipReason, make_plan
 from ptq_cli.quantize.qdq import insert_qdq
 from ptq_cli.recipe import Format, Recipe
@@ -54,10 +56,17 @@ def default_output(model_path: str | os.PathLike) -> Path:
     return path.with_name(f"{path.stem}.int8.onnx")
 
 
-def quantize_model(model: onnx.ModelProto, recipe: Recipe, ranges: Ranges) -> tuple[onnx.ModelProto, QuantPlan]:
-    """The pure transformation: a float model and activation ranges in, a quantized model out."""
+def quantize_model(model: onnx.ModelProto, recipe: Recipe, ranges: Ranges,
+                   channel_means: Mapping[str, np.ndarray] | None = None) -> tuple[onnx.ModelProto, QuantPlan]:
+    """The pure transformation: a float model and activation ranges in, a quantized model out.
+
+    `channel_means` (per-channel E[x] of Conv/Gemm inputs) enables bias correction."""
     prepared = prepare(model, min_opset=_required_opset(recipe))
     plan = make_plan(prepared, recipe, ranges)
+    if recipe.bias_correction and channel_means:
+        prepared, corrected = correct_biases(prepared, plan, channel_means)
+        if corrected:
+            plan = make_plan(prepared, recipe, ranges)  # the biases are new tensors now
     if recipe.format is Format.QOPERATOR:
         from ptq_cli.quantize.qoperator import rewrite_qoperator
 
@@ -85,10 +94,11 @@ def quantize(model: str | os.PathLike | onnx.ModelProto, output: str | os.PathLi
     source, source_sha, path = _load_source(model)
     if output is not None:
         _check_output(Path(output), path, force)
-    ranges, data_description = _ranges(path or source, source_sha, data, calibration, recipe, image,
-                                       progress=progress, batch_size=batch_size, max_samples=max_samples)
-    quantized, plan = quantize_model(source, recipe, ranges)
-    _stamp(quantized, recipe, source_sha, data_description)
+    table = _calibration_table(path or source, source_sha, data, calibration, recipe, image,
+                               progress=progress, batch_size=batch_size, max_samples=max_samples)
+    means = {name: table.channel_mean(name) for name in table.names if table.channel_mean(name) is not None}
+    quantized, plan = quantize_model(source, recipe, dict(table.ranges), means)
+    _stamp(quantized, recipe, source_sha, table.data)
     _verify_loads(quantized)
     written = save_model(quantized, output, force=force, protect=(path,) if path else ()) if output else None
     return QuantizeResult(quantized, written, recipe, tuple(plan.quantized), tuple(plan.skipped), dict(plan.fused),
@@ -115,7 +125,7 @@ def _check_output(output: Path, source: Path | None, force: bool) -> None:
         raise OutputExistsError(f"{output} already exists; pass --force to replace it or choose another -o")
 
 
-def _ranges(source, source_sha, data, calibration, recipe, image, **collect) -> tuple[Ranges, str]:
+def _calibration_table(source, source_sha, data, calibration, recipe, image, **collect):
     from ptq_cli.calibrate.table import CalibrationTable
 
     if calibration is not None and data is not None:
@@ -132,7 +142,7 @@ def _ranges(source, source_sha, data, calibration, recipe, image, **collect) -> 
                          "(or use --dynamic, which needs none)")
     if table.spec.method is not recipe.calibration.method or table.spec.percentile != recipe.calibration.percentile:
         table = table.with_method(recipe.calibration)
-    return dict(table.ranges), table.data
+    return table
 
 
 def _stamp(model: onnx.ModelProto, recipe: Recipe, source_sha: str, data: str) -> None:
