@@ -97,11 +97,12 @@ def _evaluate(variant: Variant, model: realdata.RealModel, out_dir: Path) -> Out
 
 
 def markdown(rows: list[dict]) -> str:
-    lines = ["| model | format | weights | method | FP32 | ptq INT8 | ORT INT8 | ptq drop | ORT drop |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| model | format | weights | method | FP32 | ptq INT8 | ptq INT8 (no bias corr.) | ORT INT8 "
+             "| ptq drop | ptq drop (no b.c.) | ORT drop |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         cells = [r["model"], r["format"], r["granularity"], r["method"], pct(r["fp32"])]
-        cells += [_score(r["ptq"]), _score(r["ort"]), _drop(r["fp32"], r["ptq"]), _drop(r["fp32"], r["ort"])]
+        cells += [_score(r[t]) for t in TOOLS] + [_drop(r["fp32"], r[t]) for t in TOOLS]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -120,7 +121,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--methods", default="minmax", help=f"calibration methods, comma-separated: {', '.join(METHODS)}")
     p.add_argument("--granularities", default=",".join(GRANULARITIES), help="weights: per-channel,per-tensor")
     p.add_argument("--formats", default="qdq", help="qdq,qoperator")
-    p.add_argument("--tools", default=",".join(TOOLS), help="ptq,ort")
+    p.add_argument("--tools", default=",".join(TOOLS), help="ptq,ptq-nobc,ort")
     p.add_argument("--calib-count", type=int, default=None,
                    help="calibration samples (evenly spaced subset); default: the README's split")
     p.add_argument("--eval-limit", type=int, default=None,

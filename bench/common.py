@@ -26,14 +26,15 @@ METHODS = ("minmax", "entropy", "percentile", "mse")
 ORT_METHODS = {"minmax": "MinMax", "entropy": "Entropy", "percentile": "Percentile"}
 GRANULARITIES = ("per-channel", "per-tensor")
 FORMATS = ("qdq", "qoperator")
-TOOLS = ("ptq", "ort")
+# "ptq-nobc" is ptq with bias correction off: the like-for-like counterpart of onnxruntime's MinMax.
+TOOLS = ("ptq", "ptq-nobc", "ort")
 
 
 @dataclass(frozen=True)
 class Variant:
     """One INT8 model to build: which tool, with which settings."""
 
-    tool: str  # "ptq" | "ort"
+    tool: str  # "ptq" | "ptq-nobc" | "ort"
     granularity: str = "per-channel"
     method: str = "minmax"
     format: str = "qdq"
@@ -136,7 +137,7 @@ def build(variant: Variant, model: RealModel, out_dir: Path) -> Outcome:
     out.unlink(missing_ok=True)
     start = time.perf_counter()
     try:
-        (_ptq if variant.tool == "ptq" else _ort)(variant, model, out)
+        (_ort if variant.tool == "ort" else _ptq)(variant, model, out)
     except Exception as exc:  # a quantizer's crash is a result of the benchmark, not its end
         log("".join(traceback.format_exception(exc, limit=-3)).rstrip())
         return Outcome("failed", detail=_first_line(exc))
@@ -160,6 +161,7 @@ def _ptq(variant: Variant, model: RealModel, out: Path) -> None:
         activations=DEFAULT_ACTIVATIONS,  # uint8 asymmetric per tensor, as onnxruntime's QUInt8
         format=Format(variant.format),
         calibration=CalibrationSpec(method=CalibMethod(variant.method)),
+        bias_correction=variant.tool != "ptq-nobc",
     )
     quantize(str(model.model_path), str(out), data=str(model.calib_dir), recipe=recipe,
                      image=None, force=True, progress=False)
