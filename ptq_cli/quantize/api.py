@@ -18,7 +18,7 @@ from ptq_cli.model.prepare import QDQ_4_16_BIT_OPSET, QDQ_PER_AXIS_OPSET, prepar
 from ptq_cli.quantize.bias_correction import correct_biases
 from ptq_cli.quantize.plan import QuantPlan, SkipReason, make_plan
 from ptq_cli.quantize.qdq import insert_qdq
-from ptq_cli.recipe import Format, Recipe
+from ptq_cli.recipe import CalibMethod, Format, Recipe
 
 Ranges = Mapping[str, tuple[float, float]]
 
@@ -97,7 +97,7 @@ def quantize(model: str | os.PathLike | onnx.ModelProto, output: str | os.PathLi
     table = _calibration_table(path or source, source_sha, data, calibration, recipe, image,
                                progress=progress, batch_size=batch_size, max_samples=max_samples)
     means = {name: table.channel_mean(name) for name in table.names if table.channel_mean(name) is not None}
-    quantized, plan = quantize_model(source, recipe, dict(table.ranges), means)
+    quantized, plan = quantize_model(source, recipe, _activation_ranges(table, source), means)
     _stamp(quantized, recipe, source_sha, table.data)
     _verify_loads(quantized)
     written = save_model(quantized, output, force=force, protect=(path,) if path else ()) if output else None
@@ -143,6 +143,30 @@ def _calibration_table(source, source_sha, data, calibration, recipe, image, **c
     if table.spec.method is not recipe.calibration.method or table.spec.percentile != recipe.calibration.percentile:
         table = table.with_method(recipe.calibration)
     return table
+
+
+# Scores that are ranked (a classifier's logits) keep their full range: clipping methods trade
+# outliers for resolution, which is right inside a network and wrong for the largest scores,
+# whose order is the answer.
+_RANKING_OPS = ("Softmax", "LogSoftmax", "ArgMax", "TopK")
+_RESHAPING_OPS = ("Reshape", "Flatten", "Squeeze", "Unsqueeze", "Transpose")
+
+
+def _activation_ranges(table, model: onnx.ModelProto) -> dict[str, tuple[float, float]]:
+    ranges = dict(table.ranges)
+    if table.spec.method is CalibMethod.MINMAX:
+        return ranges
+    producer = {out: node for node in model.graph.node for out in node.output}
+    scores = [o.name for o in model.graph.output]
+    scores += [n.input[0] for n in model.graph.node if n.op_type in _RANKING_OPS]
+    while scores:
+        name = scores.pop()
+        if name in ranges:
+            ranges[name] = table.stats[name].min_max
+        node = producer.get(name)
+        if node is not None and node.op_type in _RESHAPING_OPS:
+            scores.append(node.input[0])
+    return ranges
 
 
 def _stamp(model: onnx.ModelProto, recipe: Recipe, source_sha: str, data: str) -> None:

@@ -141,3 +141,27 @@ def test_python_api_with_a_model_proto(rng, tmp_path):
     result = ptq_cli.quantize(model, tmp_path / "out.onnx", data=data, recipe=recipe, progress=False)
     assert result.output.exists() and result.recipe == recipe
     assert sqnr_db(run(model, batches[0])[0], run(result.model, batches[0])[0]) > 25
+
+
+def test_clipping_methods_keep_the_full_range_of_the_scores(rng, tmp_path):
+    from onnx import numpy_helper
+
+    from ptq_cli.model.prepare import prepare
+    from tests.conftest import minmax_ranges
+
+    model = tiny_conv_relu(rng)
+    data = tmp_path / "data"
+    data.mkdir()
+    batches = image_batches(rng, n=6)
+    for i, feeds in enumerate(batches):
+        np.save(data / f"{i}.npy", feeds["x"])
+    spec = ptq_cli.CalibrationSpec(method=ptq_cli.CalibMethod.PERCENTILE, percentile=90.0)
+    result = ptq_cli.quantize(model, data=data, recipe=ptq_cli.Recipe(calibration=spec), progress=False)
+    scales = {t.name: float(numpy_helper.to_array(t)) for t in result.model.graph.initializer
+              if t.name.endswith("_scale") and not t.dims}
+    q_input = {n.input[0]: n.input[1] for n in result.model.graph.node if n.op_type == "QuantizeLinear"}
+    full = minmax_ranges(prepare(model), batches)
+    lo, hi = full["y"]
+    y_source = next(n.output[0] for n in result.model.graph.node if n.name == "fc")
+    assert scales[q_input[y_source]] == pytest.approx((max(hi, 0) - min(lo, 0)) / 255, rel=1e-6)
+    assert scales[q_input["r1"]] < 0.9 * full["r1"][1] / 255  # inside the network, 90 % clips
