@@ -114,12 +114,7 @@ def fold_batch_norm(model: onnx.ModelProto) -> int:
         conv.input.extend([w_name, b_name])
         conv.output[0] = bn.output[0]
         removed.add(id(bn))
-    if removed:
-        kept = [n for n in graph.node if id(n) not in removed]
-        del graph.node[:]
-        graph.node.extend(kept)
-        drop_unused_initializers(graph)
-    return len(removed)
+    return _remove_nodes(graph, removed)
 
 
 def fold_pad_into_conv(model: onnx.ModelProto) -> int:
@@ -145,10 +140,15 @@ def fold_pad_into_conv(model: onnx.ModelProto) -> int:
         conv.input[0] = pad.input[0]
         removed.add(id(pad))
         log.info("folded %s into %s (%d spatial dims)", pad.name, conv.name, rank)
+    return _remove_nodes(graph, removed)
+
+
+def _remove_nodes(graph: onnx.GraphProto, removed: set[int]) -> int:
+    """Drop the nodes whose id() is in `removed`, and the initializers only they read."""
     if removed:
-        kept_nodes = [n for n in graph.node if id(n) not in removed]
+        kept = [n for n in graph.node if id(n) not in removed]
         del graph.node[:]
-        graph.node.extend(kept_nodes)
+        graph.node.extend(kept)
         drop_unused_initializers(graph)
     return len(removed)
 

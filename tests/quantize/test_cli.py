@@ -23,6 +23,13 @@ def workdir(tmp_path):
     return tmp_path
 
 
+def _npy_folder(folder, batches):
+    folder.mkdir()
+    for i, feeds in enumerate(batches):
+        np.save(folder / f"{i}.npy", feeds["x"])
+    return folder
+
+
 def _invoke(*args):
     return CliRunner().invoke(main, [str(a) for a in args])
 
@@ -132,11 +139,8 @@ def test_version_and_help():
 
 def test_python_api_with_a_model_proto(rng, tmp_path):
     model = tiny_conv_relu(rng)
-    data = tmp_path / "data"
-    data.mkdir()
     batches = image_batches(rng, n=6)
-    for i, feeds in enumerate(batches):
-        np.save(data / f"{i}.npy", feeds["x"])
+    data = _npy_folder(tmp_path / "data", batches)
     recipe = ptq_cli.Recipe(weights=ptq_cli.TensorSpec(granularity=ptq_cli.PerTensor()))
     result = ptq_cli.quantize(model, tmp_path / "out.onnx", data=data, recipe=recipe, progress=False)
     assert result.output.exists() and result.recipe == recipe
@@ -150,11 +154,8 @@ def test_clipping_methods_keep_the_full_range_of_the_scores(rng, tmp_path):
     from tests.conftest import minmax_ranges
 
     model = tiny_conv_relu(rng)
-    data = tmp_path / "data"
-    data.mkdir()
     batches = image_batches(rng, n=6)
-    for i, feeds in enumerate(batches):
-        np.save(data / f"{i}.npy", feeds["x"])
+    data = _npy_folder(tmp_path / "data", batches)
     spec = ptq_cli.CalibrationSpec(method=ptq_cli.CalibMethod.PERCENTILE, percentile=90.0)
     result = ptq_cli.quantize(model, data=data, recipe=ptq_cli.Recipe(calibration=spec), progress=False)
     scales = {t.name: float(numpy_helper.to_array(t)) for t in result.model.graph.initializer
