@@ -8,6 +8,11 @@ Every consumer of a quantized activation reads the dequantized tensor, so that o
 sees the QuantizeLinear as the producer's only consumer and fuses both into one integer kernel.
 A graph output keeps its name: the producer writes a renamed tensor and the DequantizeLinear
 writes the output.
+
+The exception is a Conv/ConvTranspose/Gemm left in float (excluded, or without a range): it reads
+the float tensor. onnxruntime's WeightBiasQuantization (1.21+) quantizes the float weights of such
+a node when it reads a DequantizeLinear and leads to a QuantizeLinear, which would silently undo
+`--exclude`. Its producer then keeps a float output (it cannot fuse), the price of the exclusion.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from ptq_cli.model.graph import GraphIndex, NameAllocator, drop_unused_initializers
+from ptq_cli.quantize.handlers import OutputRule, handler_for
 from ptq_cli.quantize.plan import QuantPlan, WeightPlan
 from ptq_cli.quantize.scheme import QParams, quantize, quantize_bias
 
@@ -95,14 +101,16 @@ def insert_qdq(model: onnx.ModelProto, plan: QuantPlan) -> onnx.ModelProto:
         if value.name in plan.activations:
             qdq_after(value.name)
     weights_done: dict[tuple[str, bytes], str] = {}
+    float_readers = _float_readers(graph, index, plan)
     for node in graph.node:
+        reads_float = node.name in float_readers
         for i, name in enumerate(node.input):
             weight = plan.weights.get((node.name, name))
             if weight is not None:
                 node.input[i] = _weight_input(emit, new_nodes, weight, index, weights_done)
             elif node.name in plan.biases and plan.biases[node.name].tensor == name and i > 0:
                 node.input[i] = _bias_input(emit, new_nodes, plan, node.name, index)
-            elif name in rename:
+            elif name in rename and not reads_float:
                 node.input[i] = rename[name]
         new_nodes.append(node)
         for tensor in node.output:
@@ -110,10 +118,45 @@ def insert_qdq(model: onnx.ModelProto, plan: QuantPlan) -> onnx.ModelProto:
                 qdq_after(tensor)
 
     del graph.node[:]
-    graph.node.extend(new_nodes)
+    graph.node.extend(_without_unread_pairs(new_nodes, index.outputs, set(rename.values())))
     graph.initializer.extend(emit.initializers)
     drop_unused_initializers(graph)
     return out
+
+
+_REQUANTIZED_BY_ORT = ("Conv", "ConvTranspose", "Gemm")
+
+
+def _float_readers(graph: onnx.GraphProto, index: GraphIndex, plan: QuantPlan) -> set[str]:
+    """Nodes that read float tensors rather than dequantized ones: the Conv/Gemm left in float,
+    and the data-movement nodes that only feed them (onnxruntime moves a DequantizeLinear down
+    through Reshape, MaxPool, ... and would then re-quantize the float node all the same)."""
+    quantized = set(plan.quantized)
+    readers = {n.name for n in graph.node if n.op_type in _REQUANTIZED_BY_ORT and n.name not in quantized}
+    frontier = list(readers)
+    while frontier:
+        node = next(n for n in graph.node if n.name == frontier[-1])
+        frontier.pop()
+        for name in node.input:
+            producer = index.producer.get(name)
+            if producer is None or producer.name in readers or handler_for(producer) is None or \
+                    handler_for(producer).output is not OutputRule.PASSTHROUGH:
+                continue
+            users = [u for out in producer.output for u in index.consumers.get(out, [])]
+            if all(u.name in readers for u in users) and not set(producer.output) & index.outputs:
+                readers.add(producer.name)
+                frontier.append(producer.name)
+    return readers
+
+
+def _without_unread_pairs(nodes: list[onnx.NodeProto], outputs: set[str], dequantized: set[str]) -> list:
+    """Drop activation Q/DQ pairs that nothing reads any more (all readers stayed float)."""
+    read = {name for node in nodes for name in node.input} | outputs
+    unread_dq = {id(n) for n in nodes if n.op_type == "DequantizeLinear" and n.output[0] in dequantized
+                 and n.output[0] not in read}
+    kept = [n for n in nodes if id(n) not in unread_dq]
+    read = {name for node in kept for name in node.input} | outputs
+    return [n for n in kept if n.op_type != "QuantizeLinear" or n.output[0] in read]
 
 
 def _weight_input(emit: _Emitter, nodes: list, weight: WeightPlan, index: GraphIndex, done: dict) -> str:

@@ -255,3 +255,20 @@ def test_relu_after_max_pool_sets_the_conv_output_range(rng, tmp_path):
     fused = _optimized_ops(out, tmp_path)
     assert fused.count("QuantizeLinear") == 1 and fused.count("DequantizeLinear") == 1, fused
     assert sqnr_db(run(model, batches[0])[0], run(out, batches[0])[0]) > 30
+
+
+def test_excluded_conv_reads_float_so_onnxruntime_keeps_it_float(rng, tmp_path):
+    """onnxruntime's WeightBiasQuantization would re-quantize a float Conv between a DequantizeLinear
+    and a QuantizeLinear; an excluded Conv must really run in float."""
+    model = tiny_conv_relu(rng)
+    batches = image_batches(rng)
+    out, plan = _quantize(model, batches, Recipe(exclude=("conv2",)))
+    conv2 = next(n for n in out.graph.node if n.name == "conv2")
+    assert conv2.input[0] == "p1" and conv2.input[1] == "w2"  # float input, float weight
+    assert not any(n.op_type == "QuantizeLinear" and n.input[0] == "p1" for n in out.graph.node)  # no dead pair
+    fused = _optimized_ops(out, tmp_path)
+    # conv2 stays float; so does conv1, whose output now has no QuantizeLinear to fuse with.
+    assert fused.count("Conv") + fused.count("FusedConv") == 2 and "QLinearConv" not in fused
+    assert "QGemm" in fused
+    ref = run(model, batches[0])[0]
+    assert sqnr_db(ref, run(out, batches[0])[0]) > sqnr_db(ref, run(_quantize(model, batches)[0], batches[0])[0])
