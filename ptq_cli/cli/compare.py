@@ -20,7 +20,10 @@ _FILE = click.Path(dir_okay=False, writable=True, path_type=Path)
 @data_options
 @click.option("--per-layer", is_flag=True,
               help="Match every reference activation to its dequantized counterpart in a QDQ "
-                   "candidate and report the SQNR per tensor, worst first.")
+                   "candidate and report the SQNR per tensor, worst first; then measure each quantized "
+                   "node alone (only its quantization on) and print an --exclude line for the worst.")
+@click.option("--per-layer-samples", type=click.IntRange(min=1), default=32, show_default=True, metavar="N",
+              help="Samples (the first N) for the per-node sensitivity runs of --per-layer.")
 @click.option("--latency", is_flag=True,
               help="Also time both models (median and p10/p90 after warm-up, interleaved runs).")
 @click.option("--min-sqnr", type=float, metavar="DB", help="Fail (exit 1) if any output's SQNR is below DB.")
@@ -62,6 +65,7 @@ def compare_command(ctx: click.Context, reference: Path, candidate: Path, **kwar
         report = compare(
             reference, candidate, data["data"], labels=data.get("labels"),
             image=image_preprocess_from_options(**data), per_layer=kwargs["per_layer"],
+            per_layer_samples=kwargs["per_layer_samples"],
             latency=kwargs["latency"], max_samples=kwargs["max_samples"], batch_size=kwargs["batch_size"],
             thresholds=Thresholds(kwargs["min_sqnr"], kwargs["max_top1_drop"], kwargs["min_cosine"]),
             progress=not kwargs["quiet"])

@@ -1,7 +1,8 @@
 """`ptq compare`: accuracy drift between a reference model and a candidate (usually its INT8 version).
 
 metrics (streaming accumulators) · layers (graph matching of QDQ tensors) · engine (the run loop)
-· latency · thresholds · report (typed result, JSON schema) · render/junit/html (output formats).
+· switches/sensitivity (each quantized node measured alone, for --per-layer) · latency · thresholds
+· report (typed result, JSON schema) · render/junit/html (output formats).
 """
 
 from ptq_cli.compare.api import compare, compare_batches

@@ -17,6 +17,7 @@ from ptq_cli.compare.latency import LatencySettings, measure_latency
 from ptq_cli.compare.layers import match_layers
 from ptq_cli.compare.report import CompareReport, ModelRef
 from ptq_cli.compare.runtime import make_session
+from ptq_cli.compare.sensitivity import measure_sensitivity
 from ptq_cli.compare.thresholds import Thresholds, evaluate
 from ptq_cli.errors import DataError, ModelError, UsageError
 from ptq_cli.model.io import InputSpec, input_specs, load_model, sha256_file
@@ -24,16 +25,20 @@ from ptq_cli.model.io import InputSpec, input_specs, load_model, sha256_file
 __all__ = ["compare", "compare_batches", "Thresholds", "LatencySettings", "CompareReport"]
 
 ModelLike = str | os.PathLike | onnx.ModelProto
+DEFAULT_SENSITIVITY_SAMPLES = 32
 
 
 def compare(reference: ModelLike, candidate: ModelLike, data, *, labels: str | os.PathLike | None = None,
             image=None, per_layer: bool = False, latency: bool = False, max_samples: int | None = None,
             batch_size: int = 1, thresholds: Thresholds = Thresholds(), progress: bool = True,
-            latency_settings: LatencySettings = LatencySettings()) -> CompareReport:
+            latency_settings: LatencySettings = LatencySettings(),
+            per_layer_samples: int = DEFAULT_SENSITIVITY_SAMPLES) -> CompareReport:
     """Run both models on `data` (a folder, or a `ptq_cli.data.Dataset`) and measure the drift.
 
     `labels`: a file of integer labels in sample order (class sub-folders of an image folder are
-    read as labels without it); `image`: an `ImagePreprocess` for image folders.
+    read as labels without it); `image`: an `ImagePreprocess` for image folders. `per_layer` adds
+    the per-tensor SQNR and each quantized node's isolated sensitivity, measured on the first
+    `per_layer_samples` samples.
     """
     if batch_size < 1:
         raise UsageError(f"batch size must be at least 1, got {batch_size}")
@@ -54,35 +59,46 @@ def compare(reference: ModelLike, candidate: ModelLike, data, *, labels: str | o
     batches = iter_batches(dataset, specs, batch_size=batch_size, max_samples=max_samples)
     report = compare_batches(ref_model, cand_model, batches, description=dataset.description,
                              per_layer=per_layer, latency=latency, thresholds=thresholds,
-                             progress=progress, total=total, latency_settings=latency_settings)
+                             progress=progress, total=total, latency_settings=latency_settings,
+                             per_layer_samples=per_layer_samples)
     return replace(report, reference=ref_ref, candidate=cand_ref)
 
 
 def compare_batches(reference: onnx.ModelProto, candidate: onnx.ModelProto, batches, *,
                     description: str = "batches", per_layer: bool = False, latency: bool = False,
                     thresholds: Thresholds = Thresholds(), progress: bool = False,
-                    total: int | None = None,
-                    latency_settings: LatencySettings = LatencySettings()) -> CompareReport:
+                    total: int | None = None, latency_settings: LatencySettings = LatencySettings(),
+                    per_layer_samples: int = DEFAULT_SENSITIVITY_SAMPLES) -> CompareReport:
     """The same as `compare` on already-loaded models and an iterable of batches
     (objects with `.feeds`, `.size`, `.labels`)."""
-    check_same_inputs(reference, candidate)
+    if per_layer_samples < 1:
+        raise UsageError(f"per-layer samples must be at least 1, got {per_layer_samples}")
+    specs = check_same_inputs(reference, candidate)
     pairs, notes = output_pairs(reference, candidate)
     matching = match_layers(reference, candidate) if per_layer else None
     measured = measure(reference, candidate, batches, pairs, matching=matching, total=total,
-                       progress=progress, keep_inputs=latency_settings.max_inputs if latency else 0)
+                       progress=progress, keep_inputs=latency_settings.max_inputs if latency else 0,
+                       keep_samples=per_layer_samples if per_layer else 0)
     if measured.samples == 0:
         raise DataError(f"no samples were read from {description}; nothing to compare")
+    layers = measured.layers
+    if matching is not None:
+        batch_free = all(len(s.shape) > 0 and s.shape[0] is None for s in specs)
+        sensitivity = measure_sensitivity(reference, candidate, matching, measured.kept_inputs, pairs,
+                                          max_samples=per_layer_samples, batch_free=batch_free,
+                                          progress=progress)
+        layers = replace(layers, sensitivity=sensitivity)
     timing = None
     if latency:
         timing = measure_latency(make_session(reference, "reference"), make_session(candidate, "candidate"),
-                                 list(measured.kept_inputs), latency_settings)
+                                 list(measured.kept_inputs[:latency_settings.max_inputs]), latency_settings)
     if any(o.nonfinite_candidate for o in measured.outputs):
         notes.append("the candidate produced NaN/Inf on some samples; they are counted, "
                      "not averaged (see nonfinite_candidate)")
     return CompareReport(
         reference=ModelRef(None, None), candidate=ModelRef(None, None), data_description=description,
         samples=measured.samples, labelled=measured.labelled, outputs=measured.outputs,
-        layers=measured.layers, latency=timing, thresholds=evaluate(thresholds, measured.outputs),
+        layers=layers, latency=timing, thresholds=evaluate(thresholds, measured.outputs),
         notes=tuple(notes))
 
 

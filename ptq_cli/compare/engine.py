@@ -18,7 +18,8 @@ import onnx
 from tqdm import tqdm
 
 from ptq_cli.compare.layers import LayerMatch, Matching
-from ptq_cli.compare.metrics import ClassAccumulator, ErrorAccumulator, as_rows, hist_edges, is_classification
+from ptq_cli.compare.metrics import (ClassAccumulator, ErrorAccumulator, SqnrAccumulator, as_rows, hist_edges,
+                                    is_classification)
 from ptq_cli.compare.report import (ClassReport, LayerReport, LayersReport, OutputReport,
                                     UnmatchedLayer)
 from ptq_cli.compare.runtime import make_session, run
@@ -31,7 +32,7 @@ class Measured:
     layers: LayersReport | None
     samples: int
     labelled: int
-    kept_inputs: tuple[dict[str, np.ndarray], ...]   # a few batches, reused to time the models
+    kept_inputs: tuple[dict[str, np.ndarray], ...]   # the first batches, reused (latency, sensitivity)
 
 
 class _OutputState:
@@ -76,7 +77,7 @@ class _LayerState:
         self.cand_names = sorted({m.candidate for m in self.matches})
         self.ref_session = make_session(reference, "reference", extra_outputs=tuple(self.ref_names))
         self.cand_session = make_session(candidate, "candidate", extra_outputs=tuple(self.cand_names))
-        self.acc = {m.reference: ErrorAccumulator(histogram=False) for m in self.matches}
+        self.acc = {m.reference: SqnrAccumulator() for m in self.matches}
         self.rejected: dict[str, str] = {}
         self.graph_inputs = {v.name for v in reference.graph.input}
 
@@ -93,7 +94,7 @@ class _LayerState:
             if reason:
                 self.rejected[m.reference] = reason
                 continue
-            self.acc[m.reference].update(as_rows(r, size), as_rows(c, size))
+            self.acc[m.reference].update(r, c, size)
 
     def report(self) -> LayersReport:
         rows, unmatched = [], [UnmatchedLayer(u.reference, u.op_type, u.node, u.reason) for u in self.unmatched]
@@ -138,14 +139,16 @@ def _worst_first(row: LayerReport) -> tuple:
 
 def measure(reference: onnx.ModelProto, candidate: onnx.ModelProto, batches: Iterable,
             output_pairs: list[tuple[str, str]], *, matching: Matching | None, total: int | None,
-            progress: bool, keep_inputs: int = 0) -> Measured:
-    """Run both models on every batch (objects with .feeds, .size, .labels) and summarise."""
+            progress: bool, keep_inputs: int = 0, keep_samples: int = 0) -> Measured:
+    """Run both models on every batch (objects with .feeds, .size, .labels) and summarise; keep the
+    first batches' feeds, at least `keep_inputs` batches and `keep_samples` samples."""
     ref_session = make_session(reference, "reference")
     cand_session = make_session(candidate, "candidate")
     states = [_OutputState(r, c) for r, c in output_pairs]
     layers = _LayerState(reference, candidate, matching) if matching is not None else None
     samples = labelled = 0
     kept: list[dict[str, np.ndarray]] = []
+    kept_samples = 0
     with tqdm(total=total, unit="sample", desc="compare", disable=not progress, file=sys.stderr) as bar:
         for batch in batches:
             ref = run(ref_session, batch.feeds, "reference", [r for r, _ in output_pairs])
@@ -154,8 +157,9 @@ def measure(reference: onnx.ModelProto, candidate: onnx.ModelProto, batches: Ite
                 state.update(ref[state.name], cand[state.cand_name], batch.size, batch.labels)
             if layers is not None:
                 layers.update(batch.feeds, batch.size)
-            if len(kept) < keep_inputs:
+            if len(kept) < keep_inputs or kept_samples < keep_samples:
                 kept.append(batch.feeds)
+                kept_samples += batch.size
             samples += batch.size
             labelled += sum(1 for label in (batch.labels or ()) if label is not None)
             bar.update(batch.size)

@@ -9,7 +9,8 @@ from __future__ import annotations
 import math
 from html import escape
 
-from ptq_cli.compare.render import latency_line, accuracy_rows, layer_rows, output_rows
+from ptq_cli.compare.render import (accuracy_rows, exclude_line, latency_line, layer_rows, output_rows,
+                                   sensitivity_rows)
 from ptq_cli.compare.report import CompareReport, LayerReport, OutputReport
 
 _CSS = """body{font:14px/1.4 system-ui,sans-serif;margin:2em;color:#222}
@@ -106,6 +107,12 @@ def render_html(report: CompareReport) -> str:
     for out in report.outputs:
         body += [f"<h3>{escape(out.name)}</h3>", error_histogram(out)]
     if report.layers is not None:
+        sens = report.layers.sensitivity
+        if sens is not None and sens.rows:
+            line = exclude_line(report)
+            body += ["<h2>Sensitivity: outputs with only this node quantized (worst first)</h2>",
+                     f"<p>{sens.samples} samples.</p>", _table(*sensitivity_rows(report))]
+            body += [f"<p>To leave the worst nodes in float: <code>{escape(line)}</code></p>"] if line else []
         body += ["<h2>Per-layer SQNR (worst first)</h2>", layer_chart(report.layers.matched),
                  _table(*layer_rows(report))]
         if report.layers.unmatched:

@@ -65,9 +65,12 @@ class Unmatched:
 class Matching:
     matches: tuple[LayerMatch, ...]
     unmatched: tuple[Unmatched, ...]
+    # (reference node index, candidate node index) of the nodes found to correspond, in the main
+    # graphs' node order; the sensitivity pass takes a quantized weight's float original from here.
+    node_pairs: tuple[tuple[int, int], ...] = ()
 
 
-class _Graph:
+class GraphView:
     """Producer/consumer look-ups over one graph (the main graph only)."""
 
     def __init__(self, model: onnx.ModelProto) -> None:
@@ -129,7 +132,7 @@ def _elem_types(model: onnx.ModelProto) -> dict[str, int]:
     return types
 
 
-def _unwrap(graph: _Graph, name: str) -> str:
+def _unwrap(graph: GraphView, name: str) -> str:
     """The candidate tensor that `name` stands for once QDQ pairs and quantized constants are removed."""
     seen = 0
     while seen < 64:  # a QDQ chain is short; the bound only guards against malformed cycles
@@ -151,7 +154,7 @@ def _unwrap(graph: _Graph, name: str) -> str:
 
 def match_layers(reference: onnx.ModelProto, candidate: onnx.ModelProto) -> Matching:
     """Match every float activation of `reference` to the candidate tensor to measure it against."""
-    ref, cand = _Graph(reference), _Graph(candidate)
+    ref, cand = GraphView(reference), GraphView(candidate)
     counterpart: dict[str, str] = {}   # reference tensor -> unwrapped candidate tensor
     how: dict[str, str] = {}
     for name in ref.inputs & cand.inputs:
@@ -183,7 +186,7 @@ def match_layers(reference: onnx.ModelProto, candidate: onnx.ModelProto) -> Matc
     return _measured(ref, cand, counterpart, how, node_pair)
 
 
-def _fused_activation(node, ref: _Graph, cand: _Graph, counterpart: dict, how: dict) -> None:
+def _fused_activation(node, ref: GraphView, cand: GraphView, counterpart: dict, how: dict) -> None:
     """A Relu/Clip that the candidate folded into the quantization of its input (onnxruntime does:
     the QuantizeLinear range starts at 0, so it clamps). Its output then stands for the quantized
     view of its input, and that input is measured before quantization."""
@@ -196,7 +199,7 @@ def _fused_activation(node, ref: _Graph, cand: _Graph, counterpart: dict, how: d
     how[node.output[0]] = "fused"
 
 
-def _anchor_outputs(node, ref: _Graph, cand: _Graph, counterpart: dict, how: dict) -> None:
+def _anchor_outputs(node, ref: GraphView, cand: GraphView, counterpart: dict, how: dict) -> None:
     for out in node.output:
         if not out or out in counterpart:
             continue
@@ -206,7 +209,7 @@ def _anchor_outputs(node, ref: _Graph, cand: _Graph, counterpart: dict, how: dic
             how[out] = "name"
 
 
-def _structural_index(cand: _Graph) -> dict[tuple, list[onnx.NodeProto]]:
+def _structural_index(cand: GraphView) -> dict[tuple, list[onnx.NodeProto]]:
     index: dict[tuple, list[onnx.NodeProto]] = defaultdict(list)
     for node in cand.nodes:
         if node.op_type in ("QuantizeLinear", "DequantizeLinear", "Constant"):
@@ -216,7 +219,7 @@ def _structural_index(cand: _Graph) -> dict[tuple, list[onnx.NodeProto]]:
     return index
 
 
-def _ref_key(node: onnx.NodeProto, ref: _Graph, counterpart: dict[str, str]) -> tuple | None:
+def _ref_key(node: onnx.NodeProto, ref: GraphView, counterpart: dict[str, str]) -> tuple | None:
     inputs = []
     for name in node.input:
         if not name:
@@ -238,7 +241,7 @@ def _take(candidates: list[onnx.NodeProto], used: set[int]) -> onnx.NodeProto | 
     return None
 
 
-def _measured(ref: _Graph, cand: _Graph, counterpart: dict[str, str], how: dict[str, str],
+def _measured(ref: GraphView, cand: GraphView, counterpart: dict[str, str], how: dict[str, str],
               node_pair: dict[int, onnx.NodeProto]) -> Matching:
     matches, unmatched = [], []
     fused_sources = {counterpart[t] for t, way in how.items() if way == "fused"}
@@ -268,10 +271,13 @@ def _measured(ref: _Graph, cand: _Graph, counterpart: dict[str, str], how: dict[
             weights = _weight_sqnr(node, node_pair.get(id(node)), ref, cand)
             matches.append(LayerMatch(out, measured, node.op_type, node.name, view is not None, how[out],
                                       inputs, weights))
-    return Matching(tuple(matches), tuple(unmatched))
+    cand_index = {id(node): i for i, node in enumerate(cand.nodes)}
+    pairs = tuple((i, cand_index[id(node_pair[id(node)])]) for i, node in enumerate(ref.nodes)
+                  if id(node) in node_pair)
+    return Matching(tuple(matches), tuple(unmatched), pairs)
 
 
-def _weight_sqnr(node: onnx.NodeProto, found: onnx.NodeProto | None, ref: _Graph, cand: _Graph) -> float | None:
+def _weight_sqnr(node: onnx.NodeProto, found: onnx.NodeProto | None, ref: GraphView, cand: GraphView) -> float | None:
     """Worst per-output-channel SQNR of the node's weights (constant inputs of rank >= 2) that the
     candidate feeds through a DequantizeLinear. Per channel, because a per-tensor scale can wipe
     out a small channel completely while the SQNR of the whole tensor still looks fine."""
@@ -311,7 +317,7 @@ def _worst_channel_sqnr(original: np.ndarray, restored: np.ndarray, axis: int) -
     return min(values) if values else None
 
 
-def _dequantize(dq: onnx.NodeProto, graph: _Graph) -> np.ndarray | None:
+def _dequantize(dq: onnx.NodeProto, graph: GraphView) -> np.ndarray | None:
     """numpy DequantizeLinear of constant inputs (per-tensor or per-axis; None for anything else)."""
     values = [graph.const_value(name) if name else None for name in dq.input]
     q, scale = values[0], values[1]

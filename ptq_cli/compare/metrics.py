@@ -146,6 +146,49 @@ def _row_cosine(r: np.ndarray, c: np.ndarray) -> np.ndarray:
 
 
 @dataclass(frozen=True)
+class SqnrSummary:
+    samples: int
+    nonfinite_candidate: int
+    sqnr_db: float
+
+
+class SqnrAccumulator:
+    """SQNR only, for the many intermediate tensors of --per-layer: no float64 copies, no
+    histogram, no cosine; the sums are still accumulated in float64."""
+
+    def __init__(self) -> None:
+        self.samples = 0
+        self.nonfinite_cand = 0
+        self.sum_sq_ref = 0.0
+        self.sum_sq_err = 0.0
+
+    def update(self, ref: np.ndarray, cand: np.ndarray, batch_size: int) -> None:
+        r, c = _flat_rows(ref, batch_size), _flat_rows(cand, batch_size)
+        if r.shape != c.shape:
+            raise ValueError(f"shapes differ: {r.shape} vs {c.shape}")
+        err = c - r
+        ref_sq = np.einsum("ij,ij->i", r, r, dtype=np.float64)
+        err_sq = np.einsum("ij,ij->i", err, err, dtype=np.float64)
+        # A NaN/Inf anywhere in a row makes its sum non-finite: the cheap test for the rare case.
+        ref_ok, err_ok = np.isfinite(ref_sq), np.isfinite(err_sq)
+        self.nonfinite_cand += int((ref_ok & ~err_ok).sum())
+        keep = ref_ok & err_ok
+        self.samples += int(keep.sum())
+        self.sum_sq_ref += float(ref_sq[keep].sum())
+        self.sum_sq_err += float(err_sq[keep].sum())
+
+    def summary(self) -> SqnrSummary:
+        value = sqnr_db(self.sum_sq_ref, self.sum_sq_err) if self.samples else math.nan
+        return SqnrSummary(self.samples, self.nonfinite_cand, value)
+
+
+def _flat_rows(array: np.ndarray, batch_size: int) -> np.ndarray:
+    arr = np.asarray(array)
+    rows = batch_size if arr.ndim >= 1 and arr.shape[0] == batch_size and batch_size > 0 else 1
+    return arr.reshape(rows, -1)
+
+
+@dataclass(frozen=True)
 class ClassSummary:
     """Top-k figures of a classification-like output; None where they do not apply."""
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import shlex
 from pathlib import Path
 
 from ptq_cli.compare.report import CompareReport, OutputReport
@@ -65,11 +66,25 @@ def layer_rows(report: CompareReport, layers=None) -> tuple[list[str], list[list
     return header, rows
 
 
-def largest_drops(report: CompareReport, count: int = 5) -> list:
-    """The layers that add the most error themselves (lowest local SQNR)."""
-    layers = [m for m in (report.layers.matched if report.layers else ())
-              if m.local_sqnr_db is not None and math.isfinite(m.local_sqnr_db)]
-    return sorted(layers, key=lambda m: m.local_sqnr_db)[:count]
+def sensitivity_rows(report: CompareReport) -> tuple[list[str], list[list[str]]]:
+    header = ["output SQNR dB", "top-1 agree", "op type", "node"]
+    sens = report.layers.sensitivity if report.layers else None
+    rows = [[("NaN/Inf" if r.nonfinite_candidate else fmt(r.sqnr_db, ".2f")), _pct(r.top1_agreement),
+             r.op_type, r.node or "-"] for r in (sens.rows if sens else ())]
+    return header, rows
+
+
+def exclude_line(report: CompareReport) -> str | None:
+    """`--exclude A --exclude B ...` for the worst nodes of the sensitivity pass, ready to paste."""
+    sens = report.layers.sensitivity if report.layers else None
+    offenders = sens.offenders() if sens else ()
+    return " ".join(f"--exclude {shlex.quote(r.node)}" for r in offenders) or None
+
+
+def _sensitivity_heading(report: CompareReport) -> str:
+    sens = report.layers.sensitivity
+    return (f"sensitivity: model outputs with only this node quantized, worst first "
+            f"({sens.samples} samples)")
 
 
 def _short(text: str, width: int = 48) -> str:
@@ -107,6 +122,32 @@ def _threshold_lines(report: CompareReport, *, markdown: bool) -> list[str]:
     return lines
 
 
+def _text_sensitivity(report: CompareReport) -> list[str]:
+    sens = report.layers.sensitivity
+    if sens is None or not sens.rows:
+        return []
+    lines = ["", _sensitivity_heading(report) + ":"] + _table(*sensitivity_rows(report))
+    line = exclude_line(report)
+    if line:
+        lines += ["", "to leave the worst nodes in float, quantize again with (try the first few first):",
+                  f"  {line}"]
+    if sens.fixed:
+        lines += [f"note: weights of {len(sens.fixed)} node(s) have no float original in the reference and stay "
+                  f"quantized in every variant: {', '.join(sens.fixed)}"]
+    return lines
+
+
+def _md_sensitivity(report: CompareReport) -> list[str]:
+    sens = report.layers.sensitivity
+    if sens is None or not sens.rows:
+        return []
+    lines = [f"**{_sensitivity_heading(report).capitalize()}**", ""] + _md_table(*sensitivity_rows(report))
+    line = exclude_line(report)
+    if line:
+        lines += ["", "To leave the worst nodes in float:", "", "```", line, "```"]
+    return lines + [""]
+
+
 def render_text(report: CompareReport) -> str:
     lines = [f"ptq compare: {report.samples} samples from {report.data_description}"
              + (f" ({report.labelled} labelled)" if report.labelled else ""),
@@ -119,10 +160,7 @@ def render_text(report: CompareReport) -> str:
     if report.layers is not None:
         lines += ["", f"per-layer SQNR, worst first ({len(report.layers.matched)} matched):"]
         lines += _table(*layer_rows(report))
-        drops = largest_drops(report)
-        if drops:
-            lines += ["", "layers adding the most error (lowest local SQNR; candidates to exclude):"]
-            lines += _table(*layer_rows(report, drops))
+        lines += _text_sensitivity(report)
         if report.layers.unmatched:
             lines += ["", f"unmatched layers ({len(report.layers.unmatched)}):"]
             lines += [f"  {u.tensor} ({u.op_type} {u.node or '-'}): {u.reason}" for u in report.layers.unmatched]
@@ -150,12 +188,9 @@ def render_markdown(report: CompareReport) -> str:
     if report.latency is not None:
         lines += ["", latency_line(report)]
     if report.layers is not None:
-        lines += ["", f"<details><summary>Per-layer SQNR, worst first ({len(report.layers.matched)} "
-                      f"matched, {len(report.layers.unmatched)} unmatched)</summary>", ""]
-        drops = largest_drops(report)
-        if drops:
-            lines += ["**Layers adding the most error** (lowest local SQNR; candidates to exclude)", ""]
-            lines += _md_table(*layer_rows(report, drops)) + ["", "**All layers, worst SQNR first**", ""]
+        lines += [""] + _md_sensitivity(report)
+        lines += [f"<details><summary>Per-layer SQNR, worst first ({len(report.layers.matched)} "
+                  f"matched, {len(report.layers.unmatched)} unmatched)</summary>", ""]
         lines += _md_table(*layer_rows(report))
         if report.layers.unmatched:
             lines += ["", "Unmatched: " + ", ".join(f"`{u.tensor}` ({u.reason})" for u in report.layers.unmatched)]

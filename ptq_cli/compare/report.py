@@ -26,7 +26,14 @@ JSON schema (``schema_version`` 1; keys are only ever added, with a new version 
                        "local_sqnr_db": num|null,    # SQNR of the error the node adds itself
                        "weight_sqnr_db": num|null}], # worst per-output-channel SQNR of its weights
                                                      # "matched" is sorted worst SQNR first
-          "unmatched": [{"tensor": str, "op_type": str, "node": str, "reason": str}]},
+          "unmatched": [{"tensor": str, "op_type": str, "node": str, "reason": str}],
+          "sensitivity": null | {                          # each quantized node measured alone
+              "mode": "isolated", "samples": int,
+              "nodes": [{"node": str, "op_type": str,      # lowest output SQNR (worst) first
+                         "sqnr_db": num|null,              # worst output SQNR with only it quantized
+                         "top1_agreement": num|null, "nonfinite_candidate": int}],
+              "fixed": [str],               # nodes whose weights have no float original (stay quantized)
+              "suggested_exclude": [str]}},  # the worst nodes, below 20 dB, at most 5
       "latency": null | {"warmup": int, "runs": int, "inputs": int, "speedup": num,
           "reference": {"median_ms": num, "p10_ms": num, "p90_ms": num, "min_ms": num, "max_ms": num},
           "candidate": {...same keys...}},
@@ -35,11 +42,12 @@ JSON schema (``schema_version`` 1; keys are only ever added, with a new version 
       "passed": bool, "failures": [str], "notes": [str]
     }
 
-Per-layer SQNR is cumulative (a tensor carries the error of everything upstream); the node that
-causes the drift is the one with a low "local_sqnr_db" (-10 log10(NSR_out - NSR_in) with
-NSR = 10^(-SQNR/10); null when it adds no measurable error or has an unmeasured input) or a low
-"weight_sqnr_db". Graph inputs that
-the candidate quantizes appear with op_type "(graph input)".
+Per-layer SQNR is cumulative (a tensor carries the error of everything upstream), so once it
+nears 0 dB it no longer tells which node is to blame; "local_sqnr_db" (-10 log10(NSR_out - NSR_in)
+with NSR = 10^(-SQNR/10); null when it adds no measurable error or has an unmeasured input) and
+"weight_sqnr_db" are hints. The node to exclude is named by "sensitivity": the model's outputs
+with only that node's quantization on, every other node reading float data (see sensitivity.py).
+Graph inputs that the candidate quantizes appear with op_type "(graph input)".
 Numbers that are not finite (an infinite SQNR of identical outputs, an undefined figure) are
 written as null; "exact" tells the two apart. Fractions (agreement, accuracy, cosine) are in
 0..1; "top1_drop_pt" is in percentage points: accuracy drop with labels, else 100 * (1 - agreement).
@@ -180,13 +188,51 @@ class UnmatchedLayer:
 
 
 @dataclass(frozen=True)
+class SensitivityRow:
+    node: str
+    op_type: str
+    sqnr_db: float                  # worst output SQNR of this variant against the reference
+    top1_agreement: float | None    # of the first output, when it is classification-like
+    nonfinite_candidate: int = 0
+
+    def to_dict(self) -> dict:
+        return {"node": self.node, "op_type": self.op_type, "sqnr_db": _num(self.sqnr_db),
+                "top1_agreement": _num(self.top1_agreement), "nonfinite_candidate": self.nonfinite_candidate}
+
+
+# A node whose quantization alone leaves the outputs below this SQNR is worth excluding: at 20 dB
+# a classifier's top-1 already disagrees with the float model on a few percent of the samples.
+OFFENDER_SQNR_DB = 20.0
+OFFENDERS_SHOWN = 5
+
+
+@dataclass(frozen=True)
+class SensitivityReport:
+    samples: int
+    rows: tuple[SensitivityRow, ...]  # lowest output SQNR (most harmful node) first
+    fixed: tuple[str, ...] = ()      # nodes with a quantized constant that has no float original
+
+    def offenders(self, limit: int = OFFENDERS_SHOWN) -> tuple[SensitivityRow, ...]:
+        """The nodes to try excluding first: the worst `limit` of those below OFFENDER_SQNR_DB."""
+        harmful = [r for r in self.rows if r.node and (r.nonfinite_candidate or r.sqnr_db < OFFENDER_SQNR_DB)]
+        return tuple(harmful[:limit])
+
+    def to_dict(self) -> dict:
+        return {"mode": "isolated", "samples": self.samples,
+                "nodes": [r.to_dict() for r in self.rows], "fixed": list(self.fixed),
+                "suggested_exclude": [r.node for r in self.offenders()]}
+
+
+@dataclass(frozen=True)
 class LayersReport:
     matched: tuple[LayerReport, ...]      # worst SQNR first
     unmatched: tuple[UnmatchedLayer, ...]
+    sensitivity: SensitivityReport | None = None
 
     def to_dict(self) -> dict:
         return {"matched": [m.to_dict() for m in self.matched],
-                "unmatched": [u.to_dict() for u in self.unmatched]}
+                "unmatched": [u.to_dict() for u in self.unmatched],
+                "sensitivity": self.sensitivity.to_dict() if self.sensitivity else None}
 
 
 @dataclass(frozen=True)

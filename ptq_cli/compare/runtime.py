@@ -12,14 +12,18 @@ from onnx import helper
 from ptq_cli.errors import ModelError
 
 
-def make_session(model: onnx.ModelProto, what: str, *, extra_outputs: tuple[str, ...] = ()) -> ort.InferenceSession:
-    """A CPU session for `model`, optionally exposing `extra_outputs` too (the input is not modified)."""
+def make_session(model: onnx.ModelProto | bytes, what: str, *, extra_outputs: tuple[str, ...] = (),
+                 disabled_optimizers: tuple[str, ...] = ()) -> ort.InferenceSession:
+    """A CPU session for `model` (or its serialized bytes), optionally exposing `extra_outputs` too
+    (the input is not modified)."""
     if extra_outputs:
         model = with_outputs(model, extra_outputs)
+    data = model if isinstance(model, bytes) else model.SerializeToString()
     options = ort.SessionOptions()
     options.log_severity_level = 3  # keep onnxruntime's warnings off the user's terminal
     try:
-        return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+        return ort.InferenceSession(data, options, providers=["CPUExecutionProvider"],
+                                    disabled_optimizers=list(disabled_optimizers) or None)
     except Exception as exc:  # onnxruntime raises its own exception types for every load failure
         raise ModelError(f"onnxruntime cannot load the {what} model: {_first_line(exc)}") from None
 

@@ -21,6 +21,8 @@ CLASS_KEYS = {"classes", "top1_agreement", "top5_agreement", "labelled", "refere
 LAYER_KEYS = {"tensor", "candidate_tensor", "op_type", "node", "quantized", "matched_by", "samples",
               "nonfinite_candidate", "sqnr_db", "input_sqnr_db", "local_sqnr_db", "weight_sqnr_db"}
 UNMATCHED_KEYS = {"tensor", "op_type", "node", "reason"}
+SENSITIVITY_KEYS = {"mode", "samples", "nodes", "fixed", "suggested_exclude"}
+SENSITIVITY_NODE_KEYS = {"node", "op_type", "sqnr_db", "top1_agreement", "nonfinite_candidate"}
 LATENCY_KEYS = {"warmup", "runs", "inputs", "speedup", "reference", "candidate"}
 TIMING_KEYS = {"median_ms", "p10_ms", "p90_ms", "min_ms", "max_ms"}
 THRESHOLD_KEYS = {"name", "limit", "value", "passed", "detail"}
@@ -64,6 +66,7 @@ def test_missed_threshold_exits_one_and_names_it(case):
 
 def test_usage_errors_exit_two(case):
     assert run(case, "--max-top1-drop", "-1").exit_code == 2
+    assert run(case, "--per-layer", "--per-layer-samples", "0").exit_code == 2
     assert run(case, "--batch-size", "0").exit_code == 2
     bad = CliRunner().invoke(main, ["compare", str(case / "ref.onnx"), str(case / "cand.onnx")])
     assert bad.exit_code == 2 and "--data" in bad.output
@@ -95,8 +98,12 @@ def test_json_schema_is_stable(case):
     (out,) = doc["outputs"]
     assert set(out) == OUTPUT_KEYS and set(out["classification"]) == CLASS_KEYS
     assert set(out["error_histogram"]) == {"log10_abs_edges", "counts"}
-    assert set(doc["layers"]) == {"matched", "unmatched"}
+    assert set(doc["layers"]) == {"matched", "unmatched", "sensitivity"}
     assert all(set(layer) == LAYER_KEYS for layer in doc["layers"]["matched"])
+    sens = doc["layers"]["sensitivity"]
+    assert set(sens) == SENSITIVITY_KEYS and sens["mode"] == "isolated" and sens["samples"] == 12
+    assert [n["node"] for n in sens["nodes"]][:1] and all(set(n) == SENSITIVITY_NODE_KEYS for n in sens["nodes"])
+    assert {n["node"] for n in sens["nodes"]} == {"fc1", "bias1", "act1", "fc2"}
     assert set(doc["latency"]) == LATENCY_KEYS and set(doc["latency"]["reference"]) == TIMING_KEYS
     assert [set(t) for t in doc["thresholds"]] == [THRESHOLD_KEYS]
     assert doc["passed"] is True and doc["failures"] == []

@@ -3,7 +3,7 @@ import math
 import numpy as np
 import pytest
 
-from ptq_cli.compare.metrics import (ClassAccumulator, ErrorAccumulator, as_rows, hist_edges,
+from ptq_cli.compare.metrics import (ClassAccumulator, ErrorAccumulator, SqnrAccumulator, as_rows, hist_edges,
                                      is_classification, sqnr_db)
 
 
@@ -109,3 +109,23 @@ def test_rows_and_classification_shape_rules():
     assert as_rows(np.zeros(()), 4).shape == (1, 1)      # no batch axis: one row
     assert is_classification((8, 10)) and not is_classification((8, 1))
     assert not is_classification((8, 10, 2))
+
+
+def test_sqnr_accumulator_agrees_with_the_full_one_and_counts_nonfinite_rows(rng):
+    """The lean per-layer accumulator: float32 tensors of any rank, float64 sums."""
+    ref = rng.normal(size=(6, 3, 5, 5)).astype(np.float32)
+    cand = ref + rng.normal(scale=0.03, size=ref.shape).astype(np.float32)
+    cand[2, 1, 0, 0] = np.nan
+    ref_bad = ref.copy()
+    ref_bad[5, 0, 0, 0] = np.inf   # left out, and not blamed on the candidate
+    lean, full = SqnrAccumulator(), ErrorAccumulator()
+    for start in (0, 4):
+        lean.update(ref_bad[start:start + 4], cand[start:start + 4], len(ref_bad[start:start + 4]))
+        full.update(as_rows(ref_bad[start:start + 4], 4 if start == 0 else 2),
+                    as_rows(cand[start:start + 4], 4 if start == 0 else 2))
+    got, want = lean.summary(), full.summary()
+    assert (got.samples, got.nonfinite_candidate) == (4, 1) == (want.samples, want.nonfinite_candidate)
+    assert got.sqnr_db == pytest.approx(want.sqnr_db, rel=1e-9)
+    unbatched = SqnrAccumulator()
+    unbatched.update(ref[0], cand[0], 7)   # no batch axis: one row
+    assert unbatched.summary().samples == 1
