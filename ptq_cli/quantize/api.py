@@ -16,6 +16,7 @@ from ptq_cli.errors import ModelError, UsageError
 from ptq_cli.model.io import check_model, load_model, save_model
 from ptq_cli.model.prepare import QDQ_4_16_BIT_OPSET, QDQ_PER_AXIS_OPSET, prepare
 from ptq_cli.quantize.bias_correction import correct_biases
+from ptq_cli.quantize.dynamic import DYNAMIC_DATA, check_dynamic_recipe, rewrite_dynamic
 from ptq_cli.quantize.plan import QuantPlan, SkipReason, make_plan
 from ptq_cli.quantize.qdq import insert_qdq
 from ptq_cli.recipe import CalibMethod, Format, Recipe
@@ -87,18 +88,21 @@ def quantize(model: str | os.PathLike | onnx.ModelProto, output: str | os.PathLi
     Activation ranges come from `calibration` (a CalibrationTable or the path of one) or are
     measured on `data` (a folder/Dataset) with `recipe.calibration`. The input is never modified.
     """
-    if recipe.dynamic:
-        from ptq_cli.quantize.dynamic import quantize_dynamic
-
-        return quantize_dynamic(model, output, recipe=recipe, force=force)
     source, source_sha, path = _load_source(model)
     if output is not None:
         _check_output(Path(output), path, force)
-    table = _calibration_table(path or source, source_sha, data, calibration, recipe, image,
-                               progress=progress, batch_size=batch_size, max_samples=max_samples)
-    means = {name: table.channel_mean(name) for name in table.names if table.channel_mean(name) is not None}
-    quantized, plan = quantize_model(source, recipe, _activation_ranges(table, source), means)
-    _stamp(quantized, recipe, source_sha, table.data)
+    if recipe.dynamic:
+        check_dynamic_recipe(recipe)
+        quantized, done, skipped = rewrite_dynamic(prepare(source, min_opset=QDQ_PER_AXIS_OPSET), recipe)
+        plan = QuantPlan(quantized=done, skipped=skipped)
+        data_description = DYNAMIC_DATA
+    else:
+        table = _calibration_table(path or source, source_sha, data, calibration, recipe, image,
+                                   progress=progress, batch_size=batch_size, max_samples=max_samples)
+        means = {name: table.channel_mean(name) for name in table.names if table.channel_mean(name) is not None}
+        quantized, plan = quantize_model(source, recipe, _activation_ranges(table, source), means)
+        data_description = table.data
+    _stamp(quantized, recipe, source_sha, data_description)
     _verify_loads(quantized)
     written = save_model(quantized, output, force=force, protect=(path,) if path else ()) if output else None
     return QuantizeResult(quantized, written, recipe, tuple(plan.quantized), tuple(plan.skipped), dict(plan.fused),

@@ -14,8 +14,6 @@ onnxruntime fuses into DynamicQuantizeMatMul / MatMulIntegerToFloat.
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
 
 import numpy as np
 import onnx
@@ -23,8 +21,6 @@ from onnx import helper, numpy_helper
 
 from ptq_cli.errors import UsageError
 from ptq_cli.model.graph import GraphIndex, NameAllocator, attribute, drop_unused_initializers
-from ptq_cli.model.io import save_model
-from ptq_cli.model.prepare import QDQ_PER_AXIS_OPSET, prepare
 from ptq_cli.quantize.plan import SkipReason
 from ptq_cli.quantize.scheme import QParams, compute_qparams, quantize, weight_range
 from ptq_cli.recipe import PerChannel, QType, Recipe, TensorSpec
@@ -32,24 +28,6 @@ from ptq_cli.recipe import PerChannel, QType, Recipe, TensorSpec
 DYNAMIC_DATA = "none: dynamic quantization measures activation ranges at run time"
 _REWRITTEN = ("MatMul", "Gemm", "Conv")
 _CONV_ATTRIBUTES = ("auto_pad", "dilations", "group", "kernel_shape", "pads", "strides")
-
-
-def quantize_dynamic(model: str | os.PathLike | onnx.ModelProto, output: str | os.PathLike | None = None, *,
-                     recipe: Recipe = Recipe(dynamic=True), force: bool = False):
-    """Quantize `model` dynamically and write it to `output` (when given). Returns a QuantizeResult."""
-    from ptq_cli.quantize.api import QuantizeResult, _check_output, _load_source, _stamp, _verify_loads
-
-    check_dynamic_recipe(recipe)
-    source, source_sha, path = _load_source(model)
-    if output is not None:
-        _check_output(Path(output), path, force)
-    prepared = prepare(source, min_opset=QDQ_PER_AXIS_OPSET)
-    quantized, done, skipped = rewrite_dynamic(prepared, recipe)
-    _stamp(quantized, recipe, source_sha, DYNAMIC_DATA)
-    _verify_loads(quantized)
-    written = save_model(quantized, output, force=force, protect=(path,) if path else ()) if output else None
-    return QuantizeResult(quantized, written, recipe, tuple(done), tuple(skipped), {},
-                          source.ByteSize(), quantized.ByteSize(), source_sha)
 
 
 def check_dynamic_recipe(recipe: Recipe) -> None:

@@ -19,54 +19,13 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
-from onnx import helper, numpy_helper
+from onnx import helper
 
-from ptq_cli.model.graph import GraphIndex, NameAllocator, drop_unused_initializers
+from ptq_cli.model.graph import GraphIndex, drop_unused_initializers
+from ptq_cli.quantize.emit import Emitter, typed_constant
 from ptq_cli.quantize.handlers import OutputRule, handler_for
 from ptq_cli.quantize.plan import QuantPlan, WeightPlan
-from ptq_cli.quantize.scheme import QParams, quantize, quantize_bias
-
-
-class _Emitter:
-    def __init__(self, model: onnx.ModelProto) -> None:
-        self.graph = model.graph
-        self.names = NameAllocator(model.graph)
-        self.initializers: list[onnx.TensorProto] = []
-        self._params_cache: dict[tuple, tuple[str, str]] = {}
-
-    def constant(self, array: np.ndarray, base: str) -> str:
-        name = self.names.new(base)
-        self.initializers.append(numpy_helper.from_array(array, name))
-        return name
-
-    def scale_and_zero(self, qp: QParams, base: str) -> tuple[str, str]:
-        """Initializers for a (scale, zero-point) pair, shared by tensors with equal parameters."""
-        key = (qp.qtype, qp.scale.tobytes(), qp.zero_point.tobytes(), qp.scale.shape)
-        if key not in self._params_cache:
-            scale = self.constant(qp.scale.astype(np.float32), f"{base}_scale")
-            zero = self.names.new(f"{base}_zero_point")
-            self.initializers.append(_typed_constant(np.asarray(qp.zero_point), qp, zero))
-            self._params_cache[key] = (scale, zero)
-        return self._params_cache[key]
-
-    def dequantize(self, source: str, qp: QParams, output: str, base: str) -> onnx.NodeProto:
-        scale, zero = self.scale_and_zero(qp, base)
-        return _qdq_node("DequantizeLinear", [source, scale, zero], output, self.names.new(f"{base}_DequantizeLinear"), qp)
-
-    def quantize(self, source: str, qp: QParams, output: str, base: str) -> onnx.NodeProto:
-        scale, zero = self.scale_and_zero(qp, base)
-        return _qdq_node("QuantizeLinear", [source, scale, zero], output, self.names.new(f"{base}_QuantizeLinear"), qp)
-
-
-def _qdq_node(op: str, inputs: list[str], output: str, name: str, qp: QParams) -> onnx.NodeProto:
-    attrs = {"axis": qp.axis} if qp.per_channel else {}
-    return helper.make_node(op, inputs, [output], name=name, **attrs)
-
-
-def _typed_constant(array: np.ndarray, qp: QParams, name: str) -> onnx.TensorProto:
-    if qp.qtype.bits == 4:  # onnx packs 4-bit values itself when given the element type
-        return helper.make_tensor(name, qp.qtype.onnx_type, array.shape, array.reshape(-1).tolist())
-    return numpy_helper.from_array(array, name)
+from ptq_cli.quantize.scheme import quantize, quantize_bias
 
 
 def insert_qdq(model: onnx.ModelProto, plan: QuantPlan) -> onnx.ModelProto:
@@ -75,7 +34,7 @@ def insert_qdq(model: onnx.ModelProto, plan: QuantPlan) -> onnx.ModelProto:
     out.CopyFrom(model)
     graph = out.graph
     index = GraphIndex(graph)
-    emit = _Emitter(out)
+    emit = Emitter(out)
     rename: dict[str, str] = {}  # activation -> its dequantized tensor, for consumers
     new_nodes: list[onnx.NodeProto] = []
 
@@ -159,20 +118,20 @@ def _without_unread_pairs(nodes: list[onnx.NodeProto], outputs: set[str], dequan
     return [n for n in kept if n.op_type != "QuantizeLinear" or n.output[0] in read]
 
 
-def _weight_input(emit: _Emitter, nodes: list, weight: WeightPlan, index: GraphIndex, done: dict) -> str:
+def _weight_input(emit: Emitter, nodes: list, weight: WeightPlan, index: GraphIndex, done: dict) -> str:
     qp = weight.params
     key = (weight.tensor, qp.scale.tobytes() + qp.zero_point.tobytes() + str(qp.axis).encode())
     if key not in done:
         q = quantize(index.constant(weight.tensor), qp)
         q_name = emit.names.new(f"{weight.tensor}_quantized")
-        emit.initializers.append(_typed_constant(q, qp, q_name))
+        emit.initializers.append(typed_constant(q, qp, q_name))
         dequantized = emit.names.new(f"{weight.tensor}_dequantized")
         nodes.append(emit.dequantize(q_name, qp, dequantized, weight.tensor))
         done[key] = dequantized
     return done[key]
 
 
-def _bias_input(emit: _Emitter, nodes: list, plan: QuantPlan, node_name: str, index: GraphIndex) -> str:
+def _bias_input(emit: Emitter, nodes: list, plan: QuantPlan, node_name: str, index: GraphIndex) -> str:
     bias = plan.biases[node_name]
     x_scale = plan.activations[bias.input_tensor].scale
     q, scale = quantize_bias(index.constant(bias.tensor), x_scale, bias.weight.params.scale)

@@ -25,7 +25,7 @@ from ptq_cli.model.graph import GraphIndex, attribute, drop_unused_initializers
 from ptq_cli.model.io import opset_version
 from ptq_cli.quantize.handlers import Layout, OpHandler, OutputRule, activation_inputs, handler_for
 from ptq_cli.quantize.plan import QuantPlan
-from ptq_cli.quantize.qdq import _Emitter, _typed_constant
+from ptq_cli.quantize.emit import Emitter, typed_constant
 from ptq_cli.quantize.scheme import QParams, quantize, quantize_bias
 
 MS_DOMAIN = "com.microsoft"
@@ -66,7 +66,7 @@ class _Rewriter:
         self.index = GraphIndex(model.graph)
         self.plan = plan
         self.opset = opset_version(model)
-        self.emit = _Emitter(model)
+        self.emit = Emitter(model)
         self.nodes: list[onnx.NodeProto] = []
         self.ints: dict[str, str] = {}  # tensor -> its integer version
         self.int_only: set[str] = set()  # tensors that exist only as integers so far
@@ -131,7 +131,7 @@ class _Rewriter:
         key = (tensor, qp.scale.tobytes() + qp.zero_point.tobytes() + str(qp.axis).encode())
         if key not in self.weights_done:
             name = self.emit.names.new(f"{tensor}_quantized")
-            self.emit.initializers.append(_typed_constant(quantize(self.index.constant(tensor), qp), qp, name))
+            self.emit.initializers.append(typed_constant(quantize(self.index.constant(tensor), qp), qp, name))
             self.weights_done[key] = name
         return self.weights_done[key]
 

@@ -13,7 +13,6 @@ from onnx import TensorProto, helper, numpy_helper
 from ptq_cli.cli import main
 from ptq_cli.errors import UsageError
 from ptq_cli.quantize.api import quantize
-from ptq_cli.quantize.dynamic import quantize_dynamic
 from ptq_cli.recipe import PerChannel, PerTensor, QType, Recipe, TensorSpec
 from tests.conftest import REPO, make_model, ops, run, sqnr_db, tiny_conv_relu
 
@@ -40,7 +39,7 @@ def _gemm_matmul_model(rng):
 def test_matmul_and_gemm_become_matmulinteger_per_column(rng):
     model = _gemm_matmul_model(rng)
     before = copy.deepcopy(model)
-    result = quantize_dynamic(model)
+    result = quantize(model, recipe=DYNAMIC, progress=False)
     out = result.model
     onnx.checker.check_model(out, full_check=True)
     assert model == before
@@ -56,7 +55,7 @@ def test_matmul_and_gemm_become_matmulinteger_per_column(rng):
 
 def test_conv_becomes_convinteger_with_bias_and_groups(rng):
     model = tiny_conv_relu(rng)
-    out = quantize_dynamic(model).model
+    out = quantize(model, recipe=DYNAMIC, progress=False).model
     assert ops(out)[:6] == ["DynamicQuantizeLinear", "ConvInteger", "Cast", "Mul", "Mul", "Add"]
     conv = out.graph.node[1]
     inits = _inits(out)
@@ -73,7 +72,7 @@ def test_depthwise_conv_and_asymmetric_weights_run(rng):
                        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 6, 6])],
                        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3, 6, 6])], [w])
     recipe = DYNAMIC.with_(weights=TensorSpec(QType.UINT8, symmetric=False, granularity=PerChannel()))
-    out = quantize_dynamic(model, recipe=recipe).model
+    out = quantize(model, recipe=recipe, progress=False).model
     inits = _inits(out)
     # ConvInteger refuses per-channel zero points: asymmetric weights fall back to one scale.
     assert inits[out.graph.node[1].input[3]].dtype == np.uint8
@@ -98,7 +97,7 @@ def test_sample_mixer_stays_close_to_fp32(tmp_path):
 def test_wide_weight_types_are_refused(rng):
     recipe = DYNAMIC.with_(weights=TensorSpec(QType.INT4, granularity=PerTensor()))
     with pytest.raises(UsageError, match="int8 or uint8"):
-        quantize_dynamic(tiny_conv_relu(rng), recipe=recipe)
+        quantize(tiny_conv_relu(rng), recipe=recipe, progress=False)
 
 
 def test_cli_dynamic_needs_no_data(tmp_path, rng):

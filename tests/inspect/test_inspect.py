@@ -12,7 +12,7 @@ from click.testing import CliRunner
 from ptq_cli.cli import main
 from ptq_cli.inspect import inspect_model
 from ptq_cli.quantize.api import quantize_model
-from ptq_cli.quantize.dynamic import quantize_dynamic
+from ptq_cli.quantize.api import quantize
 from ptq_cli.quantize.scheme import wasted_fraction
 from ptq_cli.recipe import Format, PerTensor, QType, Recipe, TensorSpec
 from tests.conftest import image_batches, minmax_ranges, tiny_conv_relu
@@ -83,7 +83,7 @@ def test_qoperator_requantization_multipliers(case):
 
 def test_dynamic_model(case):
     model, _ = case
-    report = inspect_model(quantize_dynamic(model).model)
+    report = inspect_model(quantize(model, recipe=Recipe(dynamic=True), progress=False).model)
     tensors = _by_name(report)
     assert report.format == "dynamic"
     assert tensors["x"].granularity == "dynamic" and tensors["x"].scale == ()
