@@ -80,7 +80,7 @@ class ImagePreprocess:
         if self.bgr and pixels.shape[2] == 3:
             pixels = pixels[:, :, ::-1]
         if pixels.shape[2] == 1 and (len(self.mean) == 3 or len(self.std) == 3):
-            raise UsageError(f"the model takes 1 channel (grayscale) but mean/std have 3 values; "
+            raise UsageError("the model takes 1 channel (grayscale) but mean/std have 3 values; "
                              "give one value each with --mean and --std")
         mean = np.asarray(self.mean, dtype=np.float32)
         std = np.asarray(self.std, dtype=np.float32)
