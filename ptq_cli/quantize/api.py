@@ -149,9 +149,10 @@ def _calibration_table(source, source_sha, data, calibration, recipe, image, **c
     return table
 
 
-# Scores that are ranked (a classifier's logits) keep their full range: clipping methods trade
-# outliers for resolution, which is right inside a network and wrong for the largest scores,
-# whose order is the answer.
+# Clipping methods trade outliers for resolution, which is right inside a network. It is wrong at
+# its two ends: the graph inputs are the data itself (clipping the few bright pixels of an MNIST
+# digit, a spike of background values dominating the histogram, erases the digit), and the
+# largest scores of a classifier are the answer. Both keep their full min/max range.
 _RANKING_OPS = ("Softmax", "LogSoftmax", "ArgMax", "TopK")
 _RESHAPING_OPS = ("Reshape", "Flatten", "Squeeze", "Unsqueeze", "Transpose")
 
@@ -161,7 +162,7 @@ def _activation_ranges(table, model: onnx.ModelProto) -> dict[str, tuple[float, 
     if table.spec.method is CalibMethod.MINMAX:
         return ranges
     producer = {out: node for node in model.graph.node for out in node.output}
-    scores = [o.name for o in model.graph.output]
+    scores = [o.name for o in model.graph.output] + [i.name for i in model.graph.input]
     scores += [n.input[0] for n in model.graph.node if n.op_type in _RANKING_OPS]
     while scores:
         name = scores.pop()

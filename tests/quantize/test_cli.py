@@ -147,7 +147,7 @@ def test_python_api_with_a_model_proto(rng, tmp_path):
     assert sqnr_db(run(model, batches[0])[0], run(result.model, batches[0])[0]) > 25
 
 
-def test_clipping_methods_keep_the_full_range_of_the_scores(rng, tmp_path):
+def test_clipping_methods_keep_the_full_range_of_inputs_and_scores(rng, tmp_path):
     from onnx import numpy_helper
 
     from ptq_cli.model.prepare import prepare
@@ -165,4 +165,6 @@ def test_clipping_methods_keep_the_full_range_of_the_scores(rng, tmp_path):
     lo, hi = full["y"]
     y_source = next(n.output[0] for n in result.model.graph.node if n.name == "fc")
     assert scales[q_input[y_source]] == pytest.approx((max(hi, 0) - min(lo, 0)) / 255, rel=1e-6)
+    x_lo, x_hi = full["x"]
+    assert scales[q_input["x"]] == pytest.approx((x_hi - x_lo) / 255, rel=1e-6)
     assert scales[q_input["r1"]] < 0.9 * full["r1"][1] / 255  # inside the network, 90 % clips
