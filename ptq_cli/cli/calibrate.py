@@ -80,6 +80,7 @@ class _CalibrateCommand(click.Command):
               help="Table path [default: MODEL.calib.json, MODEL.calib.shard-K-of-N.json with --shard].")
 @click.option("--force", is_flag=True, help="Replace an existing output.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary on stdout.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar and no summary on stderr.")
 @click.pass_context
 def calibrate_command(ctx: click.Context, model: Path, **kwargs: Any) -> None:
     """Measure the activation ranges of MODEL over --data and write a calibration table (JSON).
@@ -100,11 +101,13 @@ def calibrate_command(ctx: click.Context, model: Path, **kwargs: Any) -> None:
         started = time.perf_counter()
         table = calibrate(model, dataset, spec=spec, batch_size=kwargs["batch_size"],
                           max_samples=kwargs["max_samples"], shard=kwargs["shard"],
-                          provider=kwargs["provider"], histograms=kwargs["keep_histograms"] or None)
+                          provider=kwargs["provider"], histograms=kwargs["keep_histograms"] or None,
+                          progress=not kwargs["quiet"])
         table.save(output, force=kwargs["force"])
         seconds = time.perf_counter() - started
-        click.echo(f"ptq: calibrated {len(table.names)} tensors on {table.samples} samples "
-                   f"({spec.method.value}) in {seconds:.1f} s -> {output}", err=True)
+        if not kwargs["quiet"]:
+                click.echo(f"ptq: calibrated {len(table.names)} tensors on {table.samples} samples "
+                       f"({spec.method.value}) in {seconds:.1f} s -> {output}", err=True)
         if kwargs["as_json"]:
             click.echo(json.dumps(_summary(table, output, seconds, model)))
 
