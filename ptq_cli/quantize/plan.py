@@ -224,4 +224,27 @@ def _plan_bias(node, handler, index, plan) -> None:
     if node.op_type == "Gemm" and (attribute(node, "alpha", 1.0) != 1.0 or attribute(node, "beta", 1.0) != 1.0
                                    or index.constant(bias).ndim != 1):
         return  # onnxruntime's QGemm only takes a plain 1-D int32 bias
+    weight = _fit_bias_in_int32(weight, index.constant(bias), plan.activations[x].scale)
+    plan.weights[(node.name, w)] = weight
     plan.biases[node.name] = BiasPlan(bias, x, weight)
+
+
+_INT32_MAX = float(np.iinfo(np.int32).max)
+
+
+def _fit_bias_in_int32(weight: WeightPlan, bias: np.ndarray, input_scale: np.ndarray) -> WeightPlan:
+    """Widen weight scales so that bias / (S_x · S_w) fits in int32.
+
+    A dead filter (weights ~1e-14 after BatchNorm folding) gets a tiny S_w, and its bias, all
+    that channel outputs, would saturate the int32 and come out as ~0. A larger scale costs that
+    channel nothing: its weights round to 0 either way. The zero-point is kept, so the new scale
+    still covers the old range."""
+    qp = weight.params
+    needed = np.abs(bias.astype(np.float64)) / (float(input_scale) * _INT32_MAX) * 1.01
+    if qp.per_channel and needed.shape != qp.scale.shape:
+        return weight
+    needed = needed if qp.per_channel else needed.max(initial=0.0)
+    if np.all(qp.scale >= needed):
+        return weight
+    scale = np.maximum(qp.scale, needed).astype(np.float32)
+    return WeightPlan(weight.tensor, QParams(scale, qp.zero_point, qp.qtype, qp.axis))

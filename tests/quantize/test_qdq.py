@@ -272,3 +272,20 @@ def test_excluded_conv_reads_float_so_onnxruntime_keeps_it_float(rng, tmp_path):
     assert "QGemm" in fused
     ref = run(model, batches[0])[0]
     assert sqnr_db(ref, run(out, batches[0])[0]) > sqnr_db(ref, run(_quantize(model, batches)[0], batches[0])[0])
+
+
+def test_dead_filter_keeps_its_bias(rng):
+    """A filter whose weights are ~0 (BatchNorm folding leaves such channels) outputs its bias;
+    the weight scale must be large enough for bias / (S_x * S_w) to fit in int32."""
+    w = rng.normal(0, 0.5, (3, 3, 1, 1)).astype(np.float32)
+    w[1] = 1e-13
+    nodes = [helper.make_node("Conv", ["x", "w", "b"], ["y"], name="conv")]
+    model = make_model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 4, 4])],
+                       [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3, 4, 4])],
+                       [numpy_helper.from_array(w, "w"), _const("b", np.float32([0.1, 0.7, -0.2]))])
+    batches = image_batches(rng, n=4, shape=(1, 3, 4, 4))
+    out, plan = _quantize(model, batches)
+    got = run(out, batches[0])[0]
+    np.testing.assert_allclose(got[0, 1], 0.7, atol=float(plan.activations["y"].scale))
+    bias_q = numpy_helper.to_array(next(t for t in out.graph.initializer if t.name == "b_quantized"))
+    assert np.abs(bias_q.astype(np.int64)).max() < 2**31 - 1
