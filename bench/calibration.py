@@ -6,8 +6,11 @@ MobileNetV1-0.25 on the ImageNet sample images of ../shared/realdata (preprocess
 ptq's imagenet-tf preset into a temporary folder of one .npy per image, repeated as needed).
 Every measurement runs in its own subprocess, which reports its own peak RSS
 (VmHWM of /proc/self/status) and the wall time of the calibration call (imports and
-process start excluded). All runs feed batch 1, read one .npy at a time, and use onnxruntime's
-default CPU threads. onnxruntime's histogram calibrators are skipped at a sample count whose
+process start excluded). All runs feed batch 1 and read one .npy at a time; the plain pass and
+onnxruntime's calibrators use onnxruntime's default CPU threads, ptq its own setting (one
+onnxruntime thread on 2 cores), and a plain pass with 1 thread is measured too, as the fairer
+baseline for ptq. With --repeat R every job runs once per round for R rounds (the machine may be
+shared) and the median of each figure is reported. onnxruntime's histogram calibrators are skipped at a sample count whose
 projected memory (linear from the previous count) exceeds 35 % of the available RAM.
 """
 
@@ -114,7 +117,17 @@ def prepare_cache(folder: Path, count: int) -> None:
             written += 1
 
 
-def measure(kind: str, folder: Path, n: int, method: str = "") -> dict:
+def median_of(runs: list[dict]) -> dict:
+    good = [r for r in runs if "error" not in r]
+    if not good:
+        return runs[0]
+    out = {key: float(np.median([r[key] for r in good])) for key in ("seconds", "peak_rss_mb")}
+    if len(runs) > 1:
+        out["runs"] = good
+    return out
+
+
+def _measure_once(kind: str, folder: Path, n: int, method: str = "") -> dict:
     env = dict(os.environ, PYTHONPATH=str(REPO))
     cmd = [sys.executable, __file__, "--child", kind, "--folder", str(folder), "--n", str(n)]
     if method:
@@ -132,17 +145,24 @@ def available_mb() -> float:
     return float("inf")
 
 
-def run_all(counts: list[int], folder: Path) -> dict:
+def run_all(counts: list[int], folder: Path, repeat: int = 1) -> dict:
+    """Every job once per round, `repeat` rounds, so that a busy spell of a shared machine hits
+    all jobs of a round alike; then the median of each figure over the rounds."""
     results: dict[str, dict[int, dict]] = {}
     for n in counts:
         jobs = [("plain", "", "fp32 inference"), ("plain", "1", "fp32 inference 1 thread")]
         jobs += [("ptq", m, f"ptq {m}") for m in PTQ_METHODS]
         jobs += [("ort", m, f"onnxruntime {m}") for m in ORT_METHODS]
-        for kind, method, label in jobs:
-            skip = _projected_skip(results.get(label, {}), n) if kind == "ort" else None
-            row = {"skipped": skip} if skip else measure(kind, folder, n, method)
-            results.setdefault(label, {})[n] = row
-            print(f"  {label:<24} n={n:<5} {_cell(row)}", file=sys.stderr, flush=True)
+        runs: dict[str, list[dict]] = {label: [] for _, _, label in jobs}
+        skips = {label: _projected_skip(results.get(label, {}), n) if kind == "ort" else None
+                 for kind, _, label in jobs}
+        for _ in range(repeat):
+            for kind, method, label in jobs:
+                if not skips[label]:
+                    runs[label].append(_measure_once(kind, folder, n, method))
+                    print(f"  {label:<24} n={n:<5} {_cell(runs[label][-1])}", file=sys.stderr, flush=True)
+        for _, _, label in jobs:
+            results.setdefault(label, {})[n] = {"skipped": skips[label]} if skips[label] else median_of(runs[label])
     return results
 
 
@@ -182,6 +202,8 @@ def ratios(results: dict, counts: list[int]) -> dict:
         base = get("fp32 inference", n, "seconds")
         mm = get("ptq minmax", n, "seconds")
         out[f"ptq minmax: time / inference @{n}"] = mm / base if mm and base else None
+        one = get("fp32 inference 1 thread", n, "seconds")
+        out[f"ptq minmax: time / inference (1 thread) @{n}"] = mm / one if mm and one else None
         for ort_m in ("Entropy", "Percentile"):
             theirs = get(f"onnxruntime {ort_m}", n, "seconds")
             for m in ("entropy", "percentile", "mse"):
@@ -212,6 +234,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--samples", type=int, nargs="+", default=[100, 400, 1000])
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "calibration.json")
+    parser.add_argument("--repeat", type=int, default=1,
+                        help="Run every measurement this many times and report medians.")
     parser.add_argument("--cache", type=Path,
                         help="Keep the preprocessed .npy files in this folder (reused when complete).")
     parser.add_argument("--child", choices=["plain", "ptq", "ort"])
@@ -232,12 +256,13 @@ def main() -> None:
         if len(list(folder.glob("*.npy"))) < max(args.samples):
             print(f"preprocessing {max(args.samples)} images into {folder} ...", file=sys.stderr, flush=True)
             prepare_cache(folder, max(args.samples))
-        results = run_all(sorted(args.samples), folder)
+        results = run_all(sorted(args.samples), folder, args.repeat)
     counts = sorted(args.samples)
     table_ratios = ratios(results, counts)
     print(render(results, counts, table_ratios))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"model": str(MODEL), "cpus": os.cpu_count(), "samples": counts,
+                                    "repeat": args.repeat,
                                     "results": results, "ratios": table_ratios}, indent=2) + "\n")
     print(f"wrote {args.out}", file=sys.stderr)
 

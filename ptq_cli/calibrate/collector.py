@@ -1,7 +1,10 @@
 """Run the model in onnxruntime once per batch and fold every wanted activation into observers.
 
-The wanted tensors become extra graph outputs; each batch's arrays are reduced into the
-observers and dropped, so memory holds one batch of activations whatever the sample count.
+Each wanted tensor is reduced inside the graph to its min, max and sum (per-channel sums for
+bias correction; see probes.py), so min/max calibration costs about as much time and memory as
+plain inference. Histogram methods also fetch the tensors as arrays; each batch's arrays are
+folded into the observers and dropped, so memory holds one batch of activations whatever the
+sample count.
 """
 
 from __future__ import annotations
@@ -10,6 +13,7 @@ import os
 import sys
 import tempfile
 from collections.abc import Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -18,47 +22,20 @@ import onnxruntime as ort
 from onnxruntime.capi.onnxruntime_pybind11_state import Fail, InvalidArgument, InvalidGraph
 from tqdm import tqdm
 
+from ptq_cli.calibrate.observers import Scratch
+from ptq_cli.calibrate.probes import REDUCED_TYPES, Augmented, augment, elem_types
+from ptq_cli.calibrate.probes import float_tensors as float_tensors  # re-exported
 from ptq_cli.calibrate.stats import TensorStats
 from ptq_cli.data import Batch
 from ptq_cli.errors import CalibrationError, DataError, ModelError, UsageError
 from ptq_cli.recipe import CalibrationSpec
 
-_FLOAT_TYPES = {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE}
 _TWO_GB = 2**31 - 1
 
 
-def float_tensors(model: onnx.ModelProto) -> list[str]:
-    """Float graph inputs and node outputs, in graph order (initializers and Constant outputs,
-    which are weights rather than activations, are left out)."""
-    types = _elem_types(model)
-    initializers = {t.name for t in model.graph.initializer}
-    names = [v.name for v in model.graph.input if v.name not in initializers]
-    for node in model.graph.node:
-        if node.op_type == "Constant":
-            continue
-        names.extend(out for out in node.output if out)
-    seen: set[str] = set()
-    chosen = []
-    for name in names:
-        if name not in seen and types.get(name) in _FLOAT_TYPES:
-            seen.add(name)
-            chosen.append(name)
-    return chosen
-
-
-def _elem_types(model: onnx.ModelProto) -> dict[str, int]:
-    try:
-        inferred = onnx.shape_inference.infer_shapes(model) if model.ByteSize() < _TWO_GB else model
-    except Exception:  # inference fails on some exotic/custom ops: fall back to what is declared
-        inferred = model
-    graph = inferred.graph
-    return {v.name: v.type.tensor_type.elem_type
-            for v in [*graph.input, *graph.value_info, *graph.output]
-            if v.type.HasField("tensor_type")}
-
-
-def select_tensors(model: onnx.ModelProto, tensors: Sequence[str] | None) -> list[str]:
-    available = float_tensors(model)
+def select_tensors(model: onnx.ModelProto, tensors: Sequence[str] | None,
+                   types: dict[str, int] | None = None) -> list[str]:
+    available = float_tensors(model, types)
     if tensors is None:
         return available
     known = set(available)
@@ -69,29 +46,23 @@ def select_tensors(model: onnx.ModelProto, tensors: Sequence[str] | None) -> lis
     return list(dict.fromkeys(tensors))
 
 
-def augmented(model: onnx.ModelProto, names: Sequence[str]) -> onnx.ModelProto:
-    """A copy of `model` that also outputs `names` (the input model is not touched)."""
-    out = onnx.ModelProto()
-    out.CopyFrom(model)
-    present = {o.name for o in out.graph.output}
-    for name in names:
-        if name not in present:
-            out.graph.output.append(onnx.ValueInfoProto(name=name))
-    return out
-
-
-def make_session(model: onnx.ModelProto, provider: str) -> ort.InferenceSession:
+def make_session(model: onnx.ModelProto, provider: str, *, numpy_work: bool = True) -> ort.InferenceSession:
     """A session on `model`, from bytes (no file in the cwd); via a private temp dir over 2 GB."""
     if provider not in ort.get_available_providers():
         raise UsageError(f"execution provider {provider!r} is not available here; "
                          f"choose one of {ort.get_available_providers()}")
     options = ort.SessionOptions()
     options.log_severity_level = 3
-    # One core is left to the numpy observers, which run between inferences. Measured on 2 cores
-    # (MobileNetV1-0.25, batch 1): 1 onnxruntime thread runs the graph faster than 2 (2.0 vs
-    # 4.4 ms/sample with all activations fetched), because the observers and onnxruntime's
-    # spinning threads otherwise fight for the cores.
-    options.intra_op_num_threads = max(1, (os.cpu_count() or 1) - 1)
+    # With arrays to fold (histograms), one core is left to the numpy observers, which run
+    # between inferences. Measured on 2 cores (MobileNetV1-0.25, batch 1): 1 onnxruntime thread
+    # runs the graph faster than 2 (2.0 vs 4.4 ms/sample with all activations fetched), because
+    # the observers and onnxruntime's spinning threads otherwise fight for the cores. With only
+    # reductions in the graph there is no numpy work: onnxruntime's default (all cores).
+    options.intra_op_num_threads = max(1, (os.cpu_count() or 1) - 1) if numpy_work else 0
+    # The default order runs the reductions added at the end of the graph after everything
+    # else, which keeps every activation alive until then (+10 MB on MobileNetV1-0.25, and
+    # slower); priority-based order runs each right after its producer, as in plain inference.
+    options.execution_order = ort.ExecutionOrder.PRIORITY_BASED
     providers = list(dict.fromkeys([provider, "CPUExecutionProvider"]))  # CPU runs what it cannot
     try:
         if model.ByteSize() < _TWO_GB:
@@ -125,39 +96,78 @@ def _attr(node: onnx.NodeProto, name: str) -> int:
 def collect(model: onnx.ModelProto, batches: Iterable[Batch], *, spec: CalibrationSpec,
             tensors: Sequence[str] | None = None, provider: str = "CPUExecutionProvider",
             progress: bool = True, total: int | None = None, histograms: bool | None = None,
-            channel_axis: int | None = None) -> tuple[dict[str, TensorStats], int]:
+            channel_axis: int | None = None, overlap: bool | None = None) -> tuple[dict[str, TensorStats], int]:
     """Observe every wanted tensor over all batches; returns (stats per tensor, samples seen).
 
-    Inputs of Conv/Gemm also get per-channel means, which bias correction needs."""
-    names = select_tensors(model, tensors)
+    Inputs of Conv/Gemm also get per-channel means, which bias correction needs. With overlap
+    (by default when arrays are fetched for histograms), onnxruntime runs the next batch in a
+    worker thread while this one is folded in: faster on 2+ cores, one more batch of
+    activations in memory."""
+    types = elem_types(model)
+    names = select_tensors(model, tensors, types)
     mean_of = bias_correction_inputs(model)
-    inputs = {v.name for v in model.graph.input}
-    fed = [n for n in names if n in inputs]  # graph inputs are observed from the feeds directly
-    fetched = [n for n in names if n not in inputs]
-    session = make_session(augmented(model, fetched), provider)
     stats = {n: TensorStats.for_spec(spec, histogram=histograms, channel_axis=channel_axis, mean=n in mean_of)
              for n in names}
+    inputs = {v.name for v in model.graph.input}
+    fed = [n for n in names if n in inputs]  # graph inputs are observed from the feeds directly
+    reduced = [n for n in names if n not in inputs and types.get(n) in REDUCED_TYPES]
+    fetched = [n for n in names if n not in inputs and (stats[n].needs_array or n not in reduced)]
+    augmented, plan = augment(model, reduced, [n for n in reduced if stats[n].mean is not None], fetched)
+    session = make_session(augmented, provider, numpy_work=bool(plan.fetched))
+    del augmented  # onnxruntime holds its own copy
+    scratch = Scratch()
     samples = 0
     with tqdm(total=total, unit="sample", desc="calibrating", file=sys.stderr,
               disable=not progress, leave=False) as bar:
-        for batch in batches:
-            _observe(session, batch, fed, fetched, stats)
+        overlap = bool(plan.fetched) if overlap is None else overlap
+        for batch, values in (_overlapped if overlap else _in_turn)(session, plan, batches):
+            _observe(batch, values, fed, plan, stats, scratch)
             samples += batch.size
             bar.update(batch.size)
     return stats, samples
 
 
-def _observe(session: ort.InferenceSession, batch: Batch, fed: list[str], fetched: list[str],
-             stats: dict[str, TensorStats]) -> None:
-    where = ", ".join(batch.sources[:3]) + (", ..." if batch.size > 3 else "")
+def _run(session: ort.InferenceSession, plan: Augmented, batch: Batch) -> list[np.ndarray]:
     try:
-        arrays = session.run(fetched, batch.feeds) if fetched else []
+        return session.run(plan.outputs, batch.feeds) if plan.outputs else []
     except (Fail, InvalidArgument) as exc:
-        raise DataError(f"onnxruntime failed on {where}: {str(exc).strip().splitlines()[0]}") from None
+        raise DataError(f"onnxruntime failed on {_where(batch)}: {str(exc).strip().splitlines()[0]}") from None
+
+
+def _in_turn(session, plan, batches):
+    for batch in batches:
+        yield batch, _run(session, plan, batch)
+
+
+def _overlapped(session, plan, batches):
+    """Like _in_turn, with batch i + 1 running in onnxruntime (which releases the GIL) while the
+    caller folds batch i."""
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        pending = None
+        for batch in batches:
+            future = pool.submit(_run, session, plan, batch)
+            if pending is not None:
+                yield pending[0], pending[1].result()
+            pending = (batch, future)
+        if pending is not None:
+            yield pending[0], pending[1].result()
+
+
+def _where(batch: Batch) -> str:
+    return ", ".join(batch.sources[:3]) + (", ..." if batch.size > 3 else "")
+
+
+def _observe(batch: Batch, values: list[np.ndarray], fed: list[str], plan: Augmented,
+             stats: dict[str, TensorStats], scratch: Scratch) -> None:
+    arrays = dict(zip(plan.fetched, values))
     try:
         for name in fed:
-            stats[name].update(name, np.asarray(batch.feeds[name]))
-        for name, array in zip(fetched, arrays):
-            stats[name].update(name, array)
+            stats[name].update(name, np.asarray(batch.feeds[name]), scratch)
+        for p in plan.probes:
+            stats[p.name].update_reduced(p.name, values[p.min].item(), values[p.max].item(),
+                                         None if p.sums is None else values[p.sums], values[p.size].item(),
+                                         arrays.pop(p.name, None), scratch)
+        for name, array in arrays.items():  # fetched without reductions (e.g. float16)
+            stats[name].update(name, array, scratch)
     except CalibrationError as exc:
-        raise CalibrationError(f"{exc}; the batch was {where}") from None
+        raise CalibrationError(f"{exc}; the batch was {_where(batch)}") from None

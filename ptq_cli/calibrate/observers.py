@@ -47,9 +47,13 @@ class MinMax:
             return
         if mn is None or mx is None:
             mn, mx = batch_min_max(array)
+        self.update_range(mn, mx, int(array.size))
+
+    def update_range(self, mn: float, mx: float, count: int) -> None:
+        """Fold in a batch of `count` values known only by its min and max."""
         self.min = min(self.min, mn)
         self.max = max(self.max, mx)
-        self.count += int(array.size)
+        self.count += count
 
     def merge(self, other: "MinMax") -> None:
         self.min = min(self.min, other.min)
@@ -90,6 +94,9 @@ class MovingAverageMinMax:
             return
         if mn is None or mx is None:
             mn, mx = batch_min_max(array)
+        self.update_range(mn, mx)
+
+    def update_range(self, mn: float, mx: float) -> None:
         if self.batches == 0:
             self.min, self.max = mn, mx
         else:
@@ -164,6 +171,25 @@ class PerChannelMinMax:
         return obs
 
 
+class Scratch:
+    """Work buffers that histogram updates reuse from batch to batch.
+
+    A fresh temporary per tensor and batch costs more in page faults than the arithmetic on it:
+    one multiply over MobileNetV1-0.25's 2.9 M activation values took 4.3 ms into a new array
+    and 0.5 ms into a reused one (measured here). Holds two arrays of the largest tensor."""
+
+    def __init__(self) -> None:
+        self._buffers: dict[np.dtype, np.ndarray] = {}
+
+    def take(self, dtype: Any, size: int) -> np.ndarray:
+        """A buffer of `size` elements; its contents are garbage and valid until the next take."""
+        dtype = np.dtype(dtype)
+        buffer = self._buffers.get(dtype)
+        if buffer is None or buffer.size < size:
+            buffer = self._buffers[dtype] = np.empty(size, dtype)
+        return buffer[:size]
+
+
 def grid_exponent(mn: float, mx: float, bins: int) -> int | None:
     """The bin-width exponent for the range [mn, mx]; None while every value seen is 0.
 
@@ -223,7 +249,8 @@ class Histogram:
                            minlength=int(folded_idx.max()) + 1 if idx.size else 0).astype(np.int64)
 
     # --- updates ----------------------------------------------------------------------------
-    def update(self, array: np.ndarray, mn: float | None = None, mx: float | None = None) -> None:
+    def update(self, array: np.ndarray, mn: float | None = None, mx: float | None = None,
+               scratch: Scratch | None = None) -> None:
         if array.size == 0:
             return
         array = _as_float(array).reshape(-1)
@@ -235,19 +262,22 @@ class Histogram:
         if self.exp is None:  # every value is 0
             self.counts[0] += array.size
             return
-        self.counts += np.bincount(self._indices(array), minlength=self.counts.size)
+        self.counts += np.bincount(self._indices(array, scratch or Scratch()), minlength=self.counts.size)
 
-    def _indices(self, array: np.ndarray) -> np.ndarray:
+    def _indices(self, array: np.ndarray, scratch: Scratch) -> np.ndarray:
         # Scaling by a power of two and flooring are exact, so every value lands in its true bin.
         scale = math.ldexp(1.0, -self.exp)
         # float32 is exact while scaling up (exp <= 0); scaling down could flush a tiny negative
         # value to -0.0 (bin 0 instead of -1), so wide grids work in float64.
         work = np.float32 if array.dtype == np.float32 and -120 < self.exp <= 0 else np.float64
-        scaled = np.multiply(array, work(scale), dtype=work)
+        scaled = scratch.take(work, array.size)
+        np.multiply(array, work(scale), out=scaled, dtype=work)
         np.floor(scaled, out=scaled)
         if self.lo:
-            np.subtract(scaled, work(self.lo), out=scaled)
-        return scaled.astype(np.intp)
+            np.subtract(scaled, work(self.lo), out=scaled)  # integers below 2**22: exact
+        indices = scratch.take(np.intp, array.size)
+        np.copyto(indices, scaled, casting="unsafe")
+        return indices
 
     def _regrid(self, mn: float, mx: float) -> None:
         """Widen the grid to hold [mn, mx], moving the old counts exactly."""
@@ -328,6 +358,10 @@ class ChannelMean:
         others = tuple(i for i in range(array.ndim) if i != 1)
         sums = np.sum(array, axis=others, dtype=np.float64)
         self._combine(sums, array.size // array.shape[1])
+
+    def add_sums(self, sums: np.ndarray, count: int) -> None:
+        """Fold in per-channel sums of `count` values each (e.g. computed inside the graph)."""
+        self._combine(np.asarray(sums, dtype=np.float64), count)
 
     def _combine(self, sums: np.ndarray, count: int) -> None:
         if self.sum is None:

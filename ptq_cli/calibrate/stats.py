@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 
 from ptq_cli.calibrate.observers import (ChannelMean, Histogram, MinMax, MovingAverageMinMax, PerChannelMinMax,
-                                         batch_min_max)
+                                         Scratch, batch_min_max)
 from ptq_cli.errors import CalibrationError
 from ptq_cli.recipe import CalibMethod, CalibrationSpec
 
@@ -36,24 +36,47 @@ class TensorStats:
                    PerChannelMinMax(channel_axis) if channel_axis is not None else None,
                    ChannelMean() if mean else None)
 
-    def update(self, name: str, array: np.ndarray) -> None:
+    def update(self, name: str, array: np.ndarray, scratch: Scratch | None = None) -> None:
         """Fold one batch in; NaN/Inf raise CalibrationError naming the tensor."""
         if array.size == 0:
             return
         mn, mx = batch_min_max(array)
-        if not (math.isfinite(mn) and math.isfinite(mx)):
-            raise CalibrationError(f"activation {name!r} holds NaN or Inf (min {mn}, max {mx}); check "
-                                   "the calibration data and the model (e.g. a division by zero or "
-                                   "a log of 0 upstream of this tensor)")
-        self.minmax.update(array, mn, mx)
-        if self.histogram is not None:
-            self.histogram.update(array, mn, mx)
-        if self.ema is not None:
-            self.ema.update(array, mn, mx)
-        if self.channels is not None and array.ndim > 1:
-            self.channels.update(array)
+        _check_finite(name, mn, mx)
+        self._fold(array, mn, mx, scratch)
         if self.mean is not None:
             self.mean.update(array)
+
+    def update_reduced(self, name: str, mn: float, mx: float, sums: np.ndarray | None, size: int,
+                       array: np.ndarray | None = None, scratch: Scratch | None = None) -> None:
+        """Fold one batch in from reductions computed in the graph (min, max, and the total or,
+        for a channel mean, the per-channel sums over `size` elements); `array` is the batch
+        itself when a histogram or per-channel min/max needs it."""
+        if size == 0:
+            return
+        if sums is not None and math.isnan(sums.sum()):  # the graph's min/max skip NaN
+            mn, mx = math.nan, math.nan
+        _check_finite(name, mn, mx)
+        if array is None and self.ema is None:  # the common case, kept short: it runs per tensor and batch
+            self.minmax.update_range(mn, mx, size)
+        else:
+            self._fold(array, mn, mx, scratch, size)
+        if self.mean is not None and sums is not None and sums.ndim == 1 and sums.size:
+            self.mean.add_sums(sums, size // sums.size)
+
+    def _fold(self, array: np.ndarray | None, mn: float, mx: float, scratch: Scratch | None,
+              size: int | None = None) -> None:
+        self.minmax.update_range(mn, mx, int(array.size) if size is None else size)
+        if self.ema is not None:
+            self.ema.update_range(mn, mx)
+        if self.histogram is not None:
+            self.histogram.update(array, mn, mx, scratch=scratch)
+        if self.channels is not None and array.ndim > 1:
+            self.channels.update(array)
+
+    @property
+    def needs_array(self) -> bool:
+        """Whether a batch must be seen whole (not only through min/max/sums)."""
+        return self.histogram is not None or self.channels is not None
 
     def merge(self, other: "TensorStats") -> None:
         self.minmax.merge(other.minmax)
@@ -94,6 +117,13 @@ class TensorStats:
                    MovingAverageMinMax.from_dict(data["moving_average"]) if "moving_average" in data else None,
                    PerChannelMinMax.from_dict(data["per_channel"]) if "per_channel" in data else None,
                    ChannelMean.from_dict(data["channel_mean"]) if "channel_mean" in data else None)
+
+
+def _check_finite(name: str, mn: float, mx: float) -> None:
+    if not (math.isfinite(mn) and math.isfinite(mx)):
+        raise CalibrationError(f"activation {name!r} holds NaN or Inf (min {mn}, max {mx}); check "
+                               "the calibration data and the model (e.g. a division by zero or "
+                               "a log of 0 upstream of this tensor)")
 
 
 def needs_histogram(spec: CalibrationSpec) -> bool:
