@@ -90,17 +90,20 @@ def save_model(model: onnx.ModelProto, path: str | os.PathLike, *, force: bool =
     tmp_data = Path(tmp).parent / f"{Path(tmp).name}.data"
     try:
         if large:
-            onnx.save_model(model, tmp, save_as_external_data=True, all_tensors_to_one_file=True,
+            # save_model moves the weights out of the proto it is given: give it a copy.
+            external = onnx.ModelProto()
+            external.CopyFrom(model)
+            onnx.save_model(external, tmp, save_as_external_data=True, all_tensors_to_one_file=True,
                             location=tmp_data.name, size_threshold=1024)
             # The .onnx file names its data file; point it at the final name before renaming both.
-            saved = onnx.load(tmp, load_external_data=False)
-            for tensor in _external_tensors(saved):
+            for tensor in _external_tensors(external):
                 for entry in tensor.external_data:
                     if entry.key == "location":
                         entry.value = data_name
             with open(tmp, "wb") as f:
-                f.write(saved.SerializeToString())
-            os.replace(tmp_data, path.parent / data_name)
+                f.write(external.SerializeToString())
+            if tmp_data.exists():
+                os.replace(tmp_data, path.parent / data_name)
         else:
             with open(tmp, "wb") as f:
                 f.write(model.SerializeToString(deterministic=True))

@@ -73,3 +73,17 @@ def test_recipe_round_trips_through_json_and_rejects_unknown_keys():
         Recipe.from_dict({"weights": {"dtype": "int7"}})
     with pytest.raises(UsageError, match="per tensor"):
         Recipe(activations=TensorSpec(QType.UINT8, False, PerChannel()))
+
+
+def test_large_models_are_saved_with_external_data(rng, tmp_path, monkeypatch):
+    """Above protobuf's 2 GB limit the weights go to MODEL.onnx.data; the limit is lowered here."""
+    monkeypatch.setattr("ptq_cli.model.io._TWO_GB", 1000)
+    model = tiny_conv_relu(rng, channels=32)
+    before = model.SerializeToString()
+    path = save_model(model, tmp_path / "big.onnx")
+    assert model.SerializeToString() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["big.onnx", "big.onnx.data"]
+    assert path.stat().st_size < (tmp_path / "big.onnx.data").stat().st_size / 10  # weights are outside
+    loaded = load_model(path)
+    x = rng.normal(0, 1, (1, 3, 8, 8)).astype(np.float32)
+    np.testing.assert_array_equal(run(loaded, {"x": x})[0], run(model, {"x": x})[0])
