@@ -97,25 +97,21 @@ def _claim_compute_nodes(graph, index, recipe, ranges, plan) -> set[str]:
         weight = node.input[handler.weight] if handler and handler.weight is not None and \
             handler.weight < len(node.input) and node.input[handler.weight] in index.initializers else None
         activations = [t for t in inputs if t != weight and t not in index.initializers]
-        if reason is None:
-            missing = [t for t in activations + [node.output[0]] if t not in ranges]
-            if handler.output is OutputRule.UNIT and node.output[0] in missing:
-                missing.remove(node.output[0])
-            if missing:
-                reason = f"no calibration range for {missing[0]!r}"
         if reason is not None:
             plan.skipped.append(SkipReason(node.name, node.op_type, reason))
             continue
-        out = node.output[0]
-        follower = index.single_consumer(out) if handler.fuses_relu else None
-        if follower is not None and follower.op_type in FUSED_ACTIVATIONS and \
-                not recipe.excludes(follower.name, follower.op_type) and follower.output[0] in ranges:
-            plan.fused[follower.name] = node.name
-            out = follower.output[0]
-        elif handler.fuses_relu:
-            relu = _relu_after_data_movement(out, index, recipe)
-            if relu is not None and relu.output[0] in ranges:
-                plan.range_source[out] = relu.output[0]
+        out, fused, source = _output_and_fusion(node, handler, index, recipe, ranges)
+        # The range that sets the output's parameters; a folded Relu/Clip's replaces the producer's.
+        missing = [t for t in activations if t not in ranges]
+        if handler.output is not OutputRule.UNIT and (source or out) not in ranges:
+            missing.append(source or out)
+        if missing:
+            plan.skipped.append(SkipReason(node.name, node.op_type, f"no calibration range for {missing[0]!r}"))
+            continue
+        if fused is not None:
+            plan.fused[fused.name] = node.name
+        if source is not None:
+            plan.range_source[out] = source
         claimed.update(activations)
         claimed.add(out)
         plan.quantized.append(node.name)
@@ -126,6 +122,23 @@ def _claim_compute_nodes(graph, index, recipe, ranges, plan) -> set[str]:
                 reason = f"{node.op_type} only folds into a quantized producer (Conv, Gemm, MatMul, Add, ...)"
             plan.skipped.append(SkipReason(node.name, node.op_type, reason))
     return claimed
+
+
+def _output_and_fusion(node, handler, index, recipe, ranges):
+    """(the tensor quantized after `node`, the Relu/Clip folded into it, the tensor whose range
+    it takes instead of its own). A lone Relu/Clip right after the node is folded; one reached
+    through max-pool/reshapes (which commute with it) lends its range."""
+    out = node.output[0]
+    if not handler.fuses_relu:
+        return out, None, None
+    follower = index.single_consumer(out)
+    if follower is not None and follower.op_type in FUSED_ACTIVATIONS and \
+            not recipe.excludes(follower.name, follower.op_type) and follower.output[0] in ranges:
+        return follower.output[0], follower, None
+    relu = _relu_after_data_movement(out, index, recipe)
+    if relu is not None and relu.output[0] in ranges:
+        return out, None, relu.output[0]
+    return out, None, None
 
 
 _COMMUTE_WITH_RELU = ("MaxPool", "Reshape", "Flatten", "Transpose", "Squeeze", "Unsqueeze")
