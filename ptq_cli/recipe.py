@@ -150,6 +150,7 @@ class Recipe:
     exclude: tuple[str, ...] = ()  # node names or op types left in float
     calibration: CalibrationSpec = field(default_factory=CalibrationSpec)
     bias_correction: bool = True  # subtract (W_q - W)·E[x] from Conv/Gemm biases (static only)
+    equalize: bool = False  # cross-layer equalization of Conv -> Relu/ReLU6 -> Conv pairs (needs data)
 
     def __post_init__(self) -> None:
         if not isinstance(self.format, Format):

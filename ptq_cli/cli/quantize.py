@@ -42,6 +42,9 @@ _QTYPES = [q.value for q in QType]
 @click.option("--bias-correction/--no-bias-correction", default=True, show_default=True,
               help="Subtract the mean shift weight rounding adds to each Conv/Gemm output, (W_q - W)·E[x], "
                    "measured on the calibration data. Free at inference.")
+@click.option("--equalize", is_flag=True,
+              help="Cross-layer equalization of Conv -> Relu/ReLU6 -> Conv pairs before quantizing, so "
+                   "per-tensor weight scales fit every channel (one extra calibration pass).")
 @click.option("--format", "fmt", type=click.Choice([f.value for f in Format]), default="qdq", show_default=True,
               help="qdq: Quantize/DequantizeLinear pairs around float ops; qoperator: QLinearConv, ... ops.")
 @click.option("--dynamic", is_flag=True,
@@ -85,7 +88,7 @@ def quantize_command(ctx: click.Context, model: Path, output: Path | None, calib
 
 def _recipe(recipe_file: Path | None, *, method, percentile, bins, per_channel, weight_type, activation_type,
             symmetric_activations, asymmetric_weights, reduce_range, power_of_two, fmt, dynamic, exclude,
-            bias_correction) -> Recipe:
+            bias_correction, equalize) -> Recipe:
     if recipe_file is not None:
         from ptq_cli.errors import UsageError
 
@@ -99,7 +102,7 @@ def _recipe(recipe_file: Path | None, *, method, percentile, bins, per_channel, 
     activations = TensorSpec(QType(activation_type), symmetric=symmetric_activations, granularity=PerTensor(),
                              power_of_two=power_of_two)
     return Recipe(weights=weights, activations=activations, format=Format(fmt), dynamic=dynamic,
-                  exclude=tuple(exclude), bias_correction=bias_correction,
+                  exclude=tuple(exclude), bias_correction=bias_correction, equalize=equalize,
                   calibration=CalibrationSpec(method=CalibMethod(method), percentile=percentile, bins=bins))
 
 

@@ -17,6 +17,7 @@ from ptq_cli.model.io import check_model, load_model, save_model
 from ptq_cli.model.prepare import QDQ_4_16_BIT_OPSET, QDQ_PER_AXIS_OPSET, prepare
 from ptq_cli.quantize.bias_correction import correct_biases
 from ptq_cli.quantize.dynamic import DYNAMIC_DATA, check_dynamic_recipe, rewrite_dynamic
+from ptq_cli.quantize.equalize import equalization_pairs, equalize
 from ptq_cli.quantize.plan import QuantPlan, SkipReason, make_plan
 from ptq_cli.quantize.qdq import insert_qdq
 from ptq_cli.recipe import CalibMethod, Format, Recipe
@@ -97,8 +98,10 @@ def quantize(model: str | os.PathLike | onnx.ModelProto, output: str | os.PathLi
         plan = QuantPlan(quantized=done, skipped=skipped)
         data_description = DYNAMIC_DATA
     else:
-        table = _calibration_table(path or source, source_sha, data, calibration, recipe, image,
-                                   progress=progress, batch_size=batch_size, max_samples=max_samples)
+        collect = dict(progress=progress, batch_size=batch_size, max_samples=max_samples)
+        if recipe.equalize:
+            source, path = _equalized(source, data, recipe, image, **collect), None
+        table = _calibration_table(path or source, source_sha, data, calibration, recipe, image, **collect)
         means = {name: table.channel_mean(name) for name in table.names if table.channel_mean(name) is not None}
         quantized, plan = quantize_model(source, recipe, _activation_ranges(table, source), means)
         data_description = table.data
@@ -107,6 +110,22 @@ def quantize(model: str | os.PathLike | onnx.ModelProto, output: str | os.PathLi
     written = save_model(quantized, output, force=force, protect=(path,) if path else ()) if output else None
     return QuantizeResult(quantized, written, recipe, tuple(plan.quantized), tuple(plan.skipped), dict(plan.fused),
                           source.ByteSize(), quantized.ByteSize(), source_sha)
+
+
+def _equalized(source: onnx.ModelProto, data, recipe: Recipe, image, **collect) -> onnx.ModelProto:
+    """The model with its Conv pairs equalized, from a first pass measuring where each ReLU6 clips."""
+    if data is None:
+        raise UsageError("--equalize needs --data: it measures each channel's peak before ReLU6 "
+                         "(a calibration table alone is not enough)")
+    from ptq_cli.calibrate.api import calibrate
+
+    prepared = prepare(source, min_opset=_required_opset(recipe))
+    peaks = [conv1.output[0] for conv1, _, _ in equalization_pairs(prepared)]
+    if not peaks:
+        return prepared
+    table = calibrate(prepared, data, image=image, tensors=peaks, channel_axis=1, **collect)
+    channel_max = {name: table.stats[name].channels.max for name in peaks if name in table.stats}
+    return equalize(prepared, channel_max)[0]
 
 
 def _load_source(model) -> tuple[onnx.ModelProto, str, Path | None]:
