@@ -27,7 +27,7 @@ sys.path.insert(1, str(Path(__file__).resolve().parents[1]))
 import onnxruntime as ort  # noqa: E402
 
 import realdata  # noqa: E402
-from common import (FORMATS, GRANULARITIES, METHODS, TOOLS, Outcome, Variant, build, log,  # noqa: E402
+from common import (FORMATS, GRANULARITIES, METHODS, TOOL_TITLES, TOOLS, Outcome, Variant, build, log,  # noqa: E402
                     parse_list, pct, ptq_available, top1)
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -97,9 +97,10 @@ def _evaluate(variant: Variant, model: realdata.RealModel, out_dir: Path) -> Out
 
 
 def markdown(rows: list[dict]) -> str:
-    lines = ["| model | format | weights | method | FP32 | ptq INT8 | ptq INT8 (no bias corr.) | ORT INT8 "
-             "| ptq drop | ptq drop (no b.c.) | ORT drop |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    titles = [TOOL_TITLES[t] for t in TOOLS]
+    lines = ["| model | format | weights | method | FP32 | " + " | ".join(titles) + " | "
+             + " | ".join(f"{t} drop" for t in titles) + " |",
+             "|" + "---|" * (5 + 2 * len(TOOLS))]
     for r in rows:
         cells = [r["model"], r["format"], r["granularity"], r["method"], pct(r["fp32"])]
         cells += [_score(r[t]) for t in TOOLS] + [_drop(r["fp32"], r[t]) for t in TOOLS]
@@ -121,7 +122,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--methods", default="minmax", help=f"calibration methods, comma-separated: {', '.join(METHODS)}")
     p.add_argument("--granularities", default=",".join(GRANULARITIES), help="weights: per-channel,per-tensor")
     p.add_argument("--formats", default="qdq", help="qdq,qoperator")
-    p.add_argument("--tools", default=",".join(TOOLS), help="ptq,ptq-nobc,ort")
+    p.add_argument("--tools", default=",".join(TOOLS), help=",".join(TOOLS))
     p.add_argument("--calib-count", type=int, default=None,
                    help="calibration samples (evenly spaced subset); default: the README's split")
     p.add_argument("--eval-limit", type=int, default=None,

@@ -26,15 +26,17 @@ METHODS = ("minmax", "entropy", "percentile", "mse")
 ORT_METHODS = {"minmax": "MinMax", "entropy": "Entropy", "percentile": "Percentile"}
 GRANULARITIES = ("per-channel", "per-tensor")
 FORMATS = ("qdq", "qoperator")
-# "ptq-nobc" is ptq with bias correction off: the like-for-like counterpart of onnxruntime's MinMax.
-TOOLS = ("ptq", "ptq-nobc", "ort")
+# "ptq-nobc" is ptq with bias correction off: the like-for-like counterpart of onnxruntime's MinMax;
+# "ptq-eq" adds cross-layer equalization (--equalize).
+TOOLS = ("ptq", "ptq-nobc", "ptq-eq", "ort")
+TOOL_TITLES = {"ptq": "ptq", "ptq-nobc": "ptq (no bias corr.)", "ptq-eq": "ptq --equalize", "ort": "ORT"}
 
 
 @dataclass(frozen=True)
 class Variant:
     """One INT8 model to build: which tool, with which settings."""
 
-    tool: str  # "ptq" | "ptq-nobc" | "ort"
+    tool: str  # one of TOOLS
     granularity: str = "per-channel"
     method: str = "minmax"
     format: str = "qdq"
@@ -162,6 +164,7 @@ def _ptq(variant: Variant, model: RealModel, out: Path) -> None:
         format=Format(variant.format),
         calibration=CalibrationSpec(method=CalibMethod(variant.method)),
         bias_correction=variant.tool != "ptq-nobc",
+        equalize=variant.tool == "ptq-eq",
     )
     quantize(str(model.model_path), str(out), data=str(model.calib_dir), recipe=recipe,
                      image=None, force=True, progress=False)
