@@ -5,6 +5,8 @@ returns a new one; the caller's model is never modified.
 - the opset is raised to one with per-axis QuantizeLinear/DequantizeLinear (13), or 21 for
   4- and 16-bit types: writing `axis` into an older opset gives a model onnxruntime refuses;
 - BatchNormalization after a Conv is folded into the Conv's weights and bias;
+- a Div by a constant becomes a Mul by its reciprocal (attention's 1/sqrt(d)), which has an
+  integer kernel (QLinearMul) where Div has none;
 - a zero Pad before a Conv becomes the Conv's own padding: onnxruntime has no integer Pad
   fusion, so a Pad left in the graph runs in float between a Dequantize and a Quantize;
 - shapes and types are inferred so that passes know which tensors are float.
@@ -19,7 +21,7 @@ import onnx
 from onnx import helper, numpy_helper, version_converter
 
 from ptq_cli.errors import ModelError
-from ptq_cli.model.graph import GraphIndex, attribute, drop_unused_initializers, ensure_node_names
+from ptq_cli.model.graph import GraphIndex, NameAllocator, attribute, drop_unused_initializers, ensure_node_names
 from ptq_cli.model.io import opset_version
 
 log = logging.getLogger(__name__)
@@ -37,6 +39,7 @@ def prepare(model: onnx.ModelProto, *, min_opset: int = QDQ_PER_AXIS_OPSET) -> o
     _modern_ir(out)
     fold_batch_norm(out)
     fold_pad_into_conv(out)
+    div_by_constant_to_mul(out)
     ensure_node_names(out.graph)
     return infer_shapes(out)
 
@@ -151,6 +154,26 @@ def _remove_nodes(graph: onnx.GraphProto, removed: set[int]) -> int:
         graph.node.extend(kept)
         drop_unused_initializers(graph)
     return len(removed)
+
+
+def div_by_constant_to_mul(model: onnx.ModelProto) -> int:
+    """Rewrite x / c (c a float constant without zeros) as x * (1 / c). Returns the count."""
+    graph = model.graph
+    index = GraphIndex(graph)
+    names = NameAllocator(graph)
+    count = 0
+    for node in graph.node:
+        divisor = index.constant(node.input[1]) if node.op_type == "Div" and len(node.input) == 2 else None
+        if divisor is None or divisor.dtype != np.float32 or not np.all(divisor != 0):
+            continue
+        name = names.new(f"{node.input[1]}_reciprocal")
+        graph.initializer.append(numpy_helper.from_array((1.0 / divisor).astype(np.float32), name))
+        node.op_type = "Mul"
+        node.input[1] = name
+        count += 1
+    if count:
+        drop_unused_initializers(graph)
+    return count
 
 
 def _spatial_zero_pads(pad: onnx.NodeProto, index: GraphIndex) -> list[int] | None:

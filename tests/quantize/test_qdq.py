@@ -289,3 +289,19 @@ def test_dead_filter_keeps_its_bias(rng):
     np.testing.assert_allclose(got[0, 1], 0.7, atol=float(plan.activations["y"].scale))
     bias_q = numpy_helper.to_array(next(t for t in out.graph.initializer if t.name == "b_quantized"))
     assert np.abs(bias_q.astype(np.int64)).max() < 2**31 - 1
+
+
+def test_division_by_a_constant_becomes_an_integer_mul(rng, tmp_path):
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["m"], name="mm"),
+             helper.make_node("Div", ["m", "d"], ["y"], name="scale")]
+    model = make_model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4, 8])],
+                       [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4, 8])],
+                       [numpy_helper.from_array(rng.normal(0, 1, (8, 8)).astype(np.float32), "w"),
+                        _const("d", np.float32(np.sqrt(8.0)))])
+    prepared = prepare(model)
+    assert ops(prepared) == ["MatMul", "Mul"]
+    x = rng.normal(0, 1, (4, 8)).astype(np.float32)
+    np.testing.assert_allclose(run(prepared, {"x": x})[0], run(model, {"x": x})[0], rtol=1e-6)
+    out, plan = _quantize(model, [{"x": rng.normal(0, 1, (4, 8)).astype(np.float32)} for _ in range(4)])
+    assert plan.quantized == ["mm", "scale"]
+    assert "QLinearMul" in _optimized_ops(out, tmp_path)
