@@ -99,11 +99,14 @@ def quantize(model: str | os.PathLike | onnx.ModelProto, output: str | os.PathLi
         data_description = DYNAMIC_DATA
     else:
         collect = dict(progress=progress, batch_size=batch_size, max_samples=max_samples)
+        # Calibrate the file itself when there is one (its sha256 is what a table records), or the
+        # equalized model, whose activations between the Conv pairs are rescaled.
+        floating, calibrated = source, path or source
         if recipe.equalize:
-            source, path = _equalized(source, data, recipe, image, **collect), None
-        table = _calibration_table(path or source, source_sha, data, calibration, recipe, image, **collect)
+            floating = calibrated = _equalized(source, data, recipe, image, **collect)
+        table = _calibration_table(calibrated, source_sha, data, calibration, recipe, image, **collect)
         means = {name: table.channel_mean(name) for name in table.names if table.channel_mean(name) is not None}
-        quantized, plan = quantize_model(source, recipe, _activation_ranges(table, source), means)
+        quantized, plan = quantize_model(floating, recipe, _activation_ranges(table, floating), means)
         data_description = table.data
     _stamp(quantized, recipe, source_sha, data_description)
     _verify_loads(quantized)
