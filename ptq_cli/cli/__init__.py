@@ -51,13 +51,14 @@ def reported_errors(ctx: click.Context):
 
 
 def _register() -> None:
-    # Commands register here, one import each, so `ptq --help` lists them all.
+    # Commands register here, one module each, so `ptq --help` lists them all.
+    from ptq_cli.cli.calibrate import calibrate_command
+    from ptq_cli.cli.compare import compare_command
+    from ptq_cli.cli.inspect import inspect_command
     from ptq_cli.cli.quantize import quantize_command
 
-    main.add_command(quantize_command)
-    from ptq_cli.cli.compare import compare_command; main.add_command(compare_command)  # noqa: E702
-    from ptq_cli.cli.calibrate import calibrate_command; main.add_command(calibrate_command)  # noqa: E702
-    from ptq_cli.cli.inspect import inspect_command; main.add_command(inspect_command)  # noqa: E702
+    for command in (quantize_command, calibrate_command, compare_command, inspect_command):
+        main.add_command(command)
 
 
 _register()
