@@ -26,8 +26,8 @@ import onnx
 from ptq_cli import __version__
 from ptq_cli.calibrate.methods import Range, compute_range
 from ptq_cli.calibrate.stats import TensorStats
-from ptq_cli.errors import CalibrationError, OutputExistsError, UsageError
-from ptq_cli.model.io import sha256_file
+from ptq_cli.errors import CalibrationError, UsageError
+from ptq_cli.model.io import check_writable, sha256_file
 from ptq_cli.recipe import CalibMethod, CalibrationSpec
 
 FORMAT = "ptq-calibration"
@@ -130,8 +130,7 @@ class CalibrationTable:
     def save(self, path: str | os.PathLike, *, force: bool = False) -> Path:
         """Write atomically (temp file + rename); an existing file needs force."""
         path = Path(path)
-        if path.exists() and not force:
-            raise OutputExistsError(f"{path} already exists; pass --force to replace it or choose another -o")
+        check_writable(path, force=force)
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         try:

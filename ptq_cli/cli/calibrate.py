@@ -17,7 +17,7 @@ import click
 
 from ptq_cli.cli import reported_errors
 from ptq_cli.cli.data_options import data_options, dataset_from_options, pop_data_options
-from ptq_cli.errors import OutputExistsError
+from ptq_cli.model.io import check_writable
 from ptq_cli.recipe import CalibMethod, CalibrationSpec
 
 
@@ -96,7 +96,7 @@ def calibrate_command(ctx: click.Context, model: Path, **kwargs: Any) -> None:
         spec = CalibrationSpec(method=CalibMethod(kwargs["method"]), percentile=kwargs["percentile"],
                                bins=kwargs["bins"], moving_average=kwargs["moving_average"])
         output = kwargs["output"] or default_output(model, kwargs["shard"])
-        _refuse_existing(output, kwargs["force"])
+        check_writable(output, force=kwargs["force"], protect=(model,))
         dataset = dataset_from_options(model, **data_opts)
         started = time.perf_counter()
         table = calibrate(model, dataset, spec=spec, batch_size=kwargs["batch_size"],
@@ -130,7 +130,7 @@ def merge_command(ctx: click.Context, tables: tuple[Path, ...], output: Path, fo
     with reported_errors(ctx):
         from ptq_cli.calibrate.table import CalibrationTable, merge
 
-        _refuse_existing(output, force)
+        check_writable(output, force=force, protect=tables)
         started = time.perf_counter()
         table = merge([CalibrationTable.load(p) for p in tables])
         table.save(output, force=force)
@@ -145,12 +145,6 @@ def default_output(model: Path, shard: tuple[int, int] | None) -> Path:
     stem = model.name[:-5] if model.name.lower().endswith(".onnx") else model.name
     suffix = f".calib.shard-{shard[0]}-of-{shard[1]}.json" if shard else ".calib.json"
     return model.with_name(stem + suffix)
-
-
-def _refuse_existing(output: Path, force: bool) -> None:
-    # Checked before the (long) calibration run, not only when saving.
-    if output.exists() and not force:
-        raise OutputExistsError(f"{output} already exists; pass --force to replace it or choose another -o")
 
 
 def _summary(table, output: Path, seconds: float, model: Path | None) -> dict[str, Any]:

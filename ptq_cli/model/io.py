@@ -73,15 +73,24 @@ def check_model(model: onnx.ModelProto, what: str = "model") -> None:
         raise ModelError(f"{what} is not a valid ONNX model: {first}") from None
 
 
+def check_writable(path: str | os.PathLike, *, force: bool = False,
+                   protect: tuple[str | os.PathLike | None, ...] = ()) -> None:
+    """Refuse to write over an input (`protect`), or over an existing file without `force`.
+
+    Commands call it before their long work too, so that a refusal costs nothing."""
+    path = Path(path)
+    for p in protect:
+        if p is not None and Path(p).exists() and path.exists() and path.resolve() == Path(p).resolve():
+            raise UsageError(f"refusing to write over the input {p}; choose another output with -o")
+    if path.exists() and not force:
+        raise OutputExistsError(f"{path} already exists; pass --force to replace it or choose another -o")
+
+
 def save_model(model: onnx.ModelProto, path: str | os.PathLike, *, force: bool = False,
                protect: tuple[str | os.PathLike, ...] = ()) -> Path:
     """Write `model` to `path` atomically. Paths in `protect` (the inputs) are never written."""
     path = Path(path)
-    for p in protect:
-        if Path(p).exists() and path.exists() and path.resolve() == Path(p).resolve():
-            raise UsageError(f"refusing to write over the input {p}; choose another output with -o")
-    if path.exists() and not force:
-        raise OutputExistsError(f"{path} already exists; pass --force to replace it or choose another -o")
+    check_writable(path, force=force, protect=protect)
     path.parent.mkdir(parents=True, exist_ok=True)
     large = model.ByteSize() >= _TWO_GB if _byte_size_is_safe(model) else True
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)

@@ -13,7 +13,7 @@ import onnx
 
 from ptq_cli import __version__
 from ptq_cli.errors import ModelError, UsageError
-from ptq_cli.model.io import check_model, load_model, save_model
+from ptq_cli.model.io import check_model, check_writable, load_model, save_model
 from ptq_cli.model.prepare import QDQ_4_16_BIT_OPSET, QDQ_PER_AXIS_OPSET, prepare
 from ptq_cli.quantize.bias_correction import correct_biases
 from ptq_cli.quantize.dynamic import DYNAMIC_DATA, check_dynamic_recipe, rewrite_dynamic
@@ -91,7 +91,7 @@ def quantize(model: str | os.PathLike | onnx.ModelProto, output: str | os.PathLi
     """
     source, source_sha, path = _load_source(model)
     if output is not None:
-        _check_output(Path(output), path, force)
+        check_writable(output, force=force, protect=(path,))  # before the long calibration
     if recipe.dynamic:
         check_dynamic_recipe(recipe)
         quantized, done, skipped = rewrite_dynamic(prepare(source, min_opset=QDQ_PER_AXIS_OPSET), recipe)
@@ -139,16 +139,6 @@ def _load_source(model) -> tuple[onnx.ModelProto, str, Path | None]:
         return model, model_sha256(model), None
     path = Path(model)
     return load_model(path), model_sha256(path), path
-
-
-def _check_output(output: Path, source: Path | None, force: bool) -> None:
-    """Fail before the (long) calibration rather than after it."""
-    if source is not None and output.exists() and output.resolve() == source.resolve():
-        raise UsageError(f"refusing to write over the input {source}; choose another output with -o")
-    if output.exists() and not force:
-        from ptq_cli.errors import OutputExistsError
-
-        raise OutputExistsError(f"{output} already exists; pass --force to replace it or choose another -o")
 
 
 def _calibration_table(source, source_sha, data, calibration, recipe, image, **collect):
