@@ -74,6 +74,14 @@ class Format(enum.Enum):
     QOPERATOR = "qoperator"  # QLinearConv, QLinearMatMul, ... integer operators
 
 
+class Rounding(enum.Enum):
+    """How float weights become integers."""
+
+    NEAREST = "nearest"  # round half to even, as QuantizeLinear does
+    GPTQ = "gptq"  # column by column with error feedback through the input's Gram matrix (needs data)
+    STOCHASTIC = "stochastic"  # unbiased random rounding, seeded by Recipe.seed
+
+
 class CalibMethod(enum.Enum):
     """How an activation's float range is chosen from calibration statistics."""
 
@@ -135,6 +143,28 @@ class CalibrationSpec:
             raise UsageError(f"moving_average must be in (0, 1], got {self.moving_average}")
 
 
+@dataclass(frozen=True)
+class WeightOnly:
+    """Weight-only quantization: block-wise integer weights of MatMul (and Gather tables), float
+    activations. Written as com.microsoft.MatMulNBits / GatherBlockQuantized, or with qdq as
+    block-wise DequantizeLinear (opset 21)."""
+
+    dtype: QType = QType.INT4
+    block_size: int = 32
+    symmetric: bool = True
+    qdq: bool = False
+    accuracy_level: int = 0  # MatMulNBits: 0 unset, 1 fp32, 2 fp16, 3 bf16, 4 int8 compute
+    embeddings: bool = True  # Gather tables too
+
+    def __post_init__(self) -> None:
+        if self.dtype not in (QType.INT4, QType.INT8):
+            raise UsageError(f"weight-only dtype must be int4 or int8, got {self.dtype!r}")
+        if self.block_size < 16 or self.block_size & (self.block_size - 1):
+            raise UsageError(f"block size must be a power of two >= 16 (32, 64, 128), got {self.block_size}")
+        if self.accuracy_level not in range(5):
+            raise UsageError(f"accuracy_level must be 0..4, got {self.accuracy_level}")
+
+
 DEFAULT_WEIGHTS = TensorSpec(dtype=QType.INT8, symmetric=True, granularity=PerChannel())
 DEFAULT_ACTIVATIONS = TensorSpec(dtype=QType.UINT8, symmetric=False, granularity=PerTensor())
 
@@ -151,12 +181,17 @@ class Recipe:
     calibration: CalibrationSpec = field(default_factory=CalibrationSpec)
     bias_correction: bool = True  # subtract (W_q - W)·E[x] from Conv/Gemm biases (static only)
     equalize: bool = False  # cross-layer equalization of Conv -> Relu/ReLU6 -> Conv pairs (needs data)
+    rounding: Rounding = Rounding.NEAREST  # how weights are rounded to integers
+    seed: int = 0  # of stochastic rounding (and anything else random): same seed, same bytes
+    weight_only: WeightOnly | None = None  # block-wise weights only, activations stay float
 
     def __post_init__(self) -> None:
         if not isinstance(self.format, Format):
             raise UsageError(f"format must be one of {[f.value for f in Format]}, got {self.format!r}")
         if isinstance(self.activations.granularity, PerChannel):
             raise UsageError("activations can only be quantized per tensor")
+        if not isinstance(self.rounding, Rounding):
+            raise UsageError(f"rounding must be one of {[r.value for r in Rounding]}, got {self.rounding!r}")
         object.__setattr__(self, "exclude", tuple(self.exclude))
 
     def with_(self, **changes: Any) -> "Recipe":
@@ -188,8 +223,9 @@ def _to_plain(value: Any) -> Any:
     return value
 
 
-_NESTED = {"weights": TensorSpec, "activations": TensorSpec, "calibration": CalibrationSpec}
-_ENUMS = {"dtype": QType, "format": Format, "method": CalibMethod}
+_NESTED = {"weights": TensorSpec, "activations": TensorSpec, "calibration": CalibrationSpec,
+           "weight_only": WeightOnly}
+_ENUMS = {"dtype": QType, "format": Format, "method": CalibMethod, "rounding": Rounding}
 
 
 def _from_plain(cls: type, data: dict[str, Any], where: str) -> Any:
@@ -201,7 +237,9 @@ def _from_plain(cls: type, data: dict[str, Any], where: str) -> Any:
         raise UsageError(f"unknown key(s) {unknown} in {where}; allowed: {sorted(known)}")
     kwargs: dict[str, Any] = {}
     for key, raw in data.items():
-        if key in _NESTED:
+        if key in _NESTED and raw is None and key == "weight_only":
+            kwargs[key] = None
+        elif key in _NESTED:
             kwargs[key] = _from_plain(_NESTED[key], raw, f"{where}.{key}")
         elif key in _ENUMS:
             try:
