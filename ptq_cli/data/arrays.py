@@ -14,6 +14,7 @@ import numpy.lib.format as npformat
 import onnx
 from onnx import numpy_helper
 
+from ptq_cli.data.checks import shares_batch_axis
 from ptq_cli.data.dataset import Entry
 from ptq_cli.errors import DataError
 from ptq_cli.model.io import InputSpec
@@ -75,6 +76,8 @@ class NpzReader:
                 from None
 
     def rows(self, entry: Entry) -> int:
+        if not shares_batch_axis(self.specs):
+            return 1  # the sample is one feed
         # Only the header of the first input's member is read, not its data.
         spec = self.specs[0]
         try:
@@ -122,6 +125,8 @@ class ZooReader:
         return feeds
 
     def rows(self, entry: Entry) -> int:
+        if not shares_batch_axis(self.specs):
+            return 1  # the sample is one feed
         _, array = load_pb(entry.paths[0], f"{entry.source}/{entry.paths[0].name}")
         return rows_of(array.shape, self.specs[0])
 

@@ -2,7 +2,8 @@
 
 Files may hold one row or many; rows are split out and regrouped to `batch_size`, so a folder of
 single images and a file holding 1000 rows feed the model the same way. Only `batch_size` rows
-(plus one file) are held at a time.
+(plus one file) are held at a time. Rows are regrouped only along an axis that is the batch axis
+of every input (`shares_batch_axis`); otherwise each sample is one feed, given to the model as is.
 """
 
 from __future__ import annotations
@@ -12,19 +13,18 @@ from collections.abc import Iterable, Iterator, Sequence
 
 import numpy as np
 
+from ptq_cli.data.checks import shares_batch_axis
 from ptq_cli.data.dataset import Batch, Dataset, Sample
 from ptq_cli.errors import DataError, UsageError
 from ptq_cli.model.io import InputSpec
 
 
 def effective_batch_size(specs: Sequence[InputSpec], batch_size: int) -> int:
-    """The batch the model accepts: its fixed first dimension when it has one, else batch_size."""
-    if any(len(s.shape) == 0 for s in specs):
-        return 1  # scalar inputs have no batch axis to split or stack
+    """The batch the model accepts: its fixed first dimension when it has one, else batch_size;
+    1 (one sample per feed) when axis 0 is not the batch axis of every input."""
+    if not shares_batch_axis(specs):
+        return 1  # scalar inputs or a recurrent state: no batch axis to split or stack
     fixed = {s.shape[0] for s in specs if s.shape[0] is not None}
-    if len(fixed) > 1:
-        raise DataError(f"the model's inputs fix different batch sizes ({sorted(fixed)}); "
-                        "ptq cannot feed them together")
     return fixed.pop() if fixed else batch_size
 
 
@@ -37,7 +37,7 @@ def iter_batches(dataset: Dataset, specs: Sequence[InputSpec] | None = None, bat
         raise UsageError(f"max samples must be at least 1, got {max_samples}")
     specs = tuple(specs if specs is not None else dataset.specs)
     size = effective_batch_size(specs, batch_size)
-    if any(len(s.shape) == 0 for s in specs):
+    if not shares_batch_axis(specs):
         yield from _whole_samples(dataset, max_samples)
         return
     pending: deque[Sample] = deque()
@@ -85,7 +85,7 @@ def _slice(sample: Sample, start: int, stop: int) -> Sample:
     if start == 0 and stop == sample.rows:
         return sample
     labels = None if sample.labels is None else sample.labels[start:stop]
-    return Sample({k: v[start:stop] for k, v in sample.feeds.items()}, sample.source, labels)
+    return Sample({k: v[start:stop] for k, v in sample.feeds.items()}, sample.source, labels, sample.whole)
 
 
 def _join(parts: list[Sample]) -> Batch:

@@ -1,7 +1,9 @@
 """Checking raw arrays against the model's inputs: names, rank, fixed dims, dtype, finiteness.
 
-The batch (first) dimension is not checked here: iter_batches regroups rows to what the model
-takes. An array with one dimension less than the input is a single sample and gets a batch axis.
+When the inputs share a batch axis (see `shares_batch_axis`), the batch (first) dimension is not
+checked here: iter_batches regroups rows to what the model takes. An array with one dimension less
+than the input is a single sample and gets a batch axis. When they do not (a recurrent state
+[2, 1, 128] beside audio [1, 512]), a sample is one feed, checked as given, every fixed dim included.
 """
 
 from __future__ import annotations
@@ -12,6 +14,20 @@ import numpy as np
 
 from ptq_cli.errors import DataError
 from ptq_cli.model.io import InputSpec
+
+
+def shares_batch_axis(specs: Sequence[InputSpec]) -> bool:
+    """Whether axis 0 is the batch axis of every input, so that samples may be split and stacked.
+
+    True when every input has a first axis and those axes are all free, all fixed at one size, or
+    fixed at 1 beside free ones. A scalar input, or fixed first sizes that differ (or a fixed size
+    above 1 beside a free one, e.g. a state [2, N, 128]), means axis 0 is not a batch axis of all.
+    """
+    if not specs or any(len(s.shape) == 0 for s in specs):
+        return False
+    fixed = {s.shape[0] for s in specs if s.shape[0] is not None}
+    free = any(s.shape[0] is None for s in specs)
+    return len(fixed) == 0 or (len(fixed) == 1 and (not free or fixed == {1}))
 
 
 def check_feeds(raw: dict[str, np.ndarray], specs: Sequence[InputSpec],
@@ -28,18 +44,22 @@ def check_feeds(raw: dict[str, np.ndarray], specs: Sequence[InputSpec],
             parts.append("unknown key " + ", ".join(repr(k) for k in extra))
         raise DataError(f"{source}: {'; '.join(parts)}; the model's inputs are "
                         f"{', '.join(repr(n) for n in names)}")
-    feeds = {spec.name: check_array(raw[spec.name], spec, source) for spec in specs}
-    _check_same_rows(feeds, source)
+    batched = shares_batch_axis(specs)
+    feeds = {spec.name: check_array(raw[spec.name], spec, source, batched=batched) for spec in specs}
+    if batched:
+        _check_same_rows(feeds, source)
     return feeds
 
 
-def check_array(array: np.ndarray, spec: InputSpec, source: str) -> np.ndarray:
+def check_array(array: np.ndarray, spec: InputSpec, source: str, *, batched: bool = True) -> np.ndarray:
+    """The array cast as `spec` wants it; `batched`: axis 0 is regrouped later, so not checked here."""
     array = np.asarray(array)
     rank = len(spec.shape)
     if rank > 0 and array.ndim == rank - 1:
         array = array[np.newaxis]  # one sample saved without its batch axis
+    first = 1 if batched else 0
     if array.ndim != rank or any(want is not None and want != got
-                                 for want, got in zip(spec.shape[1:], array.shape[1:])):
+                                 for want, got in zip(spec.shape[first:], array.shape[first:])):
         raise DataError(f"{source}: input {spec.name!r} expects shape {format_spec_shape(spec)}, "
                         f"got {format_shape(array.shape)}")
     array = _check_dtype(array, spec, source)

@@ -13,7 +13,7 @@ from typing import Protocol
 
 import numpy as np
 
-from ptq_cli.data.checks import check_feeds
+from ptq_cli.data.checks import check_feeds, shares_batch_axis
 from ptq_cli.errors import DataError, UsageError
 from ptq_cli.model.io import InputSpec
 
@@ -42,16 +42,18 @@ class Sample:
     """What one file (or one test_data_set_* folder, or one image) holds, checked against the model.
 
     `feeds` maps every input name to an array with the batch dimension first; a file may hold
-    several rows. `labels` has one entry per row when labels are known.
+    several rows. `labels` has one entry per row when labels are known. A `whole` sample is one
+    feed of a model whose inputs share no batch axis: one row, fed as given.
     """
 
     feeds: dict[str, np.ndarray]
     source: str
     labels: tuple[int, ...] | None = None
+    whole: bool = False
 
     @property
     def rows(self) -> int:
-        return _rows(self.feeds)
+        return 1 if self.whole else _rows(self.feeds)
 
     @property
     def label(self) -> int | None:
@@ -90,12 +92,14 @@ class Dataset:
         return len(self.entries)
 
     def __iter__(self) -> Iterator[Sample]:
+        whole = not shares_batch_axis(self.specs)
         for entry in self.entries:
             feeds = check_feeds(self.reader.read(entry), self.specs, entry.source)
-            if entry.labels is not None and len(entry.labels) != _rows(feeds):
-                raise DataError(f"{entry.source}: holds {_rows(feeds)} rows but {len(entry.labels)} "
+            sample = Sample(feeds, entry.source, entry.labels, whole)
+            if entry.labels is not None and len(entry.labels) != sample.rows:
+                raise DataError(f"{entry.source}: holds {sample.rows} rows but {len(entry.labels)} "
                                 "labels were assigned to it; did the file change while reading?")
-            yield Sample(feeds, entry.source, entry.labels)
+            yield sample
 
     @property
     def has_labels(self) -> bool:
