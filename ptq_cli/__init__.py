@@ -25,6 +25,7 @@ _PUBLIC = {
     "CalibrationSpec": "ptq_cli.recipe",
     "PerTensor": "ptq_cli.recipe",
     "PerChannel": "ptq_cli.recipe",
+    "Rounding": "ptq_cli.recipe",
     "ImagePreprocess": "ptq_cli.data.images",
     "open_dataset": "ptq_cli.data",
     "PtqError": "ptq_cli.errors",

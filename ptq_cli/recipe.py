@@ -188,6 +188,8 @@ class Recipe:
     def __post_init__(self) -> None:
         if not isinstance(self.format, Format):
             raise UsageError(f"format must be one of {[f.value for f in Format]}, got {self.format!r}")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
+            raise UsageError(f"seed must be a non-negative integer, got {self.seed!r}")
         if isinstance(self.activations.granularity, PerChannel):
             raise UsageError("activations can only be quantized per tensor")
         if not isinstance(self.rounding, Rounding):

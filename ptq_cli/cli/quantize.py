@@ -11,7 +11,7 @@ import click
 from ptq_cli.cli import reported_errors
 from ptq_cli.cli.data_options import data_options, image_preprocess_from_options, pop_data_options
 from ptq_cli.recipe import (CalibMethod, CalibrationSpec, Format, PerChannel, PerTensor, QType, Recipe,
-                            TensorSpec)
+                            Rounding, TensorSpec)
 
 _QTYPES = [q.value for q in QType]
 
@@ -45,6 +45,11 @@ _QTYPES = [q.value for q in QType]
 @click.option("--equalize", is_flag=True,
               help="Cross-layer equalization of Conv -> Relu/ReLU6 -> Conv pairs before quantizing, so "
                    "per-tensor weight scales fit every channel (one extra calibration pass).")
+@click.option("--rounding", type=click.Choice([r.value for r in Rounding]), default="nearest", show_default=True,
+              help="How weights become integers: nearest (round half to even), gptq (error feedback "
+                   "through the input Gram matrix), stochastic (unbiased random rounding, see --seed).")
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Seed of every random choice (stochastic rounding): the same seed, the same bytes.")
 @click.option("--format", "fmt", type=click.Choice([f.value for f in Format]), default="qdq", show_default=True,
               help="qdq: Quantize/DequantizeLinear pairs around float ops; qoperator: QLinearConv, ... ops.")
 @click.option("--dynamic", is_flag=True,
@@ -88,7 +93,7 @@ def quantize_command(ctx: click.Context, model: Path, output: Path | None, calib
 
 def _recipe(recipe_file: Path | None, *, method, percentile, bins, per_channel, weight_type, activation_type,
             symmetric_activations, asymmetric_weights, reduce_range, power_of_two, fmt, dynamic, exclude,
-            bias_correction, equalize) -> Recipe:
+            bias_correction, equalize, rounding, seed) -> Recipe:
     if recipe_file is not None:
         from ptq_cli.errors import UsageError
 
@@ -103,6 +108,7 @@ def _recipe(recipe_file: Path | None, *, method, percentile, bins, per_channel, 
                              power_of_two=power_of_two)
     return Recipe(weights=weights, activations=activations, format=Format(fmt), dynamic=dynamic,
                   exclude=tuple(exclude), bias_correction=bias_correction, equalize=equalize,
+                  rounding=Rounding(rounding), seed=seed,
                   calibration=CalibrationSpec(method=CalibMethod(method), percentile=percentile, bins=bins))
 
 

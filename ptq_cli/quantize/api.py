@@ -20,7 +20,7 @@ from ptq_cli.quantize.dynamic import DYNAMIC_DATA, check_dynamic_recipe, rewrite
 from ptq_cli.quantize.equalize import equalization_pairs, equalize
 from ptq_cli.quantize.plan import QuantPlan, SkipReason, make_plan
 from ptq_cli.quantize.qdq import insert_qdq
-from ptq_cli.recipe import CalibMethod, Format, Recipe
+from ptq_cli.recipe import CalibMethod, Format, Recipe, Rounding
 
 Ranges = Mapping[str, tuple[float, float]]
 
@@ -89,6 +89,8 @@ def quantize(model: str | os.PathLike | onnx.ModelProto, output: str | os.PathLi
     Activation ranges come from `calibration` (a CalibrationTable or the path of one) or are
     measured on `data` (a folder/Dataset) with `recipe.calibration`. The input is never modified.
     """
+    if recipe.rounding is Rounding.GPTQ:
+        raise UsageError("--rounding gptq is not available in this version of ptq; use nearest or stochastic")
     source, source_sha, path = _load_source(model)
     if output is not None:
         check_writable(output, force=force, protect=(path,))  # before the long calibration

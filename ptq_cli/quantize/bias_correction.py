@@ -20,7 +20,7 @@ from onnx import numpy_helper
 
 from ptq_cli.model.graph import GraphIndex, NameAllocator, attribute
 from ptq_cli.quantize.plan import QuantPlan
-from ptq_cli.quantize.scheme import dequantize, quantize
+from ptq_cli.quantize.scheme import dequantize
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +42,7 @@ def correct_biases(model: onnx.ModelProto, plan: QuantPlan,
         if weight is None or mean is None:
             continue
         w = index.constant(weight.tensor)
-        error = dequantize(quantize(w, weight.params), weight.params).astype(np.float64) - w
+        error = dequantize(weight.integers(w), weight.params).astype(np.float64) - w
         shift = _conv_shift(node, error, mean) if node.op_type == "Conv" else _gemm_shift(node, error, mean)
         if shift is None:
             continue

@@ -23,7 +23,8 @@ from ptq_cli.errors import UsageError
 from ptq_cli.model.graph import GraphIndex, NameAllocator, attribute, drop_unused_initializers
 from ptq_cli.quantize.plan import SkipReason
 from ptq_cli.quantize.scheme import QParams, compute_qparams, quantize, weight_range
-from ptq_cli.recipe import PerChannel, QType, Recipe, TensorSpec
+from ptq_cli.quantize.stochastic import weight_rng
+from ptq_cli.recipe import PerChannel, QType, Recipe, Rounding, TensorSpec
 
 DYNAMIC_DATA = "none: dynamic quantization measures activation ranges at run time"
 _REWRITTEN = ("MatMul", "Gemm", "Conv")
@@ -34,6 +35,9 @@ def check_dynamic_recipe(recipe: Recipe) -> None:
     if recipe.weights.dtype not in (QType.INT8, QType.UINT8):
         raise UsageError(f"dynamic quantization needs int8 or uint8 weights (MatMulInteger/ConvInteger), "
                          f"got {recipe.weights.dtype.value}; pass --weight-type int8")
+    if recipe.rounding is Rounding.GPTQ:
+        raise UsageError("GPTQ rounding needs the input Gram matrices of static calibration; dynamic "
+                         "quantization has no calibration: use --rounding nearest or stochastic")
     if recipe.activations.dtype is not QType.UINT8:
         raise UsageError(f"dynamic quantization produces uint8 activations (DynamicQuantizeLinear), "
                          f"got --activation-type {recipe.activations.dtype.value}; drop it or use static quantization")
@@ -121,6 +125,10 @@ class _DynamicRewriter:
         return compute_qparams(lo, hi, spec.dtype, symmetric=spec.symmetric, reduce_range=spec.reduce_range,
                                power_of_two=spec.power_of_two, axis=axis)
 
+    def _integers(self, weight: np.ndarray, qp: QParams, tensor: str) -> np.ndarray:
+        stochastic = self.recipe.rounding is Rounding.STOCHASTIC
+        return quantize(weight, qp, rng=weight_rng(self.recipe.seed, tensor) if stochastic else None)
+
     def _rescale(self, node: onnx.NodeProto, accumulator: str, x_scale: str, w_scale: np.ndarray,
                  output: str) -> str:
         """float(accumulator) · (S_x · S_w), in the order onnxruntime's fusions match."""
@@ -148,7 +156,7 @@ class _DynamicRewriter:
             alpha = float(attribute(node, "alpha", 1.0))
             weight = weight.T if attribute(node, "transB", 0) else weight
         qp = self._weight_params(weight, weight.ndim - 1 if weight.ndim == 2 else None)
-        w_q = self._constant(quantize(weight, qp), f"{node.input[1]}_quantized")
+        w_q = self._constant(self._integers(weight, qp, node.input[1]), f"{node.input[1]}_quantized")
         w_zero = self._constant(np.asarray(qp.zero_point), f"{node.input[1]}_zero_point")
         x_q, x_scale, x_zero = self._quantized_input(node.input[0])
         accumulator = self._node("MatMulInteger", [x_q, w_q, x_zero, w_zero], f"{node.name}_int")
@@ -170,7 +178,7 @@ class _DynamicRewriter:
         qp = self._weight_params(weight, 0)
         if qp.per_channel and len(np.unique(qp.zero_point)) > 1:
             qp = self._weight_params(weight, None)  # ConvInteger takes a single weight zero point
-        w_q = self._constant(quantize(weight, qp), f"{node.input[1]}_quantized")
+        w_q = self._constant(self._integers(weight, qp, node.input[1]), f"{node.input[1]}_quantized")
         w_zero = self._constant(np.asarray(qp.zero_point).reshape(-1)[:1].reshape(()), f"{node.input[1]}_zero_point")
         x_q, x_scale, x_zero = self._quantized_input(node.input[0])
         attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute if a.name in _CONV_ATTRIBUTES}

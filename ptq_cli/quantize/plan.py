@@ -12,7 +12,7 @@ consume it. It is built in three steps over the (topologically sorted) graph:
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import onnx
@@ -21,8 +21,9 @@ from ptq_cli.errors import CalibrationError
 from ptq_cli.model.graph import GraphIndex, attribute
 from ptq_cli.quantize.handlers import (FUSED_ACTIVATIONS, OpHandler, OutputRule, activation_inputs,
                                        handler_for)
-from ptq_cli.quantize.scheme import QParams, compute_qparams, weight_range
-from ptq_cli.recipe import PerChannel, Recipe, TensorSpec
+from ptq_cli.quantize.scheme import QParams, compute_qparams, quantize, weight_range
+from ptq_cli.quantize.stochastic import weight_rng
+from ptq_cli.recipe import PerChannel, Recipe, Rounding, TensorSpec
 
 
 @dataclass(frozen=True)
@@ -38,6 +39,12 @@ class SkipReason:
 class WeightPlan:
     tensor: str  # the float initializer
     params: QParams
+    stochastic_seed: int | None = None  # Recipe.seed when rounded stochastically; None = nearest
+
+    def integers(self, value: np.ndarray) -> np.ndarray:
+        """The integer weight every emitter writes (and bias correction measures)."""
+        rng = None if self.stochastic_seed is None else weight_rng(self.stochastic_seed, self.tensor)
+        return quantize(value, self.params, rng=rng)
 
 
 @dataclass(frozen=True)
@@ -223,7 +230,8 @@ def _plan_weights(graph, index, recipe, plan) -> None:
             if is_weight and isinstance(spec.granularity, PerChannel):
                 axis = spec.granularity.axis if spec.granularity.axis is not None else handler.weight_axis(node, value.ndim)
             lo, hi = weight_range(value, axis)
-            plan.weights[(node.name, node.input[i])] = WeightPlan(node.input[i], _params(lo, hi, spec, axis))
+            seed = recipe.seed if is_weight and recipe.rounding is Rounding.STOCHASTIC else None
+            plan.weights[(node.name, node.input[i])] = WeightPlan(node.input[i], _params(lo, hi, spec, axis), seed)
         _plan_bias(node, handler, index, plan)
 
 
@@ -260,4 +268,4 @@ def _fit_bias_in_int32(weight: WeightPlan, bias: np.ndarray, input_scale: np.nda
     if np.all(qp.scale >= needed):
         return weight
     scale = np.maximum(qp.scale, needed).astype(np.float32)
-    return WeightPlan(weight.tensor, QParams(scale, qp.zero_point, qp.qtype, qp.axis))
+    return replace(weight, params=QParams(scale, qp.zero_point, qp.qtype, qp.axis))

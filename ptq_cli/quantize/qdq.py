@@ -25,7 +25,7 @@ from ptq_cli.model.graph import GraphIndex, drop_unused_initializers
 from ptq_cli.quantize.emit import Emitter, typed_constant
 from ptq_cli.quantize.handlers import OutputRule, handler_for
 from ptq_cli.quantize.plan import QuantPlan, WeightPlan
-from ptq_cli.quantize.scheme import quantize, quantize_bias
+from ptq_cli.quantize.scheme import quantize_bias
 
 
 def insert_qdq(model: onnx.ModelProto, plan: QuantPlan) -> onnx.ModelProto:
@@ -122,7 +122,7 @@ def _weight_input(emit: Emitter, nodes: list, weight: WeightPlan, index: GraphIn
     qp = weight.params
     key = (weight.tensor, qp.scale.tobytes() + qp.zero_point.tobytes() + str(qp.axis).encode())
     if key not in done:
-        q = quantize(index.constant(weight.tensor), qp)
+        q = weight.integers(index.constant(weight.tensor))
         q_name = emit.names.new(f"{weight.tensor}_quantized")
         emit.initializers.append(typed_constant(q, qp, q_name))
         dequantized = emit.names.new(f"{weight.tensor}_dequantized")

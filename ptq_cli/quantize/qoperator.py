@@ -24,9 +24,9 @@ from ptq_cli.errors import UsageError
 from ptq_cli.model.graph import GraphIndex, attribute, drop_unused_initializers
 from ptq_cli.model.io import opset_version
 from ptq_cli.quantize.handlers import Layout, OpHandler, OutputRule, activation_inputs, handler_for
-from ptq_cli.quantize.plan import QuantPlan
+from ptq_cli.quantize.plan import QuantPlan, WeightPlan
 from ptq_cli.quantize.emit import Emitter, typed_constant
-from ptq_cli.quantize.scheme import QParams, quantize, quantize_bias
+from ptq_cli.quantize.scheme import QParams, quantize_bias
 
 MS_DOMAIN = "com.microsoft"
 # metadata_props key: {integer tensor: {"float": float tensor, "lo": bound, "hi": bound}} for `ptq inspect`,
@@ -118,7 +118,7 @@ class _Rewriter:
         already integer, or quantized here (the start of an integer region)."""
         weight = self.plan.weights.get((node.name, name))
         if weight is not None:
-            return self._weight(weight.tensor, weight.params), weight.params
+            return self._weight(weight), weight.params
         qp = self.plan.activations[name]
         if name not in self.ints:
             quantized = self.emit.names.new(f"{name}_quantized")
@@ -127,11 +127,12 @@ class _Rewriter:
             self.ints[name] = quantized
         return self.ints[name], qp
 
-    def _weight(self, tensor: str, qp: QParams) -> str:
+    def _weight(self, weight: WeightPlan) -> str:
+        tensor, qp = weight.tensor, weight.params
         key = (tensor, qp.scale.tobytes() + qp.zero_point.tobytes() + str(qp.axis).encode())
         if key not in self.weights_done:
             name = self.emit.names.new(f"{tensor}_quantized")
-            self.emit.initializers.append(typed_constant(quantize(self.index.constant(tensor), qp), qp, name))
+            self.emit.initializers.append(typed_constant(weight.integers(self.index.constant(tensor)), qp, name))
             self.weights_done[key] = name
         return self.weights_done[key]
 
