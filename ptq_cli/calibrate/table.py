@@ -12,6 +12,7 @@ The statistics are enough to recompute any method (`with_method`) and to merge s
 
 from __future__ import annotations
 
+import binascii
 import hashlib
 import json
 import os
@@ -24,6 +25,7 @@ from typing import Any
 import onnx
 
 from ptq_cli import __version__
+from ptq_cli.calibrate.gram import Gram
 from ptq_cli.calibrate.methods import Range, compute_range
 from ptq_cli.calibrate.stats import TensorStats
 from ptq_cli.errors import CalibrationError, UsageError
@@ -53,14 +55,18 @@ class CalibrationTable:
     samples: int = 0
     shard: tuple[int, int] | None = None
     tool: str = field(default=f"ptq {__version__}")
+    # Σ x·xᵀ of the weighted layers' inputs, for GPTQ rounding (calibrate/gram.py); keyed by gram_key
+    grams: Mapping[str, Gram] = field(default_factory=dict)
 
     @classmethod
     def build(cls, model_sha256: str, spec: CalibrationSpec, stats: Mapping[str, TensorStats], *,
-              data: str = "", samples: int = 0, shard: tuple[int, int] | None = None) -> "CalibrationTable":
+              data: str = "", samples: int = 0, shard: tuple[int, int] | None = None,
+              grams: Mapping[str, Gram] | None = None) -> "CalibrationTable":
         """A table whose ranges are computed from `stats` with `spec`'s method."""
         kept = {name: s for name, s in stats.items() if not s.minmax.empty}
         ranges = {name: _range(spec, name, s) for name, s in kept.items()}
-        return cls(model_sha256, spec, kept, ranges, data, samples, shard)
+        return cls(model_sha256, spec, kept, ranges, data, samples, shard,
+                   grams={k: g for k, g in (grams or {}).items() if g.total is not None})
 
     # --- queries ----------------------------------------------------------------------------
     @property
@@ -95,7 +101,7 @@ class CalibrationTable:
         collected = replace(spec, bins=min(spec.bins, self.spec.bins),
                             moving_average=self.spec.moving_average)
         return CalibrationTable.build(self.model_sha256, collected, stats, data=self.data,
-                                      samples=self.samples, shard=self.shard)
+                                      samples=self.samples, shard=self.shard, grams=self.grams)
 
     # --- JSON -------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -104,10 +110,13 @@ class CalibrationTable:
             entry = stats.to_dict()
             entry["range"] = list(self.ranges[name])
             tensors[name] = entry
-        return {"format": FORMAT, "version": VERSION, "tool": self.tool,
-                "model_sha256": self.model_sha256, "data": self.data, "samples": self.samples,
-                "shard": list(self.shard) if self.shard else None,
-                "calibration": spec_to_dict(self.spec), "tensors": tensors}
+        out = {"format": FORMAT, "version": VERSION, "tool": self.tool,
+               "model_sha256": self.model_sha256, "data": self.data, "samples": self.samples,
+               "shard": list(self.shard) if self.shard else None,
+               "calibration": spec_to_dict(self.spec), "tensors": tensors}
+        if self.grams:
+            out["grams"] = {key: gram.to_dict() for key, gram in self.grams.items()}
+        return out
 
     @classmethod
     def from_dict(cls, data: Any, where: str = "calibration table") -> "CalibrationTable":
@@ -121,9 +130,10 @@ class CalibrationTable:
             stats = {n: TensorStats.from_dict(t) for n, t in data["tensors"].items()}
             ranges = {n: (float(t["range"][0]), float(t["range"][1])) for n, t in data["tensors"].items()}
             shard = tuple(data["shard"]) if data.get("shard") else None
+            grams = {k: Gram.from_dict(g) for k, g in (data.get("grams") or {}).items()}
             return cls(str(data["model_sha256"]), spec, stats, ranges, str(data.get("data", "")),
-                       int(data.get("samples", 0)), shard, str(data.get("tool", "")))
-        except (KeyError, TypeError, ValueError, IndexError) as exc:
+                       int(data.get("samples", 0)), shard, str(data.get("tool", "")), grams)
+        except (KeyError, TypeError, ValueError, IndexError, binascii.Error) as exc:
             raise CalibrationError(f"{where} is damaged ({type(exc).__name__}: {exc}); "
                                    "recalibrate with ptq calibrate") from None
 
@@ -170,6 +180,9 @@ def merge(tables: Sequence[CalibrationTable]) -> CalibrationTable:
         if other.spec != first.spec:
             raise CalibrationError("cannot merge tables made with different calibration settings "
                                    f"({spec_to_dict(first.spec)} vs {spec_to_dict(other.spec)}); use the same flags for every shard")
+        if set(other.grams) != set(first.grams):
+            raise CalibrationError("cannot merge tables with and without second-order statistics (--gram); "
+                                   "use the same flags for every shard")
     stats: dict[str, TensorStats] = {}
     for table in tables:
         for name, s in table.stats.items():
@@ -177,9 +190,13 @@ def merge(tables: Sequence[CalibrationTable]) -> CalibrationTable:
                 stats[name].merge(s)
             else:
                 stats[name] = s.copy()
+    grams = {key: Gram() for key in first.grams}
+    for table in tables:
+        for key, gram in table.grams.items():
+            grams[key].merge(gram)
     data = "; ".join(dict.fromkeys(t.data for t in tables))
     return CalibrationTable.build(first.model_sha256, first.spec, stats, data=data,
-                                  samples=sum(t.samples for t in tables))
+                                  samples=sum(t.samples for t in tables), grams=grams)
 
 
 def spec_to_dict(spec: CalibrationSpec) -> dict[str, Any]:

@@ -70,6 +70,8 @@ class _CalibrateCommand(click.Command):
 @click.option("--keep-histograms", is_flag=True,
               help="Collect histograms with --method minmax too, so a later "
                    "`ptq quantize --calibration TABLE --method ...` can switch method.")
+@click.option("--gram", is_flag=True,
+              help="Also sum x·xᵀ of every MatMul/Gemm/Conv weight's input (for quantize --rounding gptq).")
 @click.option("--max-samples", type=click.IntRange(min=1), help="Use at most N samples.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=1, show_default=True,
               help="Rows per inference run (a model whose batch is fixed at 1 is fed one at a time).")
@@ -102,6 +104,7 @@ def calibrate_command(ctx: click.Context, model: Path, **kwargs: Any) -> None:
         table = calibrate(model, dataset, spec=spec, batch_size=kwargs["batch_size"],
                           max_samples=kwargs["max_samples"], shard=kwargs["shard"],
                           provider=kwargs["provider"], histograms=kwargs["keep_histograms"] or None,
+                          grams=kwargs["gram"],
                           progress=not kwargs["quiet"])
         table.save(output, force=kwargs["force"])
         seconds = time.perf_counter() - started
