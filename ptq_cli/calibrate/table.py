@@ -16,7 +16,6 @@ import binascii
 import hashlib
 import json
 import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -29,7 +28,8 @@ from ptq_cli.calibrate.gram import Gram
 from ptq_cli.calibrate.methods import Range, compute_range
 from ptq_cli.calibrate.stats import TensorStats
 from ptq_cli.errors import CalibrationError, UsageError
-from ptq_cli.model.io import check_writable, sha256_file
+from ptq_cli.files import write_text
+from ptq_cli.model.io import sha256_file
 from ptq_cli.recipe import CalibMethod, CalibrationSpec
 
 FORMAT = "ptq-calibration"
@@ -137,21 +137,11 @@ class CalibrationTable:
             raise CalibrationError(f"{where} is damaged ({type(exc).__name__}: {exc}); "
                                    "recalibrate with ptq calibrate") from None
 
-    def save(self, path: str | os.PathLike, *, force: bool = False) -> Path:
-        """Write atomically (temp file + rename); an existing file needs force."""
-        path = Path(path)
-        check_writable(path, force=force)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                json.dump(self.to_dict(), f, separators=(",", ":"), allow_nan=False)
-                f.write("\n")
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        return path
+    def save(self, path: str | os.PathLike, *, force: bool = False,
+             protect: tuple[str | os.PathLike | None, ...] = ()) -> Path:
+        """Write atomically through the one write path; an existing file needs force."""
+        text = json.dumps(self.to_dict(), separators=(",", ":"), allow_nan=False) + "\n"
+        return write_text(path, text, force=force, protect=protect)
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "CalibrationTable":

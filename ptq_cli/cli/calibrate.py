@@ -98,7 +98,8 @@ def calibrate_command(ctx: click.Context, model: Path, **kwargs: Any) -> None:
         spec = CalibrationSpec(method=CalibMethod(kwargs["method"]), percentile=kwargs["percentile"],
                                bins=kwargs["bins"], moving_average=kwargs["moving_average"])
         output = kwargs["output"] or default_output(model, kwargs["shard"])
-        check_writable(output, force=kwargs["force"], protect=(model,))
+        inputs = (model, data_opts.get("data"), data_opts.get("labels"))
+        check_writable(output, force=kwargs["force"], protect=inputs)
         dataset = dataset_from_options(model, **data_opts)
         started = time.perf_counter()
         table = calibrate(model, dataset, spec=spec, batch_size=kwargs["batch_size"],
@@ -106,7 +107,7 @@ def calibrate_command(ctx: click.Context, model: Path, **kwargs: Any) -> None:
                           provider=kwargs["provider"], histograms=kwargs["keep_histograms"] or None,
                           grams=kwargs["gram"],
                           progress=not kwargs["quiet"])
-        table.save(output, force=kwargs["force"])
+        table.save(output, force=kwargs["force"], protect=inputs)
         seconds = time.perf_counter() - started
         if not kwargs["quiet"]:
                 click.echo(f"ptq: calibrated {len(table.names)} tensors on {table.samples} samples "
@@ -136,7 +137,7 @@ def merge_command(ctx: click.Context, tables: tuple[Path, ...], output: Path, fo
         check_writable(output, force=force, protect=tables)
         started = time.perf_counter()
         table = merge([CalibrationTable.load(p) for p in tables])
-        table.save(output, force=force)
+        table.save(output, force=force, protect=tables)
         seconds = time.perf_counter() - started
         click.echo(f"ptq: merged {len(tables)} tables ({table.samples} samples, "
                    f"{len(table.names)} tensors) -> {output}", err=True)

@@ -42,6 +42,7 @@ _FILE = click.Path(dir_okay=False, writable=True, path_type=Path)
 @click.option("--max-samples", type=click.IntRange(min=1), metavar="N", help="Use at most N samples.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=1, show_default=True, metavar="N",
               help="Samples per run (models with a batch fixed at 1 are fed one at a time).")
+@click.option("--force", is_flag=True, help="Replace report files (--markdown, --junit, --html) that exist.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 @click.pass_context
 def compare_command(ctx: click.Context, reference: Path, candidate: Path, **kwargs) -> None:
@@ -49,8 +50,9 @@ def compare_command(ctx: click.Context, reference: Path, candidate: Path, **kwar
 
     \b
     Reports SQNR, cosine, max/mean abs error and RMSE per output, top-1/top-5 agreement for
-    classifiers, and accuracy with labels. Report files (--markdown, --junit, --html) are
-    replaced when they exist. With GITHUB_STEP_SUMMARY set, the Markdown summary is appended there.
+    classifiers, and accuracy with labels. Report files (--markdown, --junit, --html) are never
+    written over an input, and replace an existing file only with --force. With
+    GITHUB_STEP_SUMMARY set, the Markdown summary is appended there.
 
     Exit codes: 0 ok, 1 a threshold was missed, 2 usage error, 3 failure.
     """
@@ -59,9 +61,16 @@ def compare_command(ctx: click.Context, reference: Path, candidate: Path, **kwar
     from ptq_cli.compare.html import render_html
     from ptq_cli.compare.junit import render_junit
     from ptq_cli.compare.render import render_markdown, render_text
+    from ptq_cli.files import check_distinct, check_output
 
     with reported_errors(ctx):
         data = pop_data_options(kwargs)
+        inputs = (reference, candidate, data["data"], data.get("labels"))
+        reports = [kwargs[option] for option in ("markdown", "junit", "html")]
+        check_distinct(reports)
+        for path in reports:  # before the long measurement, so that a refusal costs nothing
+            if path is not None:
+                check_output(path, force=kwargs["force"], protect=inputs)
         report = compare(
             reference, candidate, data["data"], labels=data.get("labels"),
             image=image_preprocess_from_options(**data), per_layer=kwargs["per_layer"],
@@ -73,10 +82,10 @@ def compare_command(ctx: click.Context, reference: Path, candidate: Path, **kwar
         for option, render in (("markdown", lambda: markdown), ("junit", lambda: render_junit(report)),
                                ("html", lambda: render_html(report))):
             if kwargs[option] is not None:
-                write_report(kwargs[option], render())
+                write_report(kwargs[option], render(), force=kwargs["force"], protect=inputs)
         summary = os.environ.get("GITHUB_STEP_SUMMARY")
         if summary:
-            append_step_summary(summary, markdown)
+            append_step_summary(summary, markdown, protect=inputs)
     if kwargs["as_json"]:
         click.echo(json.dumps(report.to_dict(), indent=2, allow_nan=False))
         click.echo(render_text(report), err=True, nl=False)

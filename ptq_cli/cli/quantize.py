@@ -77,12 +77,17 @@ def quantize_command(ctx: click.Context, model: Path, output: Path | None, calib
       ptq quantize model.onnx --calibration model.calib.json --per-tensor -o out.onnx
       ptq quantize model.onnx --dynamic
     """
+    from ptq_cli.files import check_output
     from ptq_cli.quantize.api import default_output, quantize
 
     data_opts = pop_data_options(flags)
     with reported_errors(ctx):
+        output = output or default_output(model)
+        # Every file the command reads, flags included, is an input the output must not replace.
+        check_output(output, force=force, protect=(model, data_opts.get("data"), data_opts.get("labels"),
+                                                   calibration, recipe_file))
         recipe = _recipe(recipe_file, **flags)
-        result = quantize(model, output or default_output(model), data=data_opts.get("data"),
+        result = quantize(model, output, data=data_opts.get("data"),
                           calibration=calibration, recipe=recipe, image=image_preprocess_from_options(**data_opts),
                           force=force, progress=not quiet, batch_size=batch_size, max_samples=max_samples)
     if as_json:

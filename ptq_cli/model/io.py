@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,7 +16,8 @@ import numpy as np
 import onnx
 from onnx import helper
 
-from ptq_cli.errors import ModelError, OutputExistsError, UsageError
+from ptq_cli.errors import ModelError
+from ptq_cli.files import check_output, staged_many, write_bytes
 
 _TWO_GB = 2**31 - 1
 
@@ -77,50 +77,31 @@ def check_writable(path: str | os.PathLike, *, force: bool = False,
                    protect: tuple[str | os.PathLike | None, ...] = ()) -> None:
     """Refuse to write over an input (`protect`), or over an existing file without `force`.
 
-    Commands call it before their long work too, so that a refusal costs nothing."""
-    path = Path(path)
-    for p in protect:
-        if p is not None and Path(p).exists() and path.exists() and path.resolve() == Path(p).resolve():
-            raise UsageError(f"refusing to write over the input {p}; choose another output with -o")
-    if path.exists() and not force:
-        raise OutputExistsError(f"{path} already exists; pass --force to replace it or choose another -o")
+    Commands call it before their long work too, so that a refusal costs nothing. The rules
+    live in ptq_cli.files, the one write path of every output."""
+    check_output(path, force=force, protect=protect)
 
 
 def save_model(model: onnx.ModelProto, path: str | os.PathLike, *, force: bool = False,
-               protect: tuple[str | os.PathLike, ...] = ()) -> Path:
+               protect: tuple[str | os.PathLike | None, ...] = ()) -> Path:
     """Write `model` to `path` atomically. Paths in `protect` (the inputs) are never written."""
     path = Path(path)
-    check_writable(path, force=force, protect=protect)
-    path.parent.mkdir(parents=True, exist_ok=True)
     large = model.ByteSize() >= _TWO_GB if _byte_size_is_safe(model) else True
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+    if not large:
+        return write_bytes(path, model.SerializeToString(deterministic=True), force=force, protect=protect)
     data_name = f"{path.name}.data"
-    tmp_data = Path(tmp).parent / f"{Path(tmp).name}.data"
-    try:
-        if large:
-            # save_model moves the weights out of the proto it is given: give it a copy.
-            external = onnx.ModelProto()
-            external.CopyFrom(model)
-            onnx.save_model(external, tmp, save_as_external_data=True, all_tensors_to_one_file=True,
-                            location=tmp_data.name, size_threshold=1024)
-            # The .onnx file names its data file; point it at the final name before renaming both.
-            for tensor in _external_tensors(external):
-                for entry in tensor.external_data:
-                    if entry.key == "location":
-                        entry.value = data_name
-            with open(tmp, "wb") as f:
-                f.write(external.SerializeToString())
-            if tmp_data.exists():
-                os.replace(tmp_data, path.parent / data_name)
-        else:
-            with open(tmp, "wb") as f:
-                f.write(model.SerializeToString(deterministic=True))
-        os.replace(tmp, path)
-    except BaseException:
-        for leftover in (Path(tmp), tmp_data):
-            leftover.unlink(missing_ok=True)
-        raise
+    with staged_many([path.parent / data_name, path], force=force, protect=protect) as (tmp_data, tmp):
+        # save_model moves the weights out of the proto it is given: give it a copy.
+        external = onnx.ModelProto()
+        external.CopyFrom(model)
+        onnx.save_model(external, str(tmp), save_as_external_data=True, all_tensors_to_one_file=True,
+                        location=tmp_data.name, size_threshold=1024)
+        # The .onnx file names its data file; point it at the final name before both are renamed.
+        for tensor in _external_tensors(external):
+            for entry in tensor.external_data:
+                if entry.key == "location":
+                    entry.value = data_name
+        tmp.write_bytes(external.SerializeToString())
     return path
 
 

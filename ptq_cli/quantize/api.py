@@ -92,8 +92,9 @@ def quantize(model: str | os.PathLike | onnx.ModelProto, output: str | os.PathLi
     if recipe.rounding is Rounding.GPTQ:
         raise UsageError("--rounding gptq is not available in this version of ptq; use nearest or stochastic")
     source, source_sha, path = _load_source(model)
+    inputs = _input_paths(path, data, calibration)
     if output is not None:
-        check_writable(output, force=force, protect=(path,))  # before the long calibration
+        check_writable(output, force=force, protect=inputs)  # before the long calibration
     if recipe.dynamic:
         check_dynamic_recipe(recipe)
         quantized, done, skipped = rewrite_dynamic(prepare(source, min_opset=QDQ_PER_AXIS_OPSET), recipe)
@@ -112,9 +113,14 @@ def quantize(model: str | os.PathLike | onnx.ModelProto, output: str | os.PathLi
         data_description = table.data
     _stamp(quantized, recipe, source_sha, data_description)
     _verify_loads(quantized)
-    written = save_model(quantized, output, force=force, protect=(path,) if path else ()) if output else None
+    written = save_model(quantized, output, force=force, protect=inputs) if output else None
     return QuantizeResult(quantized, written, recipe, tuple(plan.quantized), tuple(plan.skipped), dict(plan.fused),
                           source.ByteSize(), quantized.ByteSize(), source_sha)
+
+
+def _input_paths(*given) -> tuple[str | os.PathLike, ...]:
+    """The files and folders a run reads, which its output must never replace."""
+    return tuple(p for p in given if isinstance(p, (str, os.PathLike)))
 
 
 def _equalized(source: onnx.ModelProto, data, recipe: Recipe, image, **collect) -> onnx.ModelProto:

@@ -6,7 +6,7 @@ import numpy as np
 import onnx
 import pytest
 
-from ptq_cli.errors import ModelError, OutputExistsError, UsageError
+from ptq_cli.errors import ModelError, OutputExistsError, PtqError, UsageError
 from ptq_cli.model.io import input_specs, load_model, save_model
 from ptq_cli.recipe import (CalibMethod, CalibrationSpec, Format, PerChannel, PerTensor, QType, Recipe,
                             TensorSpec)
@@ -53,7 +53,7 @@ def test_save_is_atomic_and_refuses_overwrite(rng, tmp_path, monkeypatch):
         raise OSError("disk full")
 
     monkeypatch.setattr("ptq_cli.model.io.os.replace", fail)
-    with pytest.raises(OSError):
+    with pytest.raises(PtqError, match="half.onnx"):
         save_model(model, tmp_path / "half.onnx")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.onnx"]  # nothing half-written
 
