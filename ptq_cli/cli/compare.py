@@ -32,6 +32,9 @@ _FILE = click.Path(dir_okay=False, writable=True, path_type=Path)
                    "labels when given, else agreement with the reference.")
 @click.option("--min-cosine", type=click.FloatRange(-1, 1), metavar="C",
               help="Fail (exit 1) if any output's mean cosine similarity is below C.")
+@click.option("--min-agreement", type=click.FloatRange(0, 1), metavar="F",
+              help="Fail (exit 1) if any output's top-1 agreement with REFERENCE (per step for [N, T, C] "
+                   "scores, exact for integer outputs) is below F (a fraction).")
 @click.option("--json", "as_json", is_flag=True,
               help="Print the report as JSON on stdout (schema in ptq_cli/compare/report.py); "
                    "the table then goes to stderr.")
@@ -76,7 +79,8 @@ def compare_command(ctx: click.Context, reference: Path, candidate: Path, **kwar
             image=image_preprocess_from_options(**data), per_layer=kwargs["per_layer"],
             per_layer_samples=kwargs["per_layer_samples"],
             latency=kwargs["latency"], max_samples=kwargs["max_samples"], batch_size=kwargs["batch_size"],
-            thresholds=Thresholds(kwargs["min_sqnr"], kwargs["max_top1_drop"], kwargs["min_cosine"]),
+            thresholds=Thresholds(kwargs["min_sqnr"], kwargs["max_top1_drop"], kwargs["min_cosine"],
+                                  kwargs["min_agreement"]),
             progress=not kwargs["quiet"])
         markdown = render_markdown(report)
         for option, render in (("markdown", lambda: markdown), ("junit", lambda: render_junit(report)),

@@ -1,13 +1,13 @@
 """`ptq compare`: accuracy drift between a reference model and a candidate (usually its INT8 version).
 
-metrics (streaming accumulators) · layers (graph matching of QDQ tensors) · engine (the run loop)
-· switches/sensitivity (each quantized node measured alone, for --per-layer) · latency · thresholds
-· report (typed result, JSON schema) · render/junit/html (output formats).
+engine (the run loop) · latency · report (typed result, JSON schema) · render/junit/html (output formats).
+The measurement itself (metrics, output kinds, layer matching, isolated sensitivity, thresholds)
+lives in ptq_cli.drift, which quantize's drift budget uses too.
 """
 
 from ptq_cli.compare.api import compare, compare_batches
 from ptq_cli.compare.latency import LatencySettings
 from ptq_cli.compare.report import CompareReport
-from ptq_cli.compare.thresholds import Thresholds
+from ptq_cli.drift.thresholds import Thresholds
 
 __all__ = ["compare", "compare_batches", "CompareReport", "Thresholds", "LatencySettings"]

@@ -14,11 +14,12 @@ import onnx
 
 from ptq_cli.compare.engine import measure
 from ptq_cli.compare.latency import LatencySettings, measure_latency
-from ptq_cli.compare.layers import match_layers
+from ptq_cli.drift.layers import match_layers
 from ptq_cli.compare.report import CompareReport, ModelRef
-from ptq_cli.compare.runtime import make_session
-from ptq_cli.compare.sensitivity import measure_sensitivity
-from ptq_cli.compare.thresholds import Thresholds, evaluate
+from ptq_cli.drift.kinds import output_kinds
+from ptq_cli.drift.runtime import make_session
+from ptq_cli.drift.sensitivity import measure_sensitivity
+from ptq_cli.drift.thresholds import Thresholds, evaluate
 from ptq_cli.errors import DataError, ModelError, UsageError
 from ptq_cli.model.io import InputSpec, input_specs, load_model, sha256_file
 
@@ -75,8 +76,9 @@ def compare_batches(reference: onnx.ModelProto, candidate: onnx.ModelProto, batc
         raise UsageError(f"per-layer samples must be at least 1, got {per_layer_samples}")
     specs = check_same_inputs(reference, candidate)
     pairs, notes = output_pairs(reference, candidate)
+    kinds = output_kinds(reference)
     matching = match_layers(reference, candidate) if per_layer else None
-    measured = measure(reference, candidate, batches, pairs, matching=matching, total=total,
+    measured = measure(reference, candidate, batches, pairs, kinds, matching=matching, total=total,
                        progress=progress, keep_inputs=latency_settings.max_inputs if latency else 0,
                        keep_samples=per_layer_samples if per_layer else 0)
     if measured.samples == 0:
@@ -86,7 +88,7 @@ def compare_batches(reference: onnx.ModelProto, candidate: onnx.ModelProto, batc
         batch_free = all(len(s.shape) > 0 and s.shape[0] is None for s in specs)
         sensitivity = measure_sensitivity(reference, candidate, matching, measured.kept_inputs, pairs,
                                           max_samples=per_layer_samples, batch_free=batch_free,
-                                          progress=progress)
+                                          progress=progress, kinds=kinds)
         layers = replace(layers, sensitivity=sensitivity)
     timing = None
     if latency:

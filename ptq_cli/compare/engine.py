@@ -17,13 +17,13 @@ import numpy as np
 import onnx
 from tqdm import tqdm
 
-from ptq_cli.compare.layers import LayerMatch, Matching
-from ptq_cli.compare.metrics import (ClassAccumulator, ErrorAccumulator, SqnrAccumulator, as_rows, hist_edges,
-                                    is_classification)
-from ptq_cli.compare.report import (ClassReport, LayerReport, LayersReport, OutputReport,
+from ptq_cli.drift.kinds import OutputKind
+from ptq_cli.drift.layers import LayerMatch, Matching
+from ptq_cli.drift.metrics import SqnrAccumulator
+from ptq_cli.drift.outputs import OutputState
+from ptq_cli.compare.report import (LayerReport, LayersReport, OutputReport,
                                     UnmatchedLayer)
-from ptq_cli.compare.runtime import make_session, run
-from ptq_cli.errors import ModelError
+from ptq_cli.drift.runtime import make_session, run
 
 
 @dataclass(frozen=True)
@@ -33,38 +33,6 @@ class Measured:
     samples: int
     labelled: int
     kept_inputs: tuple[dict[str, np.ndarray], ...]   # the first batches, reused (latency, sensitivity)
-
-
-class _OutputState:
-    def __init__(self, name: str, cand_name: str) -> None:
-        self.name, self.cand_name = name, cand_name
-        self.errors = ErrorAccumulator()
-        self.classes: ClassAccumulator | None = None
-        self.shape: tuple[int, ...] | None = None
-
-    def update(self, ref: np.ndarray, cand: np.ndarray, size: int, labels) -> None:
-        if ref.shape != cand.shape:
-            raise ModelError(f"output {self.name!r} has shape {list(ref.shape)} in the reference but "
-                             f"{list(cand.shape)} in the candidate; are they the same model?")
-        if self.shape is None:
-            self.shape = tuple(int(d) for d in ref.shape)
-            if is_classification(self.shape):
-                self.classes = ClassAccumulator(self.shape[1])
-        r, c = as_rows(ref, size), as_rows(cand, size)
-        self.errors.update(r, c)
-        if self.classes is not None and ref.ndim == 2:
-            self.classes.update(r, c, list(labels) if labels and r.shape[0] == size else None)
-
-    def report(self) -> OutputReport:
-        s = self.errors.summary()
-        cls = None
-        if self.classes is not None:
-            k = self.classes.summary()
-            cls = ClassReport(self.classes.classes, k.top1_agreement, k.top5_agreement, k.labelled,
-                              k.reference_top1, k.candidate_top1, k.reference_top5, k.candidate_top5)
-        return OutputReport(self.name, self.shape or (), s.samples, s.nonfinite_candidate,
-                            s.nonfinite_reference, s.sqnr_db, s.cosine_mean, s.cosine_min, s.max_abs,
-                            s.mean_abs, s.rmse, tuple(float(e) for e in hist_edges()), s.hist_counts, cls)
 
 
 class _LayerState:
@@ -138,13 +106,13 @@ def _worst_first(row: LayerReport) -> tuple:
 
 
 def measure(reference: onnx.ModelProto, candidate: onnx.ModelProto, batches: Iterable,
-            output_pairs: list[tuple[str, str]], *, matching: Matching | None, total: int | None,
+            output_pairs: list[tuple[str, str]], kinds: dict[str, OutputKind], *, matching: Matching | None, total: int | None,
             progress: bool, keep_inputs: int = 0, keep_samples: int = 0) -> Measured:
     """Run both models on every batch (objects with .feeds, .size, .labels) and summarise; keep the
     first batches' feeds, at least `keep_inputs` batches and `keep_samples` samples."""
     ref_session = make_session(reference, "reference")
     cand_session = make_session(candidate, "candidate")
-    states = [_OutputState(r, c) for r, c in output_pairs]
+    states = [OutputState(r, c, kinds.get(r, OutputKind.TENSOR)) for r, c in output_pairs]
     layers = _LayerState(reference, candidate, matching) if matching is not None else None
     samples = labelled = 0
     kept: list[dict[str, np.ndarray]] = []

@@ -37,7 +37,7 @@ def output_rows(report: CompareReport) -> tuple[list[str], list[list[str]]]:
         cls = out.classification
         rows.append([out.name, _sqnr(out), fmt(out.cosine_mean, ".5f"), fmt(out.max_abs_error, ".3g"),
                      fmt(out.mean_abs_error, ".3g"), fmt(out.rmse, ".3g"),
-                     _pct(cls.top1_agreement) if cls else "-",
+                     _pct(out.top1_agreement) if out.top1_agreement is not None else "-",
                      _pct(cls.top5_agreement) if cls else "-", str(out.nonfinite_candidate)])
     return header, rows
 

@@ -137,7 +137,7 @@ def ranges(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> dict[str, fl
     """int8 symmetric scale of every graph input and node output, from one run in onnxruntime."""
     import onnxruntime as ort
 
-    from ptq_cli.compare.runtime import with_outputs
+    from ptq_cli.drift.runtime import with_outputs
 
     names = [n for node in model.graph.node for n in node.output]
     sess = ort.InferenceSession(with_outputs(model, tuple(names)).SerializeToString(),

@@ -3,7 +3,7 @@ import math
 import numpy as np
 import pytest
 
-from ptq_cli.compare.metrics import (ClassAccumulator, ErrorAccumulator, SqnrAccumulator, as_rows, hist_edges,
+from ptq_cli.drift.metrics import (ClassAccumulator, ErrorAccumulator, SqnrAccumulator, as_rows, hist_edges,
                                      is_classification, sqnr_db)
 
 

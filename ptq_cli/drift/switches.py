@@ -20,7 +20,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from ptq_cli.compare.layers import GraphView, Matching
+from ptq_cli.drift.layers import GraphView, Matching
 
 _PREFIX = "__ptq_float/"
 _QDQ = ("QuantizeLinear", "DequantizeLinear")

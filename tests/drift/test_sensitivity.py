@@ -11,9 +11,9 @@ from onnx import numpy_helper
 
 from ptq_cli.cli import main
 from ptq_cli.compare.api import compare_batches
-from ptq_cli.compare.layers import match_layers
-from ptq_cli.compare.sensitivity import measure_sensitivity
-from ptq_cli.compare.switches import FloatBase
+from ptq_cli.drift.layers import match_layers
+from ptq_cli.drift.sensitivity import measure_sensitivity
+from ptq_cli.drift.switches import FloatBase
 from ptq_cli.data import Batch
 from tests.compare.models import fake_quant, make_qdq, mlp, ranges
 

@@ -1,9 +1,15 @@
-"""Pass/fail limits for `ptq compare`, checked against the finished per-output figures.
+"""Pass/fail limits on drift (`ptq compare`'s thresholds, `ptq quantize`'s budget), checked against
+the finished per-output figures.
 
 - min_sqnr (dB): every output's SQNR must reach it;
 - max_top1_drop (percentage points): on every classification-like output, the top-1 accuracy drop
   against the labels when there are labels, else 100 * (1 - top-1 agreement with the reference);
-- min_cosine: every output's mean cosine similarity must reach it.
+- min_cosine: every output's mean cosine similarity must reach it;
+- min_agreement (0..1): on every output with an agreement figure, the top-1 agreement with the
+  reference (per step for step scores; exact equality for integer outputs) must reach it.
+
+Integer outputs (ids, masks, indices) have no SQNR or cosine worth judging: min_sqnr and
+min_cosine skip them, min_agreement holds them to their exact agreement.
 
 A candidate that produced NaN/Inf on any sample misses min_sqnr and min_cosine (those rows are left
 out of the averages, so the averages alone would hide them); for top-1 they already count as misses.
@@ -14,7 +20,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from ptq_cli.compare.report import OutputReport, ThresholdResult
+from ptq_cli.drift.kinds import OutputKind
+from ptq_cli.drift.report import OutputReport, ThresholdResult
 from ptq_cli.errors import UsageError
 
 
@@ -23,9 +30,10 @@ class Thresholds:
     min_sqnr: float | None = None
     max_top1_drop: float | None = None
     min_cosine: float | None = None
+    min_agreement: float | None = None
 
     def __post_init__(self) -> None:
-        for name in ("min_sqnr", "max_top1_drop", "min_cosine"):
+        for name in _NAMES:
             value = getattr(self, name)
             if value is not None and not math.isfinite(value):
                 raise UsageError(f"threshold {name} must be a finite number, got {value}")
@@ -33,22 +41,39 @@ class Thresholds:
             raise UsageError(f"max_top1_drop is in percentage points and must be >= 0, got {self.max_top1_drop}")
         if self.min_cosine is not None and not -1.0 <= self.min_cosine <= 1.0:
             raise UsageError(f"min_cosine must lie in [-1, 1], got {self.min_cosine}")
+        if self.min_agreement is not None and not 0.0 <= self.min_agreement <= 1.0:
+            raise UsageError(f"min_agreement is a fraction and must lie in [0, 1], got {self.min_agreement}")
 
     @property
     def any(self) -> bool:
-        return any(v is not None for v in (self.min_sqnr, self.max_top1_drop, self.min_cosine))
+        return any(getattr(self, name) is not None for name in _NAMES)
+
+    def to_dict(self) -> dict:
+        return {name: getattr(self, name) for name in _NAMES}
+
+    def describe(self) -> str:
+        units = {"min_sqnr": " dB", "max_top1_drop": " pt"}
+        shown = [f"{name} {getattr(self, name):g}{units.get(name, '')}" for name in _NAMES
+                 if getattr(self, name) is not None]
+        return ", ".join(shown) or "none"
+
+
+_NAMES = ("min_sqnr", "max_top1_drop", "min_cosine", "min_agreement")
 
 
 def evaluate(thresholds: Thresholds, outputs: tuple[OutputReport, ...]) -> tuple[ThresholdResult, ...]:
     results = []
+    floats = tuple(o for o in outputs if o.kind is not OutputKind.INTEGER)
     if thresholds.min_sqnr is not None:
-        results.append(_lower_bound("min_sqnr", thresholds.min_sqnr, outputs,
+        results.append(_lower_bound("min_sqnr", thresholds.min_sqnr, floats,
                                     lambda o: math.inf if o.exact else o.sqnr_db, "SQNR", " dB"))
     if thresholds.max_top1_drop is not None:
         results.append(_top1(thresholds.max_top1_drop, outputs))
     if thresholds.min_cosine is not None:
-        results.append(_lower_bound("min_cosine", thresholds.min_cosine, outputs,
+        results.append(_lower_bound("min_cosine", thresholds.min_cosine, floats,
                                     lambda o: o.cosine_mean, "mean cosine", ""))
+    if thresholds.min_agreement is not None:
+        results.append(_agreement(thresholds.min_agreement, outputs))
     return tuple(results)
 
 
@@ -86,3 +111,14 @@ def _top1(limit: float, outputs: tuple[OutputReport, ...]) -> ThresholdResult:
     passed = worst <= limit
     detail = f"{what} {worst:.2f} pt on output {name!r} {'<=' if passed else '>'} {limit:g} pt"
     return ThresholdResult("max_top1_drop", float(limit), worst, passed, detail)
+
+
+def _agreement(limit: float, outputs: tuple[OutputReport, ...]) -> ThresholdResult:
+    values = [(o.top1_agreement, o.name) for o in outputs if o.top1_agreement is not None]
+    if not values:
+        return ThresholdResult("min_agreement", float(limit), None, False,
+                               "no output with an agreement figure (scores, step scores or integers)")
+    worst, name = min(values)
+    passed = worst >= limit
+    detail = f"worst top-1 agreement {worst:.4g} on output {name!r} {'>=' if passed else '<'} {limit:g}"
+    return ThresholdResult("min_agreement", float(limit), worst, passed, detail)

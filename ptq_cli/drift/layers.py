@@ -32,7 +32,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, numpy_helper
 
-from ptq_cli.compare.metrics import sqnr_db
+from ptq_cli.drift.metrics import sqnr_db
 
 _CONST = "<const>"
 _FUSABLE = ("Relu", "Clip")

@@ -21,11 +21,12 @@ import numpy as np
 import onnx
 from tqdm import tqdm
 
-from ptq_cli.compare.layers import Matching
-from ptq_cli.compare.metrics import ClassAccumulator, ErrorAccumulator, as_rows, is_classification
-from ptq_cli.compare.report import SensitivityReport, SensitivityRow
-from ptq_cli.compare.runtime import make_session, run
-from ptq_cli.compare.switches import FloatBase
+from ptq_cli.drift.layers import Matching
+from ptq_cli.drift.kinds import OutputKind
+from ptq_cli.drift.outputs import OutputState
+from ptq_cli.drift.report import SensitivityReport, SensitivityRow
+from ptq_cli.drift.runtime import make_session, run
+from ptq_cli.drift.switches import FloatBase
 
 _CHUNK = 16  # samples per run when the model's batch is free: fewer, larger runs
 # onnxruntime (>= 1.20) quantizes the float weights of a node fed by a DequantizeLinear when it
@@ -35,7 +36,8 @@ _KEEP_FLOAT_WEIGHTS = ("WeightBiasQuantization",)
 
 def measure_sensitivity(reference: onnx.ModelProto, candidate: onnx.ModelProto, matching: Matching,
                         feeds: Sequence[dict[str, np.ndarray]], output_pairs: list[tuple[str, str]], *,
-                        max_samples: int, batch_free: bool = True, progress: bool = False) -> SensitivityReport:
+                        max_samples: int, batch_free: bool = True, progress: bool = False,
+                        kinds: dict[str, OutputKind] | None = None) -> SensitivityReport:
     """Output SQNR and top-1 agreement of `candidate` with only one quantized node's quantization on,
     for each such node, over the first `max_samples` rows of `feeds` (batches); worst first.
 
@@ -53,7 +55,7 @@ def measure_sensitivity(reference: onnx.ModelProto, candidate: onnx.ModelProto, 
         node = base.nodes[k]
         what = f"variant with only {node.name or node.op_type!r} quantized"
         session = make_session(base.variant(k), what, disabled_optimizers=_KEEP_FLOAT_WEIGHTS)
-        state = _VariantState(output_pairs)
+        state = _VariantState(output_pairs, kinds or {})
         for chunk, ref in zip(chunks, expected):
             state.update(ref, run(session, chunk, what, [c for _, c in output_pairs]), _rows(chunk))
         rows.append(state.row(node.name, node.op_type))
@@ -61,28 +63,23 @@ def measure_sensitivity(reference: onnx.ModelProto, candidate: onnx.ModelProto, 
 
 
 class _VariantState:
-    """Output errors (and top-1 agreement of the first output) of one mask."""
+    """Output figures of one variant: the worst SQNR over the float outputs, and the agreement of
+    the first output that has one (top-1, per step, or exact for integers)."""
 
-    def __init__(self, output_pairs: list[tuple[str, str]]) -> None:
+    def __init__(self, output_pairs: list[tuple[str, str]], kinds: dict[str, OutputKind]) -> None:
         self.pairs = output_pairs
-        self.errors = [ErrorAccumulator(histogram=False) for _ in output_pairs]
-        self.classes: ClassAccumulator | None = None
+        self.states = [OutputState(r, c, kinds.get(r, OutputKind.SCORES), histogram=False) for r, c in output_pairs]
 
     def update(self, ref: dict, cand: dict, size: int) -> None:
-        for acc, (r_name, c_name) in zip(self.errors, self.pairs):
-            acc.update(as_rows(ref[r_name], size), as_rows(cand[c_name], size))
-        first_ref, first_cand = ref[self.pairs[0][0]], cand[self.pairs[0][1]]
-        if is_classification(first_ref.shape) and first_ref.shape[0] == size:
-            if self.classes is None:
-                self.classes = ClassAccumulator(first_ref.shape[1])
-            self.classes.update(as_rows(first_ref, size), as_rows(first_cand, size), None)
+        for state in self.states:
+            state.update(ref[state.name], cand[state.cand_name], size)
 
     def row(self, node: str, op_type: str) -> SensitivityRow:
-        summaries = [acc.summary() for acc in self.errors]
-        values = [s.sqnr_db for s in summaries if not math.isnan(s.sqnr_db)]
-        agreement = self.classes.summary().top1_agreement if self.classes is not None else None
+        reports = [state.report() for state in self.states]
+        values = [r.sqnr_db for r in reports if r.kind is not OutputKind.INTEGER and not math.isnan(r.sqnr_db)]
+        agreement = next((r.top1_agreement for r in reports if r.top1_agreement is not None), None)
         return SensitivityRow(node, op_type, min(values) if values else math.nan, agreement,
-                              sum(s.nonfinite_candidate for s in summaries))
+                              sum(r.nonfinite_candidate for r in reports))
 
 
 def _rank(row: SensitivityRow) -> tuple:
@@ -109,9 +106,22 @@ def _first(feeds: Sequence[dict[str, np.ndarray]], max_samples: int) -> list[dic
 
 
 def _regrouped(feeds: Sequence[dict[str, np.ndarray]], max_samples: int) -> list[dict[str, np.ndarray]]:
-    """The first `max_samples` rows of the batches, in runs of _CHUNK rows."""
+    """The first `max_samples` rows of the batches, in runs of up to _CHUNK rows. Rows are only
+    stacked with rows of the same shape (sequence lengths and image widths may differ per sample)."""
     if not feeds or any(a.ndim == 0 for f in feeds for a in f.values()):
         return _first(feeds, max_samples)
-    whole = {name: np.concatenate([f[name] for f in feeds])[:max_samples] for name in feeds[0]}
-    total = _rows(whole)
-    return [{name: a[i:i + _CHUNK] for name, a in whole.items()} for i in range(0, total, _CHUNK)]
+    groups: dict[tuple, list[dict[str, np.ndarray]]] = {}
+    rows = 0
+    for batch in feeds:
+        if rows >= max_samples:
+            break
+        take = min(_rows(batch), max_samples - rows)
+        signature = tuple((name, a.shape[1:], a.dtype.str) for name, a in sorted(batch.items()))
+        groups.setdefault(signature, []).append({name: a[:take] for name, a in batch.items()})
+        rows += take
+    chunks = []
+    for group in groups.values():
+        whole = {name: np.concatenate([f[name] for f in group]) for name in group[0]}
+        total = _rows(whole)
+        chunks += [{name: a[i:i + _CHUNK] for name, a in whole.items()} for i in range(0, total, _CHUNK)]
+    return chunks

@@ -1,0 +1,66 @@
+"""The figures of one model output, accumulated over batches and judged by its kind (see kinds.py)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ptq_cli.drift.kinds import OutputKind
+from ptq_cli.drift.metrics import ClassAccumulator, ErrorAccumulator, as_rows, hist_edges
+from ptq_cli.drift.report import ClassReport, OutputReport
+from ptq_cli.errors import ModelError
+
+
+class OutputState:
+    """Streaming figures of one (reference output, candidate output) pair."""
+
+    def __init__(self, name: str, cand_name: str, kind: OutputKind, *, histogram: bool = True) -> None:
+        self.name, self.cand_name, self.kind = name, cand_name, kind
+        self.errors = ErrorAccumulator(histogram=histogram)
+        self.classes: ClassAccumulator | None = None
+        self.shape: tuple[int, ...] | None = None
+        self.equal = self.rows = 0
+
+    def update(self, ref: np.ndarray, cand: np.ndarray, size: int, labels=None) -> None:
+        if ref.shape != cand.shape:
+            raise ModelError(f"output {self.name!r} has shape {list(ref.shape)} in the reference but "
+                             f"{list(cand.shape)} in the candidate; are they the same model?")
+        self._note_shape(ref.shape)
+        r, c = as_rows(ref, size), as_rows(cand, size)
+        if self.kind is OutputKind.INTEGER:
+            self.equal += int((r == c).all(axis=1).sum())
+            self.rows += r.shape[0]
+        self.errors.update(r, c)
+        if self.kind is OutputKind.SCORES and ref.ndim == 2 and ref.shape[1] > 1:
+            self._classes(ref.shape[1]).update(r, c, list(labels) if labels and r.shape[0] == size else None)
+        elif self.kind is OutputKind.STEP_SCORES and ref.ndim == 3:
+            # Every step is one prediction; labels belong to whole samples, not to steps.
+            classes = ref.shape[2]
+            steps_ref = ref.reshape(-1, classes).astype(np.float64, copy=False)
+            self._classes(classes).update(steps_ref, cand.reshape(-1, classes).astype(np.float64, copy=False), None)
+
+    def _classes(self, classes: int) -> ClassAccumulator:
+        if self.classes is None:
+            self.classes = ClassAccumulator(classes)
+        return self.classes
+
+    def _note_shape(self, shape: tuple[int, ...]) -> None:
+        """The first batch's shape; a dimension that varies between batches becomes -1."""
+        shape = tuple(int(d) for d in shape)
+        if self.shape is None:
+            self.shape = shape
+        elif len(shape) == len(self.shape):
+            self.shape = tuple(a if a == b else -1 for a, b in zip(self.shape, shape))
+
+    def report(self) -> OutputReport:
+        s = self.errors.summary()
+        cls = None
+        if self.classes is not None:
+            k = self.classes.summary()
+            cls = ClassReport(self.classes.classes, k.top1_agreement, k.top5_agreement, k.labelled,
+                              k.reference_top1, k.candidate_top1, k.reference_top5, k.candidate_top5,
+                              per_step=self.kind is OutputKind.STEP_SCORES)
+        exact = self.equal / self.rows if self.kind is OutputKind.INTEGER and self.rows else None
+        return OutputReport(self.name, self.shape or (), s.samples, s.nonfinite_candidate,
+                            s.nonfinite_reference, s.sqnr_db, s.cosine_mean, s.cosine_min, s.max_abs,
+                            s.mean_abs, s.rmse, tuple(float(e) for e in hist_edges()), s.hist_counts, cls,
+                            kind=self.kind, exact_agreement=exact)
