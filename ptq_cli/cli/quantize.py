@@ -127,4 +127,6 @@ def _summary(result) -> str:
         lines.append(f"  left in float: {len(result.skipped)} nodes")
         for (op_type, reason), count in sorted(reasons.items(), key=lambda kv: -kv[1]):
             lines.append(f"    {count:4d} x {op_type}: {reason}")
+    for reason in getattr(result, "prepare_skipped", ()):
+        lines.append(f"  warning: {reason}")
     return "\n".join(lines)

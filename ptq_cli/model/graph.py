@@ -7,7 +7,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import onnx
-from onnx import numpy_helper
+
+from ptq_cli.model.external import tensor_array
 
 
 @dataclass
@@ -43,7 +44,7 @@ class GraphIndex:
 
     def constant(self, name: str) -> np.ndarray | None:
         tensor = self.initializers.get(name)
-        return None if tensor is None else numpy_helper.to_array(tensor)
+        return None if tensor is None else tensor_array(tensor)
 
     def single_consumer(self, name: str) -> onnx.NodeProto | None:
         users = self.consumers.get(name, [])
@@ -82,6 +83,16 @@ def ensure_node_names(graph: onnx.GraphProto) -> None:
     for i, node in enumerate(graph.node):
         if not node.name:
             node.name = names.new(f"{node.op_type}_{i}")
+
+
+def remove_nodes(graph: onnx.GraphProto, removed: set[int]) -> int:
+    """Drop the nodes whose id() is in `removed`, and the initializers only they read."""
+    if removed:
+        kept = [n for n in graph.node if id(n) not in removed]
+        del graph.node[:]
+        graph.node.extend(kept)
+        drop_unused_initializers(graph)
+    return len(removed)
 
 
 def drop_unused_initializers(graph: onnx.GraphProto) -> None:

@@ -14,7 +14,7 @@ import onnx
 from ptq_cli import __version__
 from ptq_cli.errors import ModelError, UsageError
 from ptq_cli.model.io import check_model, check_writable, load_model, save_model
-from ptq_cli.model.prepare import QDQ_4_16_BIT_OPSET, QDQ_PER_AXIS_OPSET, prepare
+from ptq_cli.model.prepare import QDQ_4_16_BIT_OPSET, QDQ_PER_AXIS_OPSET, prepare, prepare_with_result
 from ptq_cli.quantize.bias_correction import correct_biases
 from ptq_cli.quantize.dynamic import DYNAMIC_DATA, check_dynamic_recipe, rewrite_dynamic
 from ptq_cli.quantize.equalize import equalization_pairs, equalize
@@ -38,6 +38,7 @@ class QuantizeResult:
     size_before: int = 0
     size_after: int = 0
     source_sha256: str = ""
+    prepare_skipped: tuple[str, ...] = ()  # what the graph passes left undone, and why
 
     def to_dict(self) -> dict:
         return {
@@ -48,6 +49,7 @@ class QuantizeResult:
             "skipped": [{"node": s.node, "op_type": s.op_type, "reason": s.reason} for s in self.skipped],
             "size_before": self.size_before,
             "size_after": self.size_after,
+            "prepare_skipped": list(self.prepare_skipped),
             "recipe": self.recipe.to_dict(),
             "ptq_version": __version__,
         }
@@ -63,12 +65,14 @@ def quantize_model(model: onnx.ModelProto, recipe: Recipe, ranges: Ranges,
     """The pure transformation: a float model and activation ranges in, a quantized model out.
 
     `channel_means` (per-channel E[x] of Conv/Gemm inputs) enables bias correction."""
-    prepared = prepare(model, min_opset=_required_opset(recipe))
+    prepared_result = prepare_with_result(model, min_opset=_required_opset(recipe))
+    prepared = prepared_result.model
     plan = make_plan(prepared, recipe, ranges)
     if recipe.bias_correction and channel_means:
         prepared, corrected = correct_biases(prepared, plan, channel_means)
         if corrected:
             plan = make_plan(prepared, recipe, ranges)  # the biases are new tensors now
+    plan.prepare_skipped = prepared_result.skipped
     if recipe.format is Format.QOPERATOR:
         from ptq_cli.quantize.qoperator import rewrite_qoperator
 
@@ -97,8 +101,9 @@ def quantize(model: str | os.PathLike | onnx.ModelProto, output: str | os.PathLi
         check_writable(output, force=force, protect=inputs)  # before the long calibration
     if recipe.dynamic:
         check_dynamic_recipe(recipe)
-        quantized, done, skipped = rewrite_dynamic(prepare(source, min_opset=QDQ_PER_AXIS_OPSET), recipe)
-        plan = QuantPlan(quantized=done, skipped=skipped)
+        prepared_result = prepare_with_result(source, min_opset=QDQ_PER_AXIS_OPSET)
+        quantized, done, skipped = rewrite_dynamic(prepared_result.model, recipe)
+        plan = QuantPlan(quantized=done, skipped=skipped, prepare_skipped=prepared_result.skipped)
         data_description = DYNAMIC_DATA
     else:
         collect = dict(progress=progress, batch_size=batch_size, max_samples=max_samples)
@@ -115,7 +120,7 @@ def quantize(model: str | os.PathLike | onnx.ModelProto, output: str | os.PathLi
     _verify_loads(quantized)
     written = save_model(quantized, output, force=force, protect=inputs) if output else None
     return QuantizeResult(quantized, written, recipe, tuple(plan.quantized), tuple(plan.skipped), dict(plan.fused),
-                          source.ByteSize(), quantized.ByteSize(), source_sha)
+                          source.ByteSize(), quantized.ByteSize(), source_sha, tuple(plan.prepare_skipped))
 
 
 def _input_paths(*given) -> tuple[str | os.PathLike, ...]:

@@ -67,6 +67,8 @@ class QuantPlan:
     # movement and then a Relu/Clip takes the Relu/Clip's range (max-pool and relu commute).
     range_source: dict[str, str] = field(default_factory=dict)
     skipped: list[SkipReason] = field(default_factory=list)
+    # What the prepare passes left undone (e.g. tensors whose type could not be inferred).
+    prepare_skipped: tuple[str, ...] = ()
 
 
 def make_plan(model: onnx.ModelProto, recipe: Recipe, ranges: Mapping[str, tuple[float, float]]) -> QuantPlan:

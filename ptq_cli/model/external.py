@@ -1,0 +1,151 @@
+"""Weights that stay on disk, and the one size check against protobuf's 2 GB limit.
+
+A model loaded from a path keeps its external tensors external: the proto holds the graph and
+small tensors, and each external tensor is read only when a pass needs it, memory-mapped, one
+at a time. Every external tensor records the folder its `location` is relative to under the key
+BASE_KEY (the proto does not know the folder it came from). That key is ptq's own: onnxruntime
+and the ONNX spec do not know it, so `runtime_view` takes it off while a model is serialized.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+# protobuf refuses to serialize (or even size) a message of 2 GiB or more.
+PROTOBUF_LIMIT = 2**31 - 1
+BASE_KEY = "ptq_base_dir"
+
+
+@dataclass(frozen=True)
+class ModelSize:
+    inline: int  # bytes the proto itself serializes to (weights held in memory included)
+    external: int  # bytes of tensors that stay in external data files
+
+    @property
+    def total(self) -> int:
+        return self.inline + self.external
+
+    @property
+    def fits_in_protobuf(self) -> bool:
+        return self.inline < PROTOBUF_LIMIT
+
+
+def model_size(model: onnx.ModelProto) -> ModelSize:
+    """The model's size, summed part by part: ByteSize() of a whole model over 2 GB raises."""
+    graph = model.graph
+    inline = external = 0
+    for tensor in graph.initializer:
+        if is_external(tensor):
+            external += _external_length(tensor)
+            inline += 64 + len(tensor.name) + 8 * len(tensor.dims)
+        else:
+            inline += tensor.ByteSize() + 6  # tag and length prefix
+    for part in (graph.node, graph.input, graph.output, graph.value_info, graph.sparse_initializer,
+                 model.functions, model.metadata_props, model.opset_import):
+        inline += sum(p.ByteSize() + 6 for p in part)
+    return ModelSize(inline, external)
+
+
+def fits_in_protobuf(model: onnx.ModelProto) -> bool:
+    """Whether `model` can be serialized as one protobuf message (the 2 GB limit)."""
+    return model_size(model).fits_in_protobuf
+
+
+def is_external(tensor: onnx.TensorProto) -> bool:
+    return tensor.data_location == onnx.TensorProto.EXTERNAL
+
+
+def _entries(tensor: onnx.TensorProto) -> dict[str, str]:
+    return {e.key: e.value for e in tensor.external_data}
+
+
+def _external_length(tensor: onnx.TensorProto) -> int:
+    length = _entries(tensor).get("length")
+    if length is not None:
+        return int(length)
+    count = int(np.prod(tensor.dims, dtype=np.int64))
+    return count * np.dtype(helper.tensor_dtype_to_np_dtype(tensor.data_type)).itemsize
+
+
+def attach_base_dir(model: onnx.ModelProto, base_dir: str | os.PathLike) -> None:
+    """Record, on every external tensor, the folder its location is relative to."""
+    base = str(Path(base_dir).resolve())
+    for tensor in _external_tensors(model):
+        _set_entry(tensor, BASE_KEY, base)
+
+
+def _set_entry(tensor: onnx.TensorProto, key: str, value: str) -> None:
+    for entry in tensor.external_data:
+        if entry.key == key:
+            entry.value = value
+            return
+    tensor.external_data.add(key=key, value=value)
+
+
+def _external_tensors(model: onnx.ModelProto) -> Iterator[onnx.TensorProto]:
+    for tensor in model.graph.initializer:
+        if is_external(tensor):
+            yield tensor
+
+
+def external_file(tensor: onnx.TensorProto) -> Path:
+    entries = _entries(tensor)
+    return Path(entries.get(BASE_KEY, "")) / entries["location"]
+
+
+def tensor_array(tensor: onnx.TensorProto) -> np.ndarray:
+    """The tensor's values; an external tensor is memory-mapped read-only, not read into memory."""
+    if not is_external(tensor):
+        return numpy_helper.to_array(tensor)
+    entries = _entries(tensor)
+    dtype = np.dtype(helper.tensor_dtype_to_np_dtype(tensor.data_type))
+    shape = tuple(tensor.dims)
+    count = int(np.prod(shape, dtype=np.int64))
+    if count == 0:
+        return np.zeros(shape, dtype)
+    if tensor.data_type in _PACKED:
+        return numpy_helper.to_array(tensor, str(external_file(tensor).parent))  # 4-bit, string: rare
+    return np.memmap(external_file(tensor), dtype=dtype.newbyteorder("<"), mode="r",
+                     offset=int(entries.get("offset", 0)), shape=shape)
+
+
+_PACKED = {onnx.TensorProto.STRING, onnx.TensorProto.INT4, onnx.TensorProto.UINT4}
+
+
+def external_dirs(model: onnx.ModelProto) -> set[str]:
+    return {_entries(t).get(BASE_KEY, "") for t in _external_tensors(model)}
+
+
+@contextlib.contextmanager
+def runtime_view(model: onnx.ModelProto) -> Iterator[str | None]:
+    """Take ptq's base-dir key off the external tensors while the model is serialized or saved
+    (onnxruntime refuses unknown keys); yields the folder their locations are relative to."""
+    tensors = list(_external_tensors(model))
+    bases = {id(t): _entries(t).get(BASE_KEY) for t in tensors}
+    folders = {b for b in bases.values() if b}
+    if len(folders) > 1:
+        raise ValueError(f"external data from several folders ({sorted(folders)}) cannot be read together")
+    for t in tensors:
+        _drop_entry(t, BASE_KEY)
+    try:
+        yield next(iter(folders), None)
+    finally:
+        for t in tensors:
+            if bases[id(t)]:
+                _set_entry(t, BASE_KEY, bases[id(t)])
+
+
+def _drop_entry(tensor: onnx.TensorProto, key: str) -> None:
+    kept = [(e.key, e.value) for e in tensor.external_data if e.key != key]
+    if len(kept) != len(tensor.external_data):
+        del tensor.external_data[:]
+        for k, v in kept:
+            tensor.external_data.add(key=k, value=v)
