@@ -49,7 +49,8 @@ ReduceLogSum ReduceLogSumExp ReduceMax ReduceMean ReduceMin ReduceProd ReduceSum
 Relu Reshape Resize Round ScatterElements ScatterND Selu Shrink Sigmoid Sign Sin Sinh Slice
 Softmax Softplus Softsign SpaceToDepth Split Sqrt Squeeze Sub Sum Tan Tanh ThresholdedRelu Tile
 TopK Transpose Trilu Unsqueeze Upsample
-""".split())
+Affine Crop ImageScaler ParametricSoftplus Scale ScaledTanh
+""".split())  # the last line: experimental ops of opset 7-9 exports, which onnx has no schema for
 # The type of each extra output (None: same as input 0).
 _OTHER_OUTPUTS = {"Split": None, "MaxPool": TensorProto.INT64, "Dropout": TensorProto.BOOL,
                   "TopK": TensorProto.INT64}
@@ -73,14 +74,27 @@ def elem_types(model: onnx.ModelProto) -> dict[str, int]:
     types = {v.name: v.type.tensor_type.elem_type
              for v in [*graph.input, *graph.value_info, *graph.output] if v.type.HasField("tensor_type")}
     types.update({t.name: t.data_type for t in graph.initializer})
+    if _propagate(graph, types):
+        return types
+    # onnx's inference is exact where it answers; where it cannot (an experimental op without a
+    # schema stops it), the Python propagation fills in what follows from the known types.
+    merged = {**types, **_inferred_types(model)}
+    _propagate(graph, merged)
+    return merged
+
+
+def _propagate(graph: onnx.GraphProto, types: dict[str, int]) -> bool:
+    """Add the output types of the nodes whose rule is known; False if any node had none."""
+    complete = True
     for node in graph.node:
         out = _node_types(node, types)
         if out is None:
-            return _inferred_types(model)
+            complete = False
+            continue
         for name, elem in zip(node.output, out):
             if name:
                 types.setdefault(name, elem)
-    return types
+    return complete
 
 
 def _node_types(node: onnx.NodeProto, types: dict[str, int]) -> list[int] | None:
@@ -175,8 +189,12 @@ def augment(model: onnx.ModelProto, reduced: Sequence[str], channel_sums: Iterab
             for o in node.output}
     axes, flat = names.fresh("ptq_axes_0_2"), names.fresh("ptq_shape_n_c_rest")
     if per_channel & set(reduced):
-        graph.initializer.extend([numpy_helper.from_array(np.array([0, 2], np.int64), axes),
-                                  numpy_helper.from_array(np.array([0, 0, -1], np.int64), flat)])
+        constants = [numpy_helper.from_array(np.array([0, 2], np.int64), axes),
+                     numpy_helper.from_array(np.array([0, 0, -1], np.int64), flat)]
+        graph.initializer.extend(constants)
+        if out.ir_version < 4:  # IR 3 (opset 7/8 exports): every initializer is a graph input too
+            graph.input.extend(helper.make_tensor_value_info(t.name, t.data_type, list(t.dims))
+                               for t in constants)
     new_axes = opset_version(model) >= 13  # ReduceSum takes its axes as an input from opset 13
     probes = []
     extra: dict[str, list[onnx.NodeProto]] = {}

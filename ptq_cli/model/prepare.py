@@ -1,8 +1,9 @@
 """Put an FP32 model in the shape the quantizer expects: one sequence of passes (see passes/).
 
 - Constant nodes become initializers (weights stored in Constant nodes count as weights);
+- experimental ops of old exports (ImageScaler, ...) become the standard ops they stand for;
 - the opset is raised to one with per-axis QuantizeLinear/DequantizeLinear (13), or 21 for
-  4- and 16-bit types, and the IR version with it;
+  4- and 16-bit types (or as high as onnx's version converter gets), and the IR version with it;
 - BatchNormalization after a Conv is folded into the Conv's weights and bias;
 - a zero Pad before a Conv becomes the Conv's own padding;
 - a Div by a constant becomes a Mul by its reciprocal;
@@ -19,7 +20,8 @@ import logging
 import onnx
 
 from ptq_cli.model.passes import (DivToMul, FoldBatchNorm, FoldPad, InferTypes, LiftConstants, ModernIr,
-                                  NameNodes, SequenceResult, Sequential, UpgradeOpset)
+                                  NameNodes, RewriteDeprecatedOps, SequenceResult, Sequential, UpgradeOpset)
+from ptq_cli.model.passes.upgrade_opset import DYNAMIC_OPSET, QDQ_PER_TENSOR_OPSET  # noqa: F401 (re-exported)
 
 log = logging.getLogger(__name__)
 
@@ -28,7 +30,9 @@ QDQ_4_16_BIT_OPSET = 21
 
 
 def prepare_passes(min_opset: int = QDQ_PER_AXIS_OPSET) -> Sequential:
-    return Sequential([LiftConstants(), UpgradeOpset(min_opset), ModernIr(), FoldBatchNorm(), FoldPad(),
+    # ModernIr before the upgrade too: the version converter needs initializers that are not inputs.
+    return Sequential([LiftConstants(), RewriteDeprecatedOps(), ModernIr(), UpgradeOpset(min_opset), ModernIr(),
+                       FoldBatchNorm(), FoldPad(),
                        DivToMul(), NameNodes(), InferTypes()])
 
 

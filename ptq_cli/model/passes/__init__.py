@@ -1,6 +1,7 @@
 """Graph passes with one contract (base.Pass -> PassResult), one per module."""
 
 from ptq_cli.model.passes.base import Pass, PassError, PassRecord, PassResult, SequenceResult, Sequential
+from ptq_cli.model.passes.deprecated_ops import RewriteDeprecatedOps
 from ptq_cli.model.passes.div_to_mul import DivToMul
 from ptq_cli.model.passes.fold_batch_norm import FoldBatchNorm
 from ptq_cli.model.passes.fold_pad import FoldPad
@@ -11,4 +12,5 @@ from ptq_cli.model.passes.name_nodes import NameNodes
 from ptq_cli.model.passes.upgrade_opset import UpgradeOpset
 
 __all__ = ["DivToMul", "FoldBatchNorm", "FoldPad", "InferTypes", "LiftConstants", "ModernIr", "NameNodes",
-           "Pass", "PassError", "PassRecord", "PassResult", "SequenceResult", "Sequential", "UpgradeOpset"]
+           "Pass", "PassError", "PassRecord", "PassResult", "RewriteDeprecatedOps", "SequenceResult", "Sequential",
+           "UpgradeOpset"]
