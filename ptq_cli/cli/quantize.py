@@ -122,6 +122,7 @@ def _summary(result) -> str:
              f"  quantized {len(result.quantized)} nodes"
              + (f" ({len(result.fused)} Relu/Clip folded into their producer)" if result.fused else ""),
              f"  size {result.size_before / 1e6:.2f} MB -> {result.size_after / 1e6:.2f} MB"]
+    lines += [f"  note: {note}" for note in result.notes]
     if result.skipped:
         reasons = Counter((s.op_type, s.reason) for s in result.skipped)
         lines.append(f"  left in float: {len(result.skipped)} nodes")

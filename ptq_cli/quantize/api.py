@@ -13,11 +13,12 @@ import onnx
 
 from ptq_cli import __version__
 from ptq_cli.errors import ModelError, UsageError
-from ptq_cli.model.io import check_model, check_writable, load_model, save_model
+from ptq_cli.model.io import check_model, check_writable, load_model, opset_version, save_model
 from ptq_cli.model.prepare import QDQ_4_16_BIT_OPSET, QDQ_PER_AXIS_OPSET, prepare, prepare_with_result
 from ptq_cli.quantize.bias_correction import correct_biases
 from ptq_cli.quantize.dynamic import DYNAMIC_DATA, check_dynamic_recipe, rewrite_dynamic
 from ptq_cli.quantize.equalize import equalization_pairs, equalize
+from ptq_cli.quantize.opsets import all_float, fit_recipe
 from ptq_cli.quantize.plan import QuantPlan, SkipReason, make_plan
 from ptq_cli.quantize.qdq import insert_qdq
 from ptq_cli.recipe import CalibMethod, Format, Recipe, Rounding
@@ -39,6 +40,7 @@ class QuantizeResult:
     size_after: int = 0
     source_sha256: str = ""
     prepare_skipped: tuple[str, ...] = ()  # what the graph passes left undone, and why
+    notes: tuple[str, ...] = ()  # model-wide changes to the recipe (e.g. per-tensor at an old opset)
 
     def to_dict(self) -> dict:
         return {
@@ -47,6 +49,7 @@ class QuantizeResult:
             "quantized": list(self.quantized),
             "fused": dict(self.fused),
             "skipped": [{"node": s.node, "op_type": s.op_type, "reason": s.reason} for s in self.skipped],
+            "notes": list(self.notes),
             "size_before": self.size_before,
             "size_after": self.size_after,
             "prepare_skipped": list(self.prepare_skipped),
@@ -67,17 +70,34 @@ def quantize_model(model: onnx.ModelProto, recipe: Recipe, ranges: Ranges,
     `channel_means` (per-channel E[x] of Conv/Gemm inputs) enables bias correction."""
     prepared_result = prepare_with_result(model, min_opset=_required_opset(recipe))
     prepared = prepared_result.model
+    recipe, notes = fit_recipe(recipe, opset_version(prepared))
+    if recipe is None:  # the opset has no QuantizeLinear and cannot be raised
+        return prepared, QuantPlan(skipped=all_float(prepared, notes[0]), notes=notes,
+                                   prepare_skipped=prepared_result.skipped)
     plan = make_plan(prepared, recipe, ranges)
     if recipe.bias_correction and channel_means:
         prepared, corrected = correct_biases(prepared, plan, channel_means)
         if corrected:
             plan = make_plan(prepared, recipe, ranges)  # the biases are new tensors now
     plan.prepare_skipped = prepared_result.skipped
+    plan.notes.extend(notes)
     if recipe.format is Format.QOPERATOR:
         from ptq_cli.quantize.qoperator import rewrite_qoperator
 
         return rewrite_qoperator(prepared, plan), plan
     return insert_qdq(prepared, plan), plan
+
+
+def _dynamic(source: onnx.ModelProto, recipe: Recipe) -> tuple[onnx.ModelProto, QuantPlan]:
+    prepared_result = prepare_with_result(source, min_opset=QDQ_PER_AXIS_OPSET)
+    prepared = prepared_result.model
+    fitted, notes = fit_recipe(recipe, opset_version(prepared))
+    if fitted is None:  # below opset 11 there is no DynamicQuantizeLinear
+        return prepared, QuantPlan(skipped=all_float(prepared, notes[0]), notes=notes,
+                                   prepare_skipped=prepared_result.skipped)
+    quantized, done, skipped = rewrite_dynamic(prepared, fitted)
+    return quantized, QuantPlan(quantized=done, skipped=skipped, notes=notes,
+                                prepare_skipped=prepared_result.skipped)
 
 
 def _required_opset(recipe: Recipe) -> int:
@@ -101,9 +121,7 @@ def quantize(model: str | os.PathLike | onnx.ModelProto, output: str | os.PathLi
         check_writable(output, force=force, protect=inputs)  # before the long calibration
     if recipe.dynamic:
         check_dynamic_recipe(recipe)
-        prepared_result = prepare_with_result(source, min_opset=QDQ_PER_AXIS_OPSET)
-        quantized, done, skipped = rewrite_dynamic(prepared_result.model, recipe)
-        plan = QuantPlan(quantized=done, skipped=skipped, prepare_skipped=prepared_result.skipped)
+        quantized, plan = _dynamic(source, recipe)
         data_description = DYNAMIC_DATA
     else:
         collect = dict(progress=progress, batch_size=batch_size, max_samples=max_samples)
@@ -120,7 +138,8 @@ def quantize(model: str | os.PathLike | onnx.ModelProto, output: str | os.PathLi
     _verify_loads(quantized)
     written = save_model(quantized, output, force=force, protect=inputs) if output else None
     return QuantizeResult(quantized, written, recipe, tuple(plan.quantized), tuple(plan.skipped), dict(plan.fused),
-                          source.ByteSize(), quantized.ByteSize(), source_sha, tuple(plan.prepare_skipped))
+                          source.ByteSize(), quantized.ByteSize(), source_sha, tuple(plan.prepare_skipped),
+                          tuple(plan.notes))
 
 
 def _input_paths(*given) -> tuple[str | os.PathLike, ...]:

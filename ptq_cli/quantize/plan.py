@@ -69,6 +69,7 @@ class QuantPlan:
     skipped: list[SkipReason] = field(default_factory=list)
     # What the prepare passes left undone (e.g. tensors whose type could not be inferred).
     prepare_skipped: tuple[str, ...] = ()
+    notes: list[str] = field(default_factory=list)  # model-wide changes to the recipe, said to the user
 
 
 def make_plan(model: onnx.ModelProto, recipe: Recipe, ranges: Mapping[str, tuple[float, float]]) -> QuantPlan:
