@@ -74,8 +74,10 @@ def test_unknown_op_falls_back_to_shape_inference(monkeypatch):
     model = _conv_model()
     assert "r" in elem_types(model)
     model.graph.node.insert(2, helper.make_node("Mystery", ["r"], ["m"], domain="my.domain"))
-    monkeypatch.setattr(probes, "_inferred_types", lambda m: {"fallback": 1})
-    assert elem_types(model) == {"fallback": 1}
+    monkeypatch.setattr(probes, "_inferred_types", lambda m: {"fallback": 1, "m": 1})
+    types = elem_types(model)
+    # inference's answers are kept, and what follows from known types is filled in around them
+    assert types["fallback"] == 1 and types["r"] == TensorProto.FLOAT and types["m"] == 1
 
 
 @pytest.mark.parametrize("opset", [11, 13])
