@@ -10,6 +10,7 @@ import click
 
 from ptq_cli.cli import reported_errors
 from ptq_cli.cli.data_options import data_options, image_preprocess_from_options, pop_data_options
+from ptq_cli.quantize.latency.search import IfSlower, Objective
 from ptq_cli.recipe import (CalibMethod, CalibrationSpec, Format, PerChannel, PerTensor, QType, Recipe,
                             Rounding, TensorSpec)
 
@@ -56,15 +57,24 @@ _QTYPES = [q.value for q in QType]
               help="Weights now, activation ranges at run time (no data needed; best for MatMul-heavy models).")
 @click.option("--exclude", multiple=True, metavar="NODE_OR_OP",
               help="Leave a node (by name) or every node of an op type in float. Repeatable.")
+@click.option("--objective", type=click.Choice([o.value for o in Objective]), default="speed", show_default=True,
+              envvar="PTQ_OBJECTIVE",
+              help="speed: time placements on this machine (float stem/prefix, integer region after it) and "
+                   "write the fastest, never one slower than FP32; size: quantize every node that can be, "
+                   "time nothing. Static quantization only; env PTQ_OBJECTIVE.")
+@click.option("--if-slower", type=click.Choice([i.value for i in IfSlower]), default="fail", show_default=True,
+              help="With --objective speed, when no INT8 placement beats FP32 here: fail (exit 1, nothing "
+                   "written), float (write the float model) or int8 (write the fastest INT8 model anyway).")
 @click.option("--recipe", "recipe_file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              help="A recipe JSON (as recorded in an output's metadata); flags are then ignored.")
+              help="A recipe JSON (as recorded in an output's metadata); flags are then ignored and nothing "
+                   "is timed: the recorded placement is reproduced byte for byte.")
 @click.option("-f", "--force", is_flag=True, help="Replace OUTPUT if it exists.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar and no summary on stderr.")
 @click.pass_context
 def quantize_command(ctx: click.Context, model: Path, output: Path | None, calibration: Path | None,
                      recipe_file: Path | None, force: bool, as_json: bool, quiet: bool, batch_size: int,
-                     max_samples: int | None, **flags) -> None:
+                     max_samples: int | None, objective: str, if_slower: str, **flags) -> None:
     """Quantize MODEL to INT8 and write OUTPUT.
 
     Static quantization needs activation ranges: from --data DIR (calibrated now) or from
@@ -89,7 +99,9 @@ def quantize_command(ctx: click.Context, model: Path, output: Path | None, calib
         recipe = _recipe(recipe_file, **flags)
         result = quantize(model, output, data=data_opts.get("data"),
                           calibration=calibration, recipe=recipe, image=image_preprocess_from_options(**data_opts),
-                          force=force, progress=not quiet, batch_size=batch_size, max_samples=max_samples)
+                          force=force, progress=not quiet, batch_size=batch_size, max_samples=max_samples,
+                          objective=Objective.SIZE if recipe_file else Objective(objective),
+                          if_slower=IfSlower(if_slower))
     if as_json:
         click.echo(json.dumps(result.to_dict(), indent=2))
     if not quiet:
@@ -118,11 +130,15 @@ def _recipe(recipe_file: Path | None, *, method, percentile, bins, per_channel, 
 
 
 def _summary(result) -> str:
+    if result.float_written:
+        return "\n".join([f"wrote {result.output}: the float model, unchanged"] + _latency_lines(result))
     lines = [f"wrote {result.output}" if result.output else "no output written",
              f"  quantized {len(result.quantized)} nodes"
              + (f" ({len(result.fused)} Relu/Clip folded into their producer)" if result.fused else ""),
              f"  size {result.size_before / 1e6:.2f} MB -> {result.size_after / 1e6:.2f} MB"]
     lines += [f"  note: {note}" for note in result.notes]
+    if result.latency is not None:
+        lines += _latency_lines(result)
     if result.skipped:
         reasons = Counter((s.op_type, s.reason) for s in result.skipped)
         lines.append(f"  left in float: {len(result.skipped)} nodes")
@@ -131,3 +147,19 @@ def _summary(result) -> str:
     for reason in getattr(result, "prepare_skipped", ()):
         lines.append(f"  warning: {reason}")
     return "\n".join(lines)
+
+
+def _latency_lines(result) -> list[str]:
+    decision = result.latency
+    prefix = decision.chosen.float_nodes
+    lines = [f"  latency here (batch 1, {len(decision.trials)} placements timed, interleaved medians): "
+             f"FP32 {decision.fp32.median_ms:.3f} ms, INT8 {decision.chosen.timing.median_ms:.3f} ms, "
+             f"{decision.speedup:.2f}x"]
+    if prefix:
+        lines.append(f"  float prefix (faster in FP32 here, in the recipe's exclude): {len(prefix)} nodes, "
+                     f"{', '.join(prefix[:3])}{' ...' if len(prefix) > 3 else ''}")
+    if result.float_written:
+        lines.append("  INT8 does not pay on this machine: the float model was written (--if-slower float)")
+    elif not decision.pays:
+        lines.append("  INT8 does not pay on this machine: written anyway (--if-slower int8)")
+    return lines

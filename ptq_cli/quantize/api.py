@@ -21,6 +21,9 @@ from ptq_cli.quantize.equalize import equalization_pairs, equalize
 from ptq_cli.quantize.opsets import all_float, fit_recipe
 from ptq_cli.quantize.plan import QuantPlan, SkipReason, make_plan
 from ptq_cli.quantize.qdq import insert_qdq
+from ptq_cli.quantize.latency import IfSlower, LatencyDecision, Objective, SlowerThanFloat, search_placement
+from ptq_cli.quantize.latency.feeds import timing_feeds
+from ptq_cli.quantize.latency.machine import Machine, OnnxruntimeMachine
 from ptq_cli.recipe import CalibMethod, Format, Recipe, Rounding
 
 Ranges = Mapping[str, tuple[float, float]]
@@ -41,6 +44,8 @@ class QuantizeResult:
     source_sha256: str = ""
     prepare_skipped: tuple[str, ...] = ()  # what the graph passes left undone, and why
     notes: tuple[str, ...] = ()  # model-wide changes to the recipe (e.g. per-tensor at an old opset)
+    latency: LatencyDecision | None = None  # what was measured to choose the placement (--objective speed)
+    float_written: bool = False  # INT8 did not pay and the float model was written instead (--if-slower float)
 
     def to_dict(self) -> dict:
         return {
@@ -55,6 +60,8 @@ class QuantizeResult:
             "prepare_skipped": list(self.prepare_skipped),
             "recipe": self.recipe.to_dict(),
             "ptq_version": __version__,
+            "latency": self.latency.to_dict() if self.latency else None,
+            "float_written": self.float_written,
         }
 
 
@@ -107,16 +114,25 @@ def _required_opset(recipe: Recipe) -> int:
 
 def quantize(model: str | os.PathLike | onnx.ModelProto, output: str | os.PathLike | None = None, *,
              data=None, calibration=None, recipe: Recipe = Recipe(), image=None, force: bool = False,
-             progress: bool = True, batch_size: int = 1, max_samples: int | None = None) -> QuantizeResult:
+             progress: bool = True, batch_size: int = 1, max_samples: int | None = None,
+             objective: Objective = Objective.SIZE, if_slower: IfSlower = IfSlower.FAIL,
+             machine: Machine | None = None) -> QuantizeResult:
     """Quantize `model` (a path or a ModelProto) and write it to `output` (when given).
 
     Activation ranges come from `calibration` (a CalibrationTable or the path of one) or are
     measured on `data` (a folder/Dataset) with `recipe.calibration`. The input is never modified.
+
+    objective=Objective.SPEED (the CLI's default) times placements on `machine` (onnxruntime on
+    this machine unless given) and keeps the fastest; the returned recipe records it (its
+    `exclude` names the float prefix). When no INT8 placement beats FP32, `if_slower` decides:
+    raise SlowerThanFloat (FAIL), write the float model (FLOAT) or the INT8 one (INT8).
+    Objective.SIZE (the API's default) times nothing: same inputs and recipe, same bytes.
     """
     if recipe.rounding is Rounding.GPTQ:
         raise UsageError("--rounding gptq is not available in this version of ptq; use nearest or stochastic")
     source, source_sha, path = _load_source(model)
     inputs = _input_paths(path, data, calibration)
+    decision = None
     if output is not None:
         check_writable(output, force=force, protect=inputs)  # before the long calibration
     if recipe.dynamic:
@@ -132,19 +148,37 @@ def quantize(model: str | os.PathLike | onnx.ModelProto, output: str | os.PathLi
             floating = calibrated = _equalized(source, data, recipe, image, **collect)
         table = _calibration_table(calibrated, source_sha, data, calibration, recipe, image, **collect)
         means = {name: table.channel_mean(name) for name in table.names if table.channel_mean(name) is not None}
-        quantized, plan = quantize_model(floating, recipe, _activation_ranges(table, floating), means)
+        ranges = _activation_ranges(table, floating)
+        if objective is Objective.SPEED:
+            decision = _fastest(source, floating, recipe, ranges, means, data, image, machine)
+            recipe, quantized, plan = decision.recipe, decision.model, decision.plan
+        else:
+            quantized, plan = quantize_model(floating, recipe, ranges, means)
         data_description = table.data
     _stamp(quantized, recipe, source_sha, data_description)
     _verify_loads(quantized)
-    written = save_model(quantized, output, force=force, protect=inputs) if output else None
-    return QuantizeResult(quantized, written, recipe, tuple(plan.quantized), tuple(plan.skipped), dict(plan.fused),
-                          source.ByteSize(), quantized.ByteSize(), source_sha, tuple(plan.prepare_skipped),
-                          tuple(plan.notes))
+    slower = decision is not None and not decision.pays
+    if slower and if_slower is IfSlower.FAIL:
+        raise SlowerThanFloat(decision)
+    written_model = source if slower and if_slower is IfSlower.FLOAT else quantized
+    written = save_model(written_model, output, force=force, protect=inputs) if output else None
+    return QuantizeResult(written_model, written, recipe, tuple(plan.quantized), tuple(plan.skipped),
+                          dict(plan.fused), source.ByteSize(), written_model.ByteSize(), source_sha,
+                          tuple(plan.prepare_skipped), tuple(plan.notes),
+                          latency=decision, float_written=written_model is source)
 
 
 def _input_paths(*given) -> tuple[str | os.PathLike, ...]:
     """The files and folders a run reads, which its output must never replace."""
     return tuple(p for p in given if isinstance(p, (str, os.PathLike)))
+
+
+def _fastest(source, floating, recipe, ranges, means, data, image, machine) -> LatencyDecision:
+    """The placement of `recipe` that runs fastest on `machine`, timed against the source model."""
+    feeds, _ = timing_feeds(source, data, image)
+    prepared = prepare(floating, min_opset=_required_opset(recipe))
+    return search_placement(source, prepared, recipe, lambda r: quantize_model(floating, r, ranges, means),
+                            feeds, machine or OnnxruntimeMachine())
 
 
 def _equalized(source: onnx.ModelProto, data, recipe: Recipe, image, **collect) -> onnx.ModelProto:

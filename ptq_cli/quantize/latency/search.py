@@ -1,0 +1,132 @@
+"""Choose the fastest INT8 placement measured on this machine, and never one slower than FP32.
+
+1. profile the float model and the fully quantized one per node (onnxruntime's profiler);
+2. estimate every float prefix with the cost model (candidates.py) and keep the best few that
+   the caller accepts (e.g. a drift budget);
+3. time them end to end, interleaved with the FP32 model, and take the fastest; a candidate
+   within `tie` of the fastest that leaves fewer nodes in float wins, so that noise does not
+   flip the choice between two equal placements;
+4. the choice is a Recipe (its `exclude` lists the float prefix): written into the output's
+   metadata, `--recipe` reproduces the model without timing anything.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import onnx
+
+from ptq_cli.errors import PtqError
+from ptq_cli.quantize.latency.candidates import Candidate, Costs, prefix_candidates
+from ptq_cli.quantize.latency.cost import CrossingCost, node_costs, tensor_elements
+from ptq_cli.quantize.latency.machine import Feeds, Machine, Timing
+from ptq_cli.recipe import Recipe
+
+
+class Objective(enum.Enum):
+    """What `quantize` optimizes for."""
+
+    SPEED = "speed"  # measured placement; never slower than FP32
+    SIZE = "size"  # every node that can be quantized is (the smallest file); nothing timed
+
+
+class IfSlower(enum.Enum):
+    """What to write when no INT8 placement beats FP32 on this machine."""
+
+    FAIL = "fail"  # nothing; exit 1
+    FLOAT = "float"  # the float model, unchanged
+    INT8 = "int8"  # the fastest INT8 model all the same
+
+
+@dataclass(frozen=True)
+class Trial:
+    """One placement timed end to end."""
+
+    float_nodes: tuple[str, ...]
+    estimate_us: float
+    timing: Timing
+    speedup: float  # FP32 time / this time, median over interleaved rounds
+
+    def to_dict(self) -> dict:
+        low, high = self.timing.spread_ms
+        return {"float_nodes": list(self.float_nodes), "estimate_ms": self.estimate_us / 1e3,
+                "median_ms": self.timing.median_ms, "p25_ms": low, "p75_ms": high, "speedup": self.speedup}
+
+
+@dataclass(frozen=True)
+class LatencyDecision:
+    """The placement chosen, with what was measured to choose it."""
+
+    recipe: Recipe
+    model: onnx.ModelProto
+    plan: object  # the QuantPlan of `model`
+    fp32: Timing
+    chosen: Trial
+    trials: tuple[Trial, ...]
+
+    @property
+    def speedup(self) -> float:
+        return self.chosen.speedup
+
+    @property
+    def pays(self) -> bool:
+        return self.speedup > 1.0
+
+    def to_dict(self) -> dict:
+        low, high = self.fp32.spread_ms
+        return {"fp32_ms": self.fp32.median_ms, "fp32_p25_ms": low, "fp32_p75_ms": high,
+                "int8_ms": self.chosen.timing.median_ms, "speedup": self.speedup, "pays": self.pays,
+                "float_prefix": list(self.chosen.float_nodes), "trials": [t.to_dict() for t in self.trials]}
+
+
+class SlowerThanFloat(PtqError):
+    """No INT8 placement beats the FP32 model on this machine (exit 1, like a missed threshold)."""
+
+    exit_code = 1
+
+    def __init__(self, decision: LatencyDecision) -> None:
+        self.decision = decision
+        super().__init__(
+            f"INT8 does not pay on this machine: FP32 {decision.fp32.median_ms:.3f} ms, fastest INT8 "
+            f"{decision.chosen.timing.median_ms:.3f} ms ({decision.speedup:.2f}x); nothing written. "
+            "--if-slower float writes the float model, --if-slower int8 the INT8 one all the same, "
+            "--objective size quantizes without timing")
+
+
+Build = Callable[[Recipe], tuple[onnx.ModelProto, object]]
+
+
+def search_placement(float_model: onnx.ModelProto, prepared: onnx.ModelProto, recipe: Recipe, build: Build,
+                     feeds: Sequence[Feeds], machine: Machine, *, accept: Callable[[Recipe], bool] | None = None,
+                     timed: int = 3, tie: float = 0.02, crossing: CrossingCost = CrossingCost()) -> LatencyDecision:
+    """The fastest placement of `recipe` on `machine`. `build(recipe)` quantizes the model
+    (returns the model and its plan); `prepared` is the float graph whose node names plans use;
+    `float_model` is the reference timed as FP32."""
+    full, full_plan = build(recipe)
+    fp32_profile = machine.profile(prepared.SerializeToString(), feeds)
+    int8_profile = machine.profile(full.SerializeToString(), feeds)
+    costs = Costs(node_costs(fp32_profile, prepared), node_costs(int8_profile, prepared),
+                  sum(us for _, us in int8_profile.values()), tensor_elements(prepared, feeds), crossing)
+    # The fully quantized model is always timed; then the best estimated prefixes.
+    built: list[tuple[Candidate, Recipe, onnx.ModelProto, object]] = [
+        (Candidate((), (), costs.int8_total_us), recipe, full, full_plan)]
+    for candidate in prefix_candidates(prepared, full_plan.quantized, costs):
+        if len(built) > timed:
+            break
+        variant = recipe.with_(exclude=recipe.exclude + candidate.float_nodes)
+        if candidate.float_nodes and (accept is None or accept(variant)):
+            built.append((candidate, variant, *build(variant)))
+    timings = machine.time([float_model.SerializeToString()] + [m.SerializeToString() for _, _, m, _ in built], feeds)
+    trials = [Trial(c.float_nodes, c.estimate_us, t, t.speedup_over(timings[0]))
+              for (c, *_), t in zip(built, timings[1:])]
+    best = _choose(trials, tie)
+    _, chosen_recipe, model, plan = built[trials.index(best)]
+    return LatencyDecision(chosen_recipe, model, plan, timings[0], best, tuple(trials))
+
+
+def _choose(trials: list[Trial], tie: float) -> Trial:
+    fastest = max(t.speedup for t in trials)
+    close = [t for t in trials if t.speedup >= fastest * (1.0 - tie)]
+    return min(close, key=lambda t: (len(t.float_nodes), -t.speedup))

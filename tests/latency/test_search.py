@@ -1,0 +1,120 @@
+"""Latency-aware placement with an injected machine (a cost table): what is chosen, what is
+recorded, what is reproduced, and that nothing slower than FP32 is written by default."""
+
+from __future__ import annotations
+
+import importlib
+import json
+
+import numpy as np
+import onnx
+import pytest
+from click.testing import CliRunner
+
+import ptq_cli
+from ptq_cli.cli import main
+from ptq_cli.quantize.latency import IfSlower, Objective, SlowerThanFloat
+from tests.conftest import run
+from tests.latency.machines import MOBILE_TABLE, TableMachine, mobile_cnn
+
+
+@pytest.fixture
+def model_and_data(rng, tmp_path):
+    model = mobile_cnn(rng)
+    path = tmp_path / "model.onnx"
+    onnx.save(model, str(path))
+    data = tmp_path / "calib"
+    data.mkdir()
+    for i in range(8):
+        np.save(data / f"{i}.npy", rng.normal(0, 1, (1, 3, 16, 16)).astype(np.float32))
+    return path, data
+
+
+def _conv_inputs_dequantized(model: onnx.ModelProto) -> dict[str, bool]:
+    producer = {o: n for n in model.graph.node for o in n.output}
+    return {n.name: n.input[0] in producer and producer[n.input[0]].op_type == "DequantizeLinear"
+            for n in model.graph.node if n.op_type == "Conv"}
+
+
+def test_speed_keeps_the_slow_stem_in_float_and_records_it(model_and_data, tmp_path):
+    path, data = model_and_data
+    before = path.read_bytes()
+    machine = TableMachine(MOBILE_TABLE)
+    result = ptq_cli.quantize(path, tmp_path / "fast.onnx", data=data, objective=Objective.SPEED,
+                              machine=machine, progress=False)
+    assert result.recipe.exclude == ("stem", "dw")
+    assert result.latency.speedup == pytest.approx(105.0 / 63.0)
+    trials = [t.float_nodes for t in result.latency.trials]
+    assert trials[0] == () and ("stem", "dw") in trials and ("stem",) in trials and len(trials) == 4
+    assert machine.timed == [5]  # FP32, the full INT8 and three prefixes, in one interleaved measurement
+    written = onnx.load(str(tmp_path / "fast.onnx"))
+    onnx.checker.check_model(written, full_check=True)
+    assert _conv_inputs_dequantized(written) == {"stem": False, "dw": False, "pw": True, "pw2": True}
+    meta = {p.key: p.value for p in written.metadata_props}
+    assert json.loads(meta["ptq.recipe"])["exclude"] == ["stem", "dw"]
+    assert path.read_bytes() == before
+    x = np.load(data / "0.npy")
+    fp32, int8 = run(onnx.load(str(path)), {"x": x})[0], run(written, {"x": x})[0]
+    assert np.corrcoef(fp32.ravel(), int8.ravel())[0, 1] > 0.99
+    # The recorded recipe reproduces the model without timing anything.
+    again = ptq_cli.quantize(path, tmp_path / "again.onnx", data=data, recipe=result.recipe, progress=False)
+    assert again.latency is None
+    assert (tmp_path / "again.onnx").read_bytes() == (tmp_path / "fast.onnx").read_bytes()
+
+
+def test_the_prefix_runs_float_and_the_rest_integer_in_onnxruntime(model_and_data, tmp_path):
+    path, data = model_and_data
+    result = ptq_cli.quantize(path, None, data=data, objective=Objective.SPEED,
+                              machine=TableMachine(MOBILE_TABLE), progress=False)
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.optimized_model_filepath = str(tmp_path / "optimized.onnx")
+    ort.InferenceSession(result.model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    optimized = [n.op_type for n in onnx.load(str(tmp_path / "optimized.onnx")).graph.node]
+    assert optimized.count("QLinearConv") == 2  # pw, pw2: onnxruntime did not re-quantize the stem
+    assert sum(op in ("Conv", "FusedConv") for op in optimized) == 2  # stem, dw
+    assert "QGemm" in optimized
+
+
+def test_nothing_slower_than_fp32_is_written_by_default(model_and_data, tmp_path):
+    path, data = model_and_data
+    slow = {name: (fp32, fp32 * 2) for name, (fp32, _) in MOBILE_TABLE.items()}
+    out = tmp_path / "out.onnx"
+    with pytest.raises(SlowerThanFloat, match="INT8 does not pay on this machine") as info:
+        ptq_cli.quantize(path, out, data=data, objective=Objective.SPEED, machine=TableMachine(slow), progress=False)
+    assert info.value.exit_code == 1 and not out.exists()
+    result = ptq_cli.quantize(path, out, data=data, objective=Objective.SPEED, machine=TableMachine(slow),
+                              if_slower=IfSlower.FLOAT, progress=False)
+    assert result.float_written and onnx.load(str(out)).graph == onnx.load(str(path)).graph
+    result = ptq_cli.quantize(path, out, data=data, objective=Objective.SPEED, machine=TableMachine(slow),
+                              if_slower=IfSlower.INT8, force=True, progress=False)
+    assert not result.float_written and not result.latency.pays
+    assert any(n.op_type == "QuantizeLinear" for n in onnx.load(str(out)).graph.node)
+
+
+def test_a_tie_goes_to_the_placement_with_fewer_float_nodes(model_and_data):
+    path, data = model_and_data
+    even = dict(MOBILE_TABLE, stem=(10.0, 10.0), dw=(10.0, 10.5))  # the prefixes save 0 and 0.5 µs
+    result = ptq_cli.quantize(path, None, data=data, objective=Objective.SPEED, machine=TableMachine(even),
+                              progress=False)
+    assert result.recipe.exclude == () and result.latency.pays
+
+
+def test_cli_speed_summary_and_exit_status(model_and_data, tmp_path, monkeypatch):
+    path, data = model_and_data
+    table = {"value": MOBILE_TABLE}
+    api = importlib.import_module("ptq_cli.quantize.api")
+    monkeypatch.setattr(api, "OnnxruntimeMachine", lambda: TableMachine(table["value"]))
+    out = tmp_path / "cli.onnx"
+    result = CliRunner().invoke(main, ["quantize", str(path), "--data", str(data), "-o", str(out),
+                                       "--objective", "speed"])
+    assert result.exit_code == 0, result.output
+    assert "FP32 0.105 ms, INT8 0.063 ms, 1.67x" in result.stderr
+    assert "float prefix" in result.stderr and "stem, dw" in result.stderr
+    table["value"] = {name: (fp32, fp32 * 2) for name, (fp32, _) in MOBILE_TABLE.items()}
+    result = CliRunner().invoke(main, ["quantize", str(path), "--data", str(data), "-o", str(out), "--force",
+                                       "--objective", "speed", "-q"])
+    assert result.exit_code == 1
+    assert result.stderr.strip().splitlines() == [result.stderr.strip()]  # one line
+    assert "INT8 does not pay" in result.stderr and "--if-slower float" in result.stderr
