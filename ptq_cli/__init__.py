@@ -8,6 +8,7 @@ Python API (the CLI is a thin layer over these):
     report = ptq_cli.compare("model.onnx", "model.int8.onnx", data="eval/")
 """
 
+import sys
 from importlib import import_module
 
 __version__ = "0.1.0"
@@ -42,9 +43,26 @@ def __getattr__(name: str):
     raise AttributeError(f"module 'ptq_cli' has no attribute {name!r}")
 
 
-# The public functions share their names with the subpackages that hold them. Importing them
-# here, once, binds the names to the functions: a later import of a submodule does not rebind
-# an attribute of this package.
-from ptq_cli.quantize.api import quantize  # noqa: E402
-from ptq_cli.calibrate.api import calibrate  # noqa: E402
-from ptq_cli.compare.api import compare  # noqa: E402
+# The public functions share their names with the subpackages that hold them
+# (`ptq_cli.quantize` is the function, `ptq_cli.quantize.api` its module). They are resolved on
+# first use, like the names above, so that `ptq` starts without importing onnx (a Ctrl-C while
+# the tool is still starting is then caught by the command line). Importing a submodule makes
+# Python bind the subpackage to the package's attribute: the setter below ignores that, so the
+# name keeps meaning the function.
+_FUNCTIONS = {"quantize": "ptq_cli.quantize.api", "calibrate": "ptq_cli.calibrate.api",
+              "compare": "ptq_cli.compare.api"}
+
+
+class _Package(sys.modules[__name__].__class__):
+    def __getattribute__(self, name: str):
+        if name in _FUNCTIONS:
+            return getattr(import_module(_FUNCTIONS[name]), name)
+        return super().__getattribute__(name)
+
+    def __setattr__(self, name: str, value) -> None:
+        if name in _FUNCTIONS:
+            return  # the import system binding the subpackage of the same name
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package
