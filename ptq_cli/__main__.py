@@ -1,3 +1,24 @@
-from ptq_cli.cli import main
+"""`python -m ptq_cli` and the `ptq` console script."""
 
-main()
+import sys
+
+
+def run() -> None:
+    """Start the command line; a Ctrl-C (or SIGTERM) while it is still importing onnx and
+    onnxruntime ends as cleanly as one during the work."""
+    import signal
+
+    def terminate(signum, frame):
+        raise KeyboardInterrupt  # so that temporary outputs are removed as on Ctrl-C
+
+    try:
+        signal.signal(signal.SIGTERM, terminate)
+        from ptq_cli.cli import main
+    except KeyboardInterrupt:
+        sys.stderr.write("ptq: interrupted; no output was written\n")
+        sys.exit(130)
+    main()
+
+
+if __name__ == "__main__":
+    run()

@@ -19,7 +19,6 @@ from pathlib import Path
 import numpy as np
 import onnx
 import onnxruntime as ort
-from onnxruntime.capi.onnxruntime_pybind11_state import Fail, InvalidArgument, InvalidGraph
 from tqdm import tqdm
 
 from ptq_cli.calibrate.observers import Scratch
@@ -28,6 +27,7 @@ from ptq_cli.calibrate.probes import float_tensors as float_tensors  # re-export
 from ptq_cli.calibrate.stats import TensorStats
 from ptq_cli.data import Batch
 from ptq_cli.errors import CalibrationError, DataError, ModelError, UsageError
+from ptq_cli.failures import is_onnxruntime_error, onnxruntime_message
 from ptq_cli.recipe import CalibrationSpec
 
 _TWO_GB = 2**31 - 1
@@ -71,8 +71,10 @@ def make_session(model: onnx.ModelProto, provider: str, *, numpy_work: bool = Tr
             path = Path(tmp) / "model.onnx"
             onnx.save_model(model, str(path), save_as_external_data=True, location="model.data")
             return ort.InferenceSession(str(path), options, providers=providers)
-    except (Fail, InvalidGraph) as exc:
-        raise ModelError(f"onnxruntime cannot load the model for calibration: {exc}") from None
+    except Exception as exc:  # onnxruntime raises its own exception types for every load failure
+        if not is_onnxruntime_error(exc):
+            raise
+        raise ModelError(onnxruntime_message(exc, "the model for calibration", "load")) from None
 
 
 def bias_correction_inputs(model: onnx.ModelProto) -> set[str]:
@@ -130,7 +132,9 @@ def collect(model: onnx.ModelProto, batches: Iterable[Batch], *, spec: Calibrati
 def _run(session: ort.InferenceSession, plan: Augmented, batch: Batch) -> list[np.ndarray]:
     try:
         return session.run(plan.outputs, batch.feeds) if plan.outputs else []
-    except (Fail, InvalidArgument) as exc:
+    except Exception as exc:  # onnxruntime's own exception types
+        if not is_onnxruntime_error(exc):
+            raise
         raise DataError(f"onnxruntime failed on {_where(batch)}: {str(exc).strip().splitlines()[0]}") from None
 
 

@@ -13,10 +13,38 @@ from contextlib import contextmanager
 import click
 
 from ptq_cli import __version__
-from ptq_cli.errors import PtqError
+from ptq_cli.failures import as_ptq_error
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+class _PtqGroup(click.Group):
+    """The root command: whatever escapes a command ends as one line on stderr and the
+    documented exit code (a traceback only with --debug), click's usage errors included."""
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, standalone_mode, **extra)
+        argv = list(sys.argv[1:] if args is None else args)
+        try:
+            code = super().main(argv, prog_name, complete_var, standalone_mode=False, **extra)
+        except click.exceptions.NoArgsIsHelpError as exc:
+            exc.show()
+            sys.exit(exc.exit_code)
+        except click.UsageError as exc:
+            command = exc.ctx.command_path if exc.ctx is not None else "ptq"
+            _fail(f"{exc.format_message()} (see `{command} --help`)", 2)
+        except click.ClickException as exc:
+            _fail(exc.format_message(), 3)
+        except (click.Abort, KeyboardInterrupt):
+            _interrupted()
+        except Exception as exc:
+            if "--debug" in argv:
+                raise
+            error = as_ptq_error(exc)
+            _fail(str(error), error.exit_code)
+        sys.exit(code if isinstance(code, int) else 0)
+
+
+@click.group(cls=_PtqGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(__version__, "--version", prog_name="ptq")
 @click.option("--debug", is_flag=True, help="Show full tracebacks instead of one-line errors.")
 @click.pass_context
@@ -37,17 +65,27 @@ def main(ctx: click.Context, debug: bool) -> None:
 
 @contextmanager
 def reported_errors(ctx: click.Context):
-    """Turn a PtqError into one line on stderr and its exit code (a traceback with --debug)."""
+    """Turn any error into one line on stderr and its exit code (a traceback with --debug):
+    PtqErrors as they are, everything else through ptq_cli.failures."""
     try:
         yield
-    except PtqError as exc:
-        if ctx.find_root().obj and ctx.find_root().obj.get("debug"):
-            raise
-        click.echo(f"ptq: error: {exc}", err=True)
-        sys.exit(exc.exit_code)
     except KeyboardInterrupt:
-        click.echo("ptq: interrupted; no output was written", err=True)
-        sys.exit(130)
+        _interrupted()
+    except Exception as exc:
+        if isinstance(exc, click.ClickException) or (ctx.find_root().obj or {}).get("debug"):
+            raise
+        error = as_ptq_error(exc)
+        _fail(str(error), error.exit_code)
+
+
+def _fail(message: str, code: int) -> None:
+    click.echo(f"ptq: error: {message}", err=True)
+    sys.exit(code)
+
+
+def _interrupted() -> None:
+    click.echo("ptq: interrupted; no output was written", err=True)
+    sys.exit(130)
 
 
 def _register() -> None:

@@ -10,6 +10,7 @@ import onnxruntime as ort
 from onnx import helper
 
 from ptq_cli.errors import ModelError
+from ptq_cli.failures import onnxruntime_message
 
 
 def make_session(model: onnx.ModelProto | bytes, what: str, *, extra_outputs: tuple[str, ...] = (),
@@ -25,7 +26,7 @@ def make_session(model: onnx.ModelProto | bytes, what: str, *, extra_outputs: tu
         return ort.InferenceSession(data, options, providers=["CPUExecutionProvider"],
                                     disabled_optimizers=list(disabled_optimizers) or None)
     except Exception as exc:  # onnxruntime raises its own exception types for every load failure
-        raise ModelError(f"onnxruntime cannot load the {what} model: {_first_line(exc)}") from None
+        raise ModelError(onnxruntime_message(exc, f"the {what} model", "load")) from None
 
 
 def with_outputs(model: onnx.ModelProto, names: tuple[str, ...]) -> onnx.ModelProto:
@@ -59,7 +60,7 @@ def run(session: ort.InferenceSession, feeds: dict[str, np.ndarray], what: str,
     try:
         values = session.run(names, feeds)
     except Exception as exc:
-        raise ModelError(f"onnxruntime failed to run the {what} model: {_first_line(exc)}") from None
+        raise ModelError(onnxruntime_message(exc, f"the {what} model")) from None
     return dict(zip(names, values))
 
 

@@ -13,6 +13,7 @@ import onnx
 
 from ptq_cli import __version__
 from ptq_cli.errors import ModelError, UsageError
+from ptq_cli.failures import is_onnxruntime_error, onnxruntime_message
 from ptq_cli.model.io import check_model, check_writable, load_model, opset_version, save_model
 from ptq_cli.model.prepare import QDQ_4_16_BIT_OPSET, QDQ_PER_AXIS_OPSET, prepare, prepare_with_result
 from ptq_cli.quantize.bias_correction import correct_biases
@@ -156,7 +157,7 @@ def quantize(model: str | os.PathLike | onnx.ModelProto, output: str | os.PathLi
             quantized, plan = quantize_model(floating, recipe, ranges, means)
         data_description = table.data
     _stamp(quantized, recipe, source_sha, data_description)
-    _verify_loads(quantized)
+    _verify_loads(quantized, source)
     slower = decision is not None and not decision.pays
     if slower and if_slower is IfSlower.FAIL:
         raise SlowerThanFloat(decision)
@@ -267,15 +268,32 @@ def _stamp(model: onnx.ModelProto, recipe: Recipe, source_sha: str, data: str) -
         model.metadata_props.add(key=key, value=value)
 
 
-def _verify_loads(model: onnx.ModelProto) -> None:
-    """An output onnxruntime refuses is a bug in ptq; never write one."""
-    import onnxruntime as ort
-
+def _verify_loads(model: onnx.ModelProto, source: onnx.ModelProto | None = None) -> None:
+    """Never write an output onnxruntime refuses. When it refuses the input model too, say so:
+    the input is what needs changing, not the quantization."""
     check_model(model, "the quantized model")
     if model.ByteSize() >= 2**31 - 1:
         return
+    failure = _ort_load_failure(model)
+    if failure is None:
+        return
+    if source is not None and source.ByteSize() < 2**31 - 1:
+        source_failure = _ort_load_failure(source)
+        if source_failure is not None:
+            raise ModelError(onnxruntime_message(source_failure, "the input model", "load")) from None
+    raise ModelError(onnxruntime_message(failure, "the quantized model", "load") + "; nothing was written: "
+                     "--exclude the node it names, or report it as a ptq bug") from None
+
+
+def _ort_load_failure(model: onnx.ModelProto) -> Exception | None:
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
     try:
-        ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
-    except Exception as exc:
-        raise ModelError(f"onnxruntime refuses the quantized model ({str(exc).splitlines()[0]}); this is a "
-                         "ptq bug: please report it, and try --exclude on the node it names") from None
+        ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    except Exception as exc:  # onnxruntime raises its own exception types
+        if not is_onnxruntime_error(exc):
+            raise
+        return exc
+    return None

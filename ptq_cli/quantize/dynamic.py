@@ -117,11 +117,11 @@ class _DynamicRewriter:
             self.dynamic[tensor] = (outs[0], outs[1], outs[2])
         return self.dynamic[tensor]
 
-    def _weight_params(self, weight: np.ndarray, axis: int | None) -> QParams:
+    def _weight_params(self, weight: np.ndarray, axis: int | None, name: str = "", node: str = "") -> QParams:
         spec: TensorSpec = self.recipe.weights
         if not isinstance(spec.granularity, PerChannel):
             axis = None
-        lo, hi = weight_range(weight, axis)
+        lo, hi = weight_range(weight, axis, name, node)
         return compute_qparams(lo, hi, spec.dtype, symmetric=spec.symmetric, reduce_range=spec.reduce_range,
                                power_of_two=spec.power_of_two, axis=axis)
 
@@ -155,7 +155,7 @@ class _DynamicRewriter:
         if node.op_type == "Gemm":
             alpha = float(attribute(node, "alpha", 1.0))
             weight = weight.T if attribute(node, "transB", 0) else weight
-        qp = self._weight_params(weight, weight.ndim - 1 if weight.ndim == 2 else None)
+        qp = self._weight_params(weight, weight.ndim - 1 if weight.ndim == 2 else None, node.input[1], node.name)
         w_q = self._constant(self._integers(weight, qp, node.input[1]), f"{node.input[1]}_quantized")
         w_zero = self._constant(np.asarray(qp.zero_point), f"{node.input[1]}_zero_point")
         x_q, x_scale, x_zero = self._quantized_input(node.input[0])
@@ -175,7 +175,7 @@ class _DynamicRewriter:
 
     def _conv(self, node: onnx.NodeProto) -> None:
         weight = self.index.constant(node.input[1]).astype(np.float32)
-        qp = self._weight_params(weight, 0)
+        qp = self._weight_params(weight, 0, node.input[1], node.name)
         if qp.per_channel and len(np.unique(qp.zero_point)) > 1:
             qp = self._weight_params(weight, None)  # ConvInteger takes a single weight zero point
         w_q = self._constant(self._integers(weight, qp, node.input[1]), f"{node.input[1]}_quantized")

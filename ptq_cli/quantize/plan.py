@@ -232,7 +232,7 @@ def _plan_weights(graph, index, recipe, plan) -> None:
             axis = None
             if is_weight and isinstance(spec.granularity, PerChannel):
                 axis = spec.granularity.axis if spec.granularity.axis is not None else handler.weight_axis(node, value.ndim)
-            lo, hi = weight_range(value, axis)
+            lo, hi = weight_range(value, axis, node.input[i], node.name)
             seed = recipe.seed if is_weight and recipe.rounding is Rounding.STOCHASTIC else None
             plan.weights[(node.name, node.input[i])] = WeightPlan(node.input[i], _params(lo, hi, spec, axis), seed)
         _plan_bias(node, handler, index, plan)

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ptq_cli.errors import ModelError
 from ptq_cli.recipe import QType
 
 _INT32 = np.iinfo(np.int32)
@@ -112,12 +113,26 @@ def dequantize(q: np.ndarray, qp: QParams) -> np.ndarray:
     return ((q.astype(np.int32) - zero).astype(np.float32) * scale).astype(np.float32)
 
 
-def weight_range(w: np.ndarray, axis: int | None) -> tuple[np.ndarray, np.ndarray]:
-    """Min and max of a weight, over everything (axis None) or per slice along `axis`."""
+def weight_range(w: np.ndarray, axis: int | None, name: str = "", node: str = "") -> tuple[np.ndarray, np.ndarray]:
+    """Min and max of a weight, over everything (axis None) or per slice along `axis`.
+
+    An empty weight or one holding NaN/Inf has no range: ModelError naming it (and its node)."""
+    check_weight(w, name, node)
     if axis is None:
         return np.asarray(w.min(), np.float64), np.asarray(w.max(), np.float64)
     moved = np.moveaxis(w, axis, 0).reshape(w.shape[axis], -1)
     return moved.min(axis=1).astype(np.float64), moved.max(axis=1).astype(np.float64)
+
+
+def check_weight(w: np.ndarray, name: str = "", node: str = "") -> None:
+    what = f"weight {name!r}" + (f" of node {node!r}" if node else "")
+    skip = f"; leave the node in float with --exclude {node}" if node else ""
+    if w.size == 0:
+        raise ModelError(f"{what} is empty (shape {tuple(w.shape)}): there is nothing to quantize{skip}")
+    bad = int(np.count_nonzero(~np.isfinite(w))) if np.issubdtype(w.dtype, np.floating) else 0
+    if bad:
+        raise ModelError(f"{what} holds {bad} NaN/Inf value(s) of {w.size}; fix the model (its float outputs "
+                         f"are already not finite there){skip}")
 
 
 def quantize_bias(bias: np.ndarray, input_scale: np.ndarray, weight_scale: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
