@@ -72,10 +72,12 @@ def default_output(model_path: str | os.PathLike) -> Path:
 
 
 def quantize_model(model: onnx.ModelProto, recipe: Recipe, ranges: Ranges,
-                   channel_means: Mapping[str, np.ndarray] | None = None) -> tuple[onnx.ModelProto, QuantPlan]:
+                   channel_means: Mapping[str, np.ndarray] | None = None,
+                   grams: Mapping | None = None) -> tuple[onnx.ModelProto, QuantPlan]:
     """The pure transformation: a float model and activation ranges in, a quantized model out.
 
-    `channel_means` (per-channel E[x] of Conv/Gemm inputs) enables bias correction."""
+    `channel_means` (per-channel E[x] of Conv/Gemm inputs) enables bias correction; `grams`
+    (Σ x·xᵀ of the weights' inputs, calibrate/gram.py) is what GPTQ rounding needs."""
     prepared_result = prepare_with_result(model, min_opset=_required_opset(recipe))
     prepared = prepared_result.model
     recipe, notes = fit_recipe(recipe, opset_version(prepared))
@@ -83,10 +85,17 @@ def quantize_model(model: onnx.ModelProto, recipe: Recipe, ranges: Ranges,
         return prepared, QuantPlan(skipped=all_float(prepared, notes[0]), notes=notes,
                                    prepare_skipped=prepared_result.skipped)
     plan = make_plan(prepared, recipe, ranges)
+    if recipe.rounding is Rounding.GPTQ:
+        from ptq_cli.quantize.rounding import gptq_plan
+
+        plan, _ = gptq_plan(prepared, plan, grams or {}, recipe.weights)
     if recipe.bias_correction and channel_means:
         prepared, corrected = correct_biases(prepared, plan, channel_means)
         if corrected:
-            plan = make_plan(prepared, recipe, ranges)  # the biases are new tensors now
+            # the biases are new tensors now; bias correction measured the GPTQ integers, keep them
+            from ptq_cli.quantize.rounding import carry_rounding
+
+            plan = carry_rounding(plan, make_plan(prepared, recipe, ranges), prepared)
     plan.prepare_skipped = prepared_result.skipped
     plan.notes.extend(notes)
     if recipe.format is Format.QOPERATOR:
@@ -129,8 +138,6 @@ def quantize(model: str | os.PathLike | onnx.ModelProto, output: str | os.PathLi
     raise SlowerThanFloat (FAIL), write the float model (FLOAT) or the INT8 one (INT8).
     Objective.SIZE (the API's default) times nothing: same inputs and recipe, same bytes.
     """
-    if recipe.rounding is Rounding.GPTQ:
-        raise UsageError("--rounding gptq is not available in this version of ptq; use nearest or stochastic")
     source, source_sha, path = _load_source(model)
     inputs = _input_paths(path, data, calibration)
     decision = None
@@ -154,7 +161,7 @@ def quantize(model: str | os.PathLike | onnx.ModelProto, output: str | os.PathLi
             decision = _fastest(source, floating, recipe, ranges, means, data, image, machine)
             recipe, quantized, plan = decision.recipe, decision.model, decision.plan
         else:
-            quantized, plan = quantize_model(floating, recipe, ranges, means)
+            quantized, plan = quantize_model(floating, recipe, ranges, means, table.grams)
         data_description = table.data
     _stamp(quantized, recipe, source_sha, data_description)
     _verify_loads(quantized, source)
@@ -219,10 +226,14 @@ def _calibration_table(source, source_sha, data, calibration, recipe, image, **c
     elif data is not None:
         from ptq_cli.calibrate.api import calibrate
 
-        table = calibrate(source, data, spec=recipe.calibration, image=image, **collect)
+        table = calibrate(source, data, spec=recipe.calibration, image=image,
+                          grams=recipe.rounding is Rounding.GPTQ, **collect)
     else:
         raise UsageError("static quantization needs calibration data: pass --data DIR or --calibration TABLE "
                          "(or use --dynamic, which needs none)")
+    if recipe.rounding is Rounding.GPTQ and not table.grams:
+        raise UsageError("--rounding gptq needs the Gram matrices of the weights' inputs: pass --data, or "
+                         "make the table with `ptq calibrate --gram`")
     if table.spec.method is not recipe.calibration.method or table.spec.percentile != recipe.calibration.percentile:
         table = table.with_method(recipe.calibration)
     return table

@@ -40,9 +40,13 @@ class WeightPlan:
     tensor: str  # the float initializer
     params: QParams
     stochastic_seed: int | None = None  # Recipe.seed when rounded stochastically; None = nearest
+    # The integers chosen beforehand (GPTQ rounding, quantize/rounding.py); None: round here.
+    rounded: np.ndarray | None = field(default=None, compare=False, repr=False)
 
     def integers(self, value: np.ndarray) -> np.ndarray:
         """The integer weight every emitter writes (and bias correction measures)."""
+        if self.rounded is not None:
+            return self.rounded
         rng = None if self.stochastic_seed is None else weight_rng(self.stochastic_seed, self.tensor)
         return quantize(value, self.params, rng=rng)
 

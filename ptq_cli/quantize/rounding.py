@@ -1,0 +1,152 @@
+"""Apply GPTQ rounding to a QuantPlan's weights: the integers are chosen once, here, and every
+emitter (QDQ, QOperator) and bias correction then reads them through WeightPlan.integers.
+
+A weight is seen as rows × inputs, the layout GPTQ works in (calibrate/gram.py collects the
+matching Gram matrices):
+    MatMul / Gemm  W [K, N] (Gemm transB: [N, K])  -> [N, K]
+    Conv           W [Co, C/g, kh, kw]             -> per group g: [Co/g, C/g·kh·kw]
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import replace
+
+import numpy as np
+import onnx
+
+from ptq_cli.calibrate.gram import Gram, gram_key
+from ptq_cli.model.graph import GraphIndex, attribute
+from ptq_cli.quantize.blas import single_threaded_blas
+from ptq_cli.quantize.gptq import gptq_round
+from ptq_cli.quantize.plan import QuantPlan, WeightPlan, _fit_bias_in_int32
+from ptq_cli.quantize.scheme import QParams, integer_range
+from ptq_cli.recipe import TensorSpec
+
+log = logging.getLogger(__name__)
+
+GPTQ_OPS = ("MatMul", "Gemm", "Conv")
+
+
+def gptq_plan(model: onnx.ModelProto, plan: QuantPlan, grams: Mapping[str, Gram],
+              spec: TensorSpec) -> tuple[QuantPlan, list[str]]:
+    """`plan` with GPTQ-rounded integers for every weight whose Gram matrix is known; returns
+    it and the nodes left to round to nearest (no Gram matrix for their input)."""
+    with single_threaded_blas():
+        return _gptq_plan(model, plan, grams, spec)
+
+
+def _gptq_plan(model, plan, grams, spec) -> tuple[QuantPlan, list[str]]:
+    index = GraphIndex(model.graph)
+    nodes = {n.name: n for n in model.graph.node}
+    qmin, qmax = integer_range(spec.dtype, symmetric=spec.symmetric, reduce_range=spec.reduce_range)
+    weights = dict(plan.weights)
+    missing = []
+    for (node_name, tensor), weight in plan.weights.items():
+        node = nodes[node_name]
+        if node.op_type not in GPTQ_OPS or len(node.input) < 2 or node.input[1] != tensor:
+            continue
+        gram = grams.get(gram_key(node, index) or "")
+        if gram is None or gram.total is None:
+            missing.append(node_name)
+            continue
+        w = index.constant(tensor)
+        layout = _Rows(node, w.shape, gram.total.shape[0])
+        if spec.symmetric:
+            weight = _fitted(replace(weight, params=searched_scale(layout, w, weight.params, gram.total, qmin, qmax)),
+                             node, plan, index)
+        rounded = gptq_weight(layout, w, weight.params, gram.total, qmin, qmax)
+        weights[(node_name, tensor)] = replace(weight, rounded=rounded.astype(weight.params.qtype.numpy_type))
+    if missing:
+        log.info("GPTQ: no Gram matrix for %d nodes, rounded to nearest: %s", len(missing), missing[:5])
+    return _with_weights(plan, weights), missing
+
+
+class _Rows:
+    """A weight seen as [rows, inputs], with the rows of each group together."""
+
+    def __init__(self, node: onnx.NodeProto, shape: tuple[int, ...], groups: int) -> None:
+        self.shape, self.groups = tuple(shape), groups
+        self.transposed = node.op_type != "Conv" and not (node.op_type == "Gemm" and attribute(node, "transB", 0))
+
+    def view(self, a: np.ndarray) -> np.ndarray:
+        a = np.broadcast_to(a, self.shape)
+        return a.T if self.transposed else a.reshape(self.shape[0], -1)
+
+    def back(self, a: np.ndarray) -> np.ndarray:
+        return a.T if self.transposed else a.reshape(self.shape)
+
+    def grouped(self, a: np.ndarray) -> np.ndarray:
+        """[groups, rows per group, inputs]."""
+        view = self.view(a)
+        return view.reshape(self.groups, view.shape[0] // self.groups, view.shape[1])
+
+
+def gptq_weight(layout: _Rows, w: np.ndarray, qp: QParams, h: np.ndarray, qmin: int, qmax: int) -> np.ndarray:
+    """The GPTQ integers of one weight, in the weight's own layout."""
+    scale, zero = _along(qp.scale, w.ndim, qp.axis), _along(qp.zero_point, w.ndim, qp.axis)
+    q = gptq_round(layout.grouped(w), h, layout.grouped(scale), layout.grouped(zero), qmin, qmax)
+    return layout.back(q.reshape(-1, q.shape[-1]))
+
+
+SCALE_GRID = np.linspace(0.5, 1.0, 26)
+
+
+def searched_scale(layout: _Rows, w: np.ndarray, qp: QParams, h: np.ndarray, qmin: int, qmax: int) -> QParams:
+    """The symmetric scale (per tensor, or per row when per channel) shrunk by the factor in
+    SCALE_GRID that minimises the output error of nearest rounding, Σ δ·H·δᵀ: clipping a few
+    outlying weights buys resolution for all the others, and the output error, not the weight
+    error, says when that pays."""
+    scale, zero = _along(qp.scale, w.ndim, qp.axis), _along(qp.zero_point, w.ndim, qp.axis)
+    wg, sg, zg = layout.grouped(w.astype(np.float64)), layout.grouped(scale), layout.grouped(zero)
+    errors = []
+    for factor in SCALE_GRID:
+        q = np.clip(np.rint(wg / (sg * factor)) + zg, qmin, qmax)
+        delta = (q - zg) * (sg * factor) - wg
+        errors.append(((delta @ h) * delta).sum(axis=2).reshape(-1))
+    errors = np.array(errors)  # [factors, rows]
+    if not qp.per_channel:
+        best = SCALE_GRID[int(np.argmin(errors.sum(axis=1)))]
+        return replace(qp, scale=(qp.scale * best).astype(np.float32))
+    rows_per_channel = layout.view(scale).shape[0]
+    if qp.scale.shape != (rows_per_channel,) or layout.transposed != (qp.axis == w.ndim - 1):
+        return qp  # channels that are not the rows: keep the nearest-rounding scale
+    best = SCALE_GRID[np.argmin(errors, axis=0)]
+    return replace(qp, scale=(qp.scale * best).astype(np.float32))
+
+
+def _fitted(weight: WeightPlan, node: onnx.NodeProto, plan: QuantPlan, index: GraphIndex) -> WeightPlan:
+    """The weight with its scale widened again where its node's int32 bias would not fit."""
+    bias = plan.biases.get(node.name)
+    if bias is None:
+        return weight
+    return _fit_bias_in_int32(weight, index.constant(bias.tensor), plan.activations[bias.input_tensor].scale)
+
+
+def carry_rounding(before: QuantPlan, after: QuantPlan, model: onnx.ModelProto) -> QuantPlan:
+    """`after` (re-planned after bias correction) keeping `before`'s chosen scales and integers
+    wherever the corrected bias still fits them in int32."""
+    index = GraphIndex(model.graph)
+    nodes = {n.name: n for n in model.graph.node}
+    weights = dict(after.weights)
+    for key, weight in after.weights.items():
+        old = before.weights.get(key)
+        if old is not None and old.rounded is not None and \
+                _fitted(old, nodes[key[0]], after, index).params.same_as(old.params):
+            weights[key] = old
+    return _with_weights(after, weights)
+
+
+def _with_weights(plan: QuantPlan, weights: dict[tuple[str, str], WeightPlan]) -> QuantPlan:
+    biases = {node: replace(b, weight=weights.get((node, b.weight.tensor), b.weight)) for node, b in plan.biases.items()}
+    return replace(plan, weights=weights, biases=biases)
+
+
+def _along(values: np.ndarray, ndim: int, axis: int | None) -> np.ndarray:
+    values = np.asarray(values, np.float64)
+    if values.ndim == 0 or axis is None:
+        return values
+    shape = [1] * ndim
+    shape[axis] = -1
+    return values.reshape(shape)
