@@ -192,7 +192,8 @@ def _claim_passthrough_nodes(graph, index, recipe, claimed, plan) -> set[str]:
 def _assign_activation_params(graph, index, recipe, ranges, claimed, passthrough, plan) -> None:
     """Step 3: parameters for every quantized activation, in graph order."""
     spec = recipe.activations
-    unit = {n.output[0] for n in graph.node if n.name in plan.quantized
+    quantized = set(plan.quantized)
+    unit = {n.output[0] for n in graph.node if n.name in quantized
             and handler_for(n) is not None and handler_for(n).output is OutputRule.UNIT}
     quantized_inputs = [i.name for i in graph.input if i.name in claimed]
     for name in quantized_inputs:

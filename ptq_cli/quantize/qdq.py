@@ -92,10 +92,10 @@ def _float_readers(graph: onnx.GraphProto, index: GraphIndex, plan: QuantPlan) -
     through Reshape, MaxPool, ... and would then re-quantize the float node all the same)."""
     quantized = set(plan.quantized)
     readers = {n.name for n in graph.node if n.op_type in _REQUANTIZED_BY_ORT and n.name not in quantized}
+    by_name = {n.name: n for n in graph.node}
     frontier = list(readers)
     while frontier:
-        node = next(n for n in graph.node if n.name == frontier[-1])
-        frontier.pop()
+        node = by_name[frontier.pop()]
         for name in node.input:
             producer = index.producer.get(name)
             if producer is None or producer.name in readers or handler_for(producer) is None or \

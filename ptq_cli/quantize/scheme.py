@@ -16,6 +16,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import math
+
 import numpy as np
 
 from ptq_cli.errors import ModelError
@@ -58,6 +60,8 @@ def integer_range(qtype: QType, *, symmetric: bool, reduce_range: bool = False) 
 def compute_qparams(lo, hi, qtype: QType, *, symmetric: bool, reduce_range: bool = False,
                     power_of_two: bool = False, axis: int | None = None) -> QParams:
     """Scale and zero-point that cover [lo, hi] (widened to contain 0.0)."""
+    if axis is None and not power_of_two and np.ndim(lo) == 0 and np.ndim(hi) == 0:
+        return _scalar_qparams(float(lo), float(hi), qtype, symmetric, reduce_range)
     lo = np.minimum(np.asarray(lo, dtype=np.float64), 0.0)
     hi = np.maximum(np.asarray(hi, dtype=np.float64), 0.0)
     if not (np.all(np.isfinite(lo)) and np.all(np.isfinite(hi))):
@@ -81,6 +85,27 @@ def compute_qparams(lo, hi, qtype: QType, *, symmetric: bool, reduce_range: bool
     if axis is None and scale32.ndim != 0:
         raise ValueError("per-channel ranges need an axis")
     return QParams(scale32, np.asarray(zero.astype(qtype.numpy_type)), qtype, axis if scale32.ndim else None)
+
+
+def _scalar_qparams(lo: float, hi: float, qtype: QType, symmetric: bool, reduce_range: bool) -> QParams:
+    """compute_qparams for one range, in Python floats: the same numbers (float64 arithmetic,
+    then float32), without numpy's per-call overhead, which dominated planning large graphs."""
+    lo, hi = min(lo, 0.0), max(hi, 0.0)
+    if not (math.isfinite(lo) and math.isfinite(hi)):
+        raise ValueError("quantization range must be finite")
+    qmin, qmax = integer_range(qtype, symmetric=symmetric, reduce_range=reduce_range)
+    if symmetric:
+        mid = 0 if qtype.signed else (qmax + 1) // 2
+        scale, zero = max(-lo, hi) / float(qmax - mid), float(mid)
+    else:
+        scale, zero = (hi - lo) / float(qmax - qmin), None
+    scale32 = np.float32(scale if scale > _TINY8 else 1.0)
+    if zero is None:
+        zero = min(max(float(np.rint(qmin - lo / float(scale32))), qmin), qmax)
+    return QParams(np.asarray(scale32), np.asarray(np.asarray(zero).astype(qtype.numpy_type)), qtype, None)
+
+
+_TINY8 = float(np.finfo(np.float32).tiny) * 8
 
 
 def _broadcast(values: np.ndarray, ndim: int, axis: int | None) -> np.ndarray:
