@@ -74,9 +74,13 @@ def check_array(array: np.ndarray, spec: InputSpec, source: str, *, batched: boo
 def _check_dtype(array: np.ndarray, spec: InputSpec, source: str) -> np.ndarray:
     if array.dtype == spec.dtype:
         return array
-    if array.dtype == np.float64 and spec.dtype == np.float32:
-        # numpy saves float64 by default; the cast loses nothing a float32 model would use.
-        return array.astype(np.float32)
+    if spec.dtype.name == "bfloat16":
+        raise DataError(f"{source}: input {spec.name!r} is bfloat16, which onnxruntime's Python API cannot "
+                        "feed; quantize with --dynamic (no data needed), or export the model's inputs as float32")
+    if array.dtype.kind == "f" and spec.dtype.kind == "f":
+        # numpy saves float64 by default, float16 models get float32 data: the model's own
+        # precision is what it would compute in anyway.
+        return array.astype(spec.dtype)
     raise DataError(f"{source}: input {spec.name!r} expects {spec.dtype}, got {array.dtype}; "
                     f"save the data as {spec.dtype}")
 

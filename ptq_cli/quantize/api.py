@@ -15,6 +15,7 @@ from ptq_cli import __version__
 from ptq_cli.errors import ModelError, UsageError
 from ptq_cli.failures import is_onnxruntime_error, onnxruntime_message
 from ptq_cli.model.io import check_model, check_writable, load_model, opset_version, save_model
+from ptq_cli.model.passes.float32 import ToFloat32, float_kinds
 from ptq_cli.model.prepare import QDQ_4_16_BIT_OPSET, QDQ_PER_AXIS_OPSET, prepare, prepare_with_result
 from ptq_cli.quantize.bias_correction import correct_biases
 from ptq_cli.quantize.dynamic import DYNAMIC_DATA, check_dynamic_recipe, rewrite_dynamic
@@ -139,6 +140,7 @@ def quantize(model: str | os.PathLike | onnx.ModelProto, output: str | os.PathLi
     Objective.SIZE (the API's default) times nothing: same inputs and recipe, same bytes.
     """
     source, source_sha, path = _load_source(model)
+    source, widened = _float32(source)
     inputs = _input_paths(path, data, calibration)
     decision = None
     if output is not None:
@@ -151,7 +153,7 @@ def quantize(model: str | os.PathLike | onnx.ModelProto, output: str | os.PathLi
         collect = dict(progress=progress, batch_size=batch_size, max_samples=max_samples)
         # Calibrate the file itself when there is one (its sha256 is what a table records), or the
         # equalized model, whose activations between the Conv pairs are rescaled.
-        floating, calibrated = source, path or source
+        floating, calibrated = source, (path if not widened else None) or source
         if recipe.equalize:
             floating = calibrated = _equalized(source, data, recipe, image, **collect)
         table = _calibration_table(calibrated, source_sha, data, calibration, recipe, image, **collect)
@@ -172,7 +174,7 @@ def quantize(model: str | os.PathLike | onnx.ModelProto, output: str | os.PathLi
     written = save_model(written_model, output, force=force, protect=inputs) if output else None
     return QuantizeResult(written_model, written, recipe, tuple(plan.quantized), tuple(plan.skipped),
                           dict(plan.fused), source.ByteSize(), written_model.ByteSize(), source_sha,
-                          tuple(plan.prepare_skipped), tuple(plan.notes),
+                          tuple(plan.prepare_skipped), widened + tuple(plan.notes),
                           latency=decision, float_written=written_model is source)
 
 
@@ -187,6 +189,16 @@ def _fastest(source, floating, recipe, ranges, means, data, image, machine) -> L
     prepared = prepare(floating, min_opset=_required_opset(recipe))
     return search_placement(source, prepared, recipe, lambda r: quantize_model(floating, r, ranges, means),
                             feeds, machine or OnnxruntimeMachine())
+
+
+def _float32(source: onnx.ModelProto) -> tuple[onnx.ModelProto, tuple[str, ...]]:
+    """A float16/bfloat16/float64 model as a float32 one with Casts at its edges, and the note
+    that says so; a float32 model as it is."""
+    if not float_kinds(source):
+        return source, ()
+    converted = onnx.ModelProto()
+    converted.CopyFrom(source)
+    return converted, ToFloat32()(converted).changes
 
 
 def _equalized(source: onnx.ModelProto, data, recipe: Recipe, image, **collect) -> onnx.ModelProto:
