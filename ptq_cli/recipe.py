@@ -7,7 +7,11 @@ refused with a message that says what is allowed, never silently ignored.
 from __future__ import annotations
 
 import enum
+import json
+import math
+import os
 from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
 from typing import Any
 
 from ptq_cli.errors import UsageError
@@ -233,7 +237,8 @@ _ENUMS = {"dtype": QType, "format": Format, "method": CalibMethod, "rounding": R
 def _from_plain(cls: type, data: dict[str, Any], where: str) -> Any:
     if not isinstance(data, dict):
         raise UsageError(f"{where} must be an object, got {type(data).__name__}")
-    known = {f.name for f in fields(cls)}
+    annotations = {f.name: f.type for f in fields(cls)}
+    known = set(annotations)
     unknown = sorted(set(data) - known)
     if unknown:
         raise UsageError(f"unknown key(s) {unknown} in {where}; allowed: {sorted(known)}")
@@ -251,11 +256,53 @@ def _from_plain(cls: type, data: dict[str, Any], where: str) -> Any:
                 raise UsageError(f"{where}.{key} must be one of {allowed}, got {raw!r}") from None
         elif key == "granularity":
             kwargs[key] = _granularity(raw, f"{where}.{key}")
-        elif key == "exclude":
-            kwargs[key] = tuple(raw)
         else:
-            kwargs[key] = raw
+            _check_plain(raw, str(annotations[key]), f"{where}.{key}")
+            kwargs[key] = tuple(raw) if key == "exclude" else raw
     return cls(**kwargs)
+
+
+# What a plain JSON value must be for a field of each annotated type (the other annotations are
+# enums and nested specs, checked above). A string where a list is expected would otherwise
+# become a tuple of letters, and "false" a true value.
+_PLAIN_TYPES = {
+    "bool": ("true or false", lambda v: isinstance(v, bool)),
+    "int": ("an integer", lambda v: isinstance(v, int) and not isinstance(v, bool)),
+    "float": ("a finite number", lambda v: isinstance(v, (int, float)) and not isinstance(v, bool)
+              and math.isfinite(v)),
+    "str": ("a string", lambda v: isinstance(v, str)),
+    "tuple[str, ...]": ("a list of strings", lambda v: isinstance(v, list) and all(isinstance(x, str) for x in v)),
+}
+
+
+def _check_plain(raw: Any, annotation: str, where: str) -> None:
+    optional = annotation.endswith(" | None")
+    base = annotation[:-len(" | None")] if optional else annotation
+    if optional and raw is None or base not in _PLAIN_TYPES:
+        return
+    expected, fits = _PLAIN_TYPES[base]
+    if not fits(raw):
+        shown = repr(raw) if len(repr(raw)) <= 60 else repr(raw)[:57] + "..."
+        raise UsageError(f"{where} must be {expected}{' or null' if optional else ''}, "
+                         f"got {type(raw).__name__} {shown}")
+
+
+def load_recipe(path: str | os.PathLike) -> "Recipe":
+    """A Recipe from a JSON file, refused with the reason when it is not UTF-8 JSON of a recipe."""
+    path = Path(path)
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise UsageError(f"recipe {path} is not UTF-8 text (byte {exc.object[exc.start]:#04x} at offset "
+                         f"{exc.start}); save it as UTF-8 JSON") from None
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise UsageError(f"recipe {path} is not valid JSON: {exc}") from None
+    try:
+        return Recipe.from_dict(data)
+    except UsageError as exc:
+        raise UsageError(f"{path}: {exc}") from None
 
 
 def _granularity(raw: Any, where: str) -> Granularity:
@@ -263,5 +310,6 @@ def _granularity(raw: Any, where: str) -> Granularity:
     if kind == "per_tensor" and set(raw) == {"kind"}:
         return PerTensor()
     if kind == "per_channel" and set(raw) <= {"kind", "axis"}:
+        _check_plain(raw.get("axis"), "int | None", f"{where}.axis")
         return PerChannel(axis=raw.get("axis"))
     raise UsageError(f'{where} must be {{"kind": "per_tensor"}} or {{"kind": "per_channel", "axis": N}}, got {raw!r}')

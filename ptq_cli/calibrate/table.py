@@ -26,6 +26,7 @@ import onnx
 from ptq_cli import __version__
 from ptq_cli.calibrate.gram import Gram
 from ptq_cli.calibrate.methods import Range, compute_range
+from ptq_cli.calibrate.schema import check_range, validate_table
 from ptq_cli.calibrate.stats import TensorStats
 from ptq_cli.errors import CalibrationError, UsageError
 from ptq_cli.files import write_text
@@ -125,6 +126,7 @@ class CalibrationTable:
         if data.get("version") != VERSION:
             raise CalibrationError(f"{where} has version {data.get('version')!r}; this ptq reads "
                                    f"version {VERSION}: recalibrate with ptq calibrate")
+        validate_table(data, where)
         try:
             spec = spec_from_dict(data["calibration"], f"{where}: calibration")
             stats = {n: TensorStats.from_dict(t) for n, t in data["tensors"].items()}
@@ -162,6 +164,7 @@ def merge(tables: Sequence[CalibrationTable]) -> CalibrationTable:
     """
     if not tables:
         raise UsageError("give at least one calibration table to merge")
+    _refuse_repeats(tables)
     first = tables[0]
     for other in tables[1:]:
         if other.model_sha256 != first.model_sha256:
@@ -189,6 +192,28 @@ def merge(tables: Sequence[CalibrationTable]) -> CalibrationTable:
                                   samples=sum(t.samples for t in tables), grams=grams)
 
 
+def _refuse_repeats(tables: Sequence[CalibrationTable]) -> None:
+    """A shard given twice would count its samples twice: refuse it (and identical tables)."""
+    seen_shards: dict[tuple[int, int], int] = {}
+    seen_content: dict[str, int] = {}
+    for i, table in enumerate(tables):
+        if table.shard is not None:
+            if table.shard in seen_shards:
+                raise CalibrationError(f"shard {table.shard[0]}/{table.shard[1]} is given twice (tables "
+                                       f"{seen_shards[table.shard] + 1} and {i + 1}); its samples would count "
+                                       "twice: give each shard once")
+            seen_shards[table.shard] = i
+        digest = hashlib.sha256(json.dumps(table.to_dict(), sort_keys=True).encode()).hexdigest()
+        if digest in seen_content:
+            raise CalibrationError(f"tables {seen_content[digest] + 1} and {i + 1} are the same table; its "
+                                   "samples would count twice: give each table once")
+        seen_content[digest] = i
+    splits = {t.shard[1] for t in tables if t.shard is not None}
+    if len(splits) > 1:
+        raise CalibrationError(f"the shards come from different splits (N = {sorted(splits)}); their samples "
+                               "overlap: merge the shards of one --shard K/N run")
+
+
 def spec_to_dict(spec: CalibrationSpec) -> dict[str, Any]:
     return {"method": spec.method.value, "percentile": spec.percentile, "bins": spec.bins,
             "moving_average": spec.moving_average}
@@ -208,9 +233,11 @@ def spec_from_dict(data: Any, where: str) -> CalibrationSpec:
 def _range(spec: CalibrationSpec, name: str, stats: TensorStats) -> Range:
     mn, mx = stats.min_max
     try:
-        return compute_range(spec, mn, mx, stats.histogram)
+        lo, hi = compute_range(spec, mn, mx, stats.histogram)
     except CalibrationError as exc:
         raise CalibrationError(f"tensor {name!r}: {exc}") from None
+    check_range(name, lo, hi)  # every range passes here: fresh calibration, merges, --method switches
+    return lo, hi
 
 
 def _rebinned(stats: TensorStats, bins: int) -> TensorStats:

@@ -112,12 +112,9 @@ def _recipe(recipe_file: Path | None, *, method, percentile, bins, per_channel, 
             symmetric_activations, asymmetric_weights, reduce_range, power_of_two, fmt, dynamic, exclude,
             bias_correction, equalize, rounding, seed) -> Recipe:
     if recipe_file is not None:
-        from ptq_cli.errors import UsageError
+        from ptq_cli.recipe import load_recipe
 
-        try:
-            return Recipe.from_dict(json.loads(recipe_file.read_text()))
-        except json.JSONDecodeError as exc:
-            raise UsageError(f"{recipe_file} is not valid JSON: {exc}") from None
+        return load_recipe(recipe_file)
     weights = TensorSpec(QType(weight_type), symmetric=not asymmetric_weights,
                          granularity=PerChannel() if per_channel else PerTensor(),
                          reduce_range=reduce_range, power_of_two=power_of_two)

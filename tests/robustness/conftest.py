@@ -13,6 +13,10 @@ from tests.conftest import tiny_conv_relu
 def work(tmp_path) -> Path:
     """A tiny Conv-Relu model, 4 calibration samples, labels; `work / "model.int8.onnx"` is made
     on demand by `quantized`."""
+    return make_work(tmp_path)
+
+
+def make_work(tmp_path: Path) -> Path:
     rng = np.random.default_rng(0)
     onnx.save(tiny_conv_relu(rng), tmp_path / "model.onnx")
     data = tmp_path / "data"
