@@ -169,6 +169,22 @@ class WeightOnly:
             raise UsageError(f"accuracy_level must be 0..4, got {self.accuracy_level}")
 
 
+@dataclass(frozen=True)
+class WeightCodebook:
+    """Non-uniform weights: each weight tensor (or output channel) clustered to 2**bits float
+    centroids; the file stores the integer indices and the small codebook, the graph expands
+    them back (onnxruntime folds the expansion at load), and the model runs in float."""
+
+    bits: int = 4
+    granularity: Granularity = PerChannel()  # one codebook per output channel, or per tensor
+
+    def __post_init__(self) -> None:
+        if isinstance(self.bits, bool) or not isinstance(self.bits, int) or not 1 <= self.bits <= 8:
+            raise UsageError(f"codebook bits must be an integer from 1 to 8, got {self.bits!r}")
+        if not isinstance(self.granularity, (PerTensor, PerChannel)):
+            raise UsageError(f"granularity must be PerTensor() or PerChannel(), got {self.granularity!r}")
+
+
 DEFAULT_WEIGHTS = TensorSpec(dtype=QType.INT8, symmetric=True, granularity=PerChannel())
 DEFAULT_ACTIVATIONS = TensorSpec(dtype=QType.UINT8, symmetric=False, granularity=PerTensor())
 
@@ -188,6 +204,7 @@ class Recipe:
     rounding: Rounding = Rounding.NEAREST  # how weights are rounded to integers
     seed: int = 0  # of stochastic rounding (and anything else random): same seed, same bytes
     weight_only: WeightOnly | None = None  # block-wise weights only, activations stay float
+    weight_codebook: WeightCodebook | None = None  # clustered (non-uniform) weights, float runtime
 
     def __post_init__(self) -> None:
         if not isinstance(self.format, Format):
@@ -198,6 +215,8 @@ class Recipe:
             raise UsageError("activations can only be quantized per tensor")
         if not isinstance(self.rounding, Rounding):
             raise UsageError(f"rounding must be one of {[r.value for r in Rounding]}, got {self.rounding!r}")
+        if self.weight_codebook is not None and (self.dynamic or self.weight_only is not None):
+            raise UsageError("a weight codebook replaces the other weight schemes: drop --dynamic / --weight-only")
         object.__setattr__(self, "exclude", tuple(self.exclude))
 
     def with_(self, **changes: Any) -> "Recipe":
@@ -230,7 +249,7 @@ def _to_plain(value: Any) -> Any:
 
 
 _NESTED = {"weights": TensorSpec, "activations": TensorSpec, "calibration": CalibrationSpec,
-           "weight_only": WeightOnly}
+           "weight_only": WeightOnly, "weight_codebook": WeightCodebook}
 _ENUMS = {"dtype": QType, "format": Format, "method": CalibMethod, "rounding": Rounding}
 
 
@@ -244,7 +263,7 @@ def _from_plain(cls: type, data: dict[str, Any], where: str) -> Any:
         raise UsageError(f"unknown key(s) {unknown} in {where}; allowed: {sorted(known)}")
     kwargs: dict[str, Any] = {}
     for key, raw in data.items():
-        if key in _NESTED and raw is None and key == "weight_only":
+        if key in _NESTED and raw is None and key in ("weight_only", "weight_codebook"):
             kwargs[key] = None
         elif key in _NESTED:
             kwargs[key] = _from_plain(_NESTED[key], raw, f"{where}.{key}")

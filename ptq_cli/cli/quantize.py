@@ -12,7 +12,7 @@ from ptq_cli.cli import reported_errors
 from ptq_cli.cli.data_options import data_options, image_preprocess_from_options, pop_data_options
 from ptq_cli.quantize.latency.search import IfSlower, Objective
 from ptq_cli.recipe import (CalibMethod, CalibrationSpec, Format, PerChannel, PerTensor, QType, Recipe,
-                            Rounding, TensorSpec)
+                            Rounding, TensorSpec, WeightCodebook)
 
 _QTYPES = [q.value for q in QType]
 
@@ -51,6 +51,10 @@ _QTYPES = [q.value for q in QType]
                    "through the input Gram matrix), stochastic (unbiased random rounding, see --seed).")
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True,
               help="Seed of every random choice (stochastic rounding): the same seed, the same bytes.")
+@click.option("--weight-codebook", type=click.IntRange(1, 8), metavar="BITS",
+              help="Cluster each weight (per output channel, or --per-tensor) to 2^BITS float centroids "
+                   "by k-means; the file stores indices + codebook and runs in float. --data (optional) "
+                   "weights the clustering by each layer's input energy.")
 @click.option("--format", "fmt", type=click.Choice([f.value for f in Format]), default="qdq", show_default=True,
               help="qdq: Quantize/DequantizeLinear pairs around float ops; qoperator: QLinearConv, ... ops.")
 @click.option("--dynamic", is_flag=True,
@@ -110,7 +114,7 @@ def quantize_command(ctx: click.Context, model: Path, output: Path | None, calib
 
 def _recipe(recipe_file: Path | None, *, method, percentile, bins, per_channel, weight_type, activation_type,
             symmetric_activations, asymmetric_weights, reduce_range, power_of_two, fmt, dynamic, exclude,
-            bias_correction, equalize, rounding, seed) -> Recipe:
+            bias_correction, equalize, rounding, seed, weight_codebook) -> Recipe:
     if recipe_file is not None:
         from ptq_cli.recipe import load_recipe
 
@@ -123,6 +127,8 @@ def _recipe(recipe_file: Path | None, *, method, percentile, bins, per_channel, 
     return Recipe(weights=weights, activations=activations, format=Format(fmt), dynamic=dynamic,
                   exclude=tuple(exclude), bias_correction=bias_correction, equalize=equalize,
                   rounding=Rounding(rounding), seed=seed,
+                  weight_codebook=None if weight_codebook is None else WeightCodebook(
+                      weight_codebook, PerChannel() if per_channel else PerTensor()),
                   calibration=CalibrationSpec(method=CalibMethod(method), percentile=percentile, bins=bins))
 
 

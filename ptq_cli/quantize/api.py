@@ -149,6 +149,10 @@ def quantize(model: str | os.PathLike | onnx.ModelProto, output: str | os.PathLi
         check_dynamic_recipe(recipe)
         quantized, plan = _dynamic(source, recipe)
         data_description = DYNAMIC_DATA
+    elif recipe.weight_codebook is not None:
+        quantized, plan, data_description = _with_codebook(source, path, source_sha, data, calibration, recipe,
+                                                           image, progress=progress, batch_size=batch_size,
+                                                           max_samples=max_samples)
     else:
         collect = dict(progress=progress, batch_size=batch_size, max_samples=max_samples)
         # Calibrate the file itself when there is one (its sha256 is what a table records), or the
@@ -176,6 +180,30 @@ def quantize(model: str | os.PathLike | onnx.ModelProto, output: str | os.PathLi
                           dict(plan.fused), source.ByteSize(), written_model.ByteSize(), source_sha,
                           tuple(plan.prepare_skipped), widened + tuple(plan.notes),
                           latency=decision, float_written=written_model is source)
+
+
+def _with_codebook(source, path, source_sha, data, calibration, recipe, image, **collect):
+    """Codebook weights, weighted by the layers' input Gram matrices when data or a table has them."""
+    from ptq_cli.quantize.codebook import codebook_weights
+
+    grams, description = None, "none: codebook weights cluster the weights alone"
+    if data is not None or calibration is not None:
+        from ptq_cli.calibrate.table import CalibrationTable
+
+        if calibration is not None and data is not None:
+            raise UsageError("give either --data or --calibration, not both")
+        if calibration is not None:
+            table = calibration if isinstance(calibration, CalibrationTable) else CalibrationTable.load(calibration)
+            table.check_model(source_sha)
+        else:
+            from ptq_cli.calibrate.api import calibrate
+
+            table = calibrate(path or source, data, image=image, grams=True, histograms=False, **collect)
+        grams, description = table.grams, table.data
+    bits = recipe.weight_codebook.bits
+    prepared = prepare(source, min_opset=QDQ_4_16_BIT_OPSET if bits <= 4 else QDQ_PER_AXIS_OPSET)
+    quantized, done, skipped = codebook_weights(prepared, recipe, grams)
+    return quantized, QuantPlan(quantized=done, skipped=skipped), description
 
 
 def _input_paths(*given) -> tuple[str | os.PathLike, ...]:
