@@ -1,15 +1,18 @@
-"""onnxruntime CPU latency of FP32 vs ptq INT8 vs onnxruntime INT8 on the same inputs.
+"""onnxruntime CPU latency of FP32, ptq's default (latency-aware) model, ptq with every node
+quantized, and onnxruntime.quantization's model, on every shared model.
 
-2 intra-op threads (settable), batch 1, the same real evaluation samples for every model. After
-a warm-up, runs are interleaved (one ~20 ms block per model per round, in rotating order, each
-after a few untimed lead-in runs) so that the machine's drifting speed hits every model alike.
-Reported: median and IQR of single runs per model in ms, and FP32 / INT8 as the median over
-rounds of the ratio of block medians (> 1 means the INT8 model is faster). Each INT8 model also gets a one-line summary of what
-onnxruntime's optimizer made of it (see explain.py; `--explain` prints the full story).
+2 intra-op threads (settable), batch 1, the same real evaluation samples for every model. Runs
+are interleaved (one ~20 ms block per model per round, in rotating order, each after untimed
+lead-in runs) so that the machine's drifting speed hits every model alike; the whole
+measurement is repeated (--repeats, default 2) and each repeat reported. FP32 / INT8 is the
+median over rounds of the ratio of block medians (> 1: INT8 is faster). "ptq fastest" names the
+fastest ptq model. For ptq's default model: what onnxruntime made of it (explain.py) and the
+nodes that are still slower in INT8 than in FP32 (onnxruntime's profiler, mapped back to the
+float graph).
 
-    python bench/latency.py                               # all five models, per-channel + per-tensor, QDQ
-    python bench/latency.py --models mobilenet --formats qdq,qoperator --extra mobilenet=/tmp/m.int8.onnx
-    python bench/latency.py --explain bench/.cache/models/resnet8.ort.per-tensor.minmax.qdq.onnx
+    python bench/latency.py                                 # every model; ~3 min on a quiet 2-core machine
+    python bench/latency.py --models mobilenet,resnet8 --repeats 3
+    python bench/latency.py --explain model.int8.onnx --profile
 """
 
 from __future__ import annotations
@@ -27,78 +30,161 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(1, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np  # noqa: E402
+import onnx  # noqa: E402
 import onnxruntime as ort  # noqa: E402
 
+import attention_models  # noqa: E402
 import realdata  # noqa: E402
-from common import (FORMATS, GRANULARITIES, TOOLS, Outcome, Variant, build, check_loads, log,  # noqa: E402
-                    parse_list, ptq_available, session)
+from common import NpyFolderReader, log, parse_list, session  # noqa: E402
 from explain import LEVELS, explain, profile, render_profile  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
+OUT = realdata.CACHE / "latency"
 BLOCK_SECONDS = 0.02
 LEAD_SECONDS = 0.003
+
+
+@dataclass(frozen=True)
+class Subject:
+    """A model to time: its file, calibration folder, timing feeds, and onnxruntime's reader."""
+
+    name: str
+    model_path: Path
+    calib_dir: Path
+    feeds: list[dict[str, np.ndarray]]
+    ort_reader: object
+    ort_per_channel: bool
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.getLogger().setLevel(logging.ERROR)  # onnxruntime.quantization's advice to pre-process
     if args.explain:
-        if args.save and len(args.explain) > 1:
-            raise SystemExit("--save takes one --explain model at a time")
         for path in args.explain:
-            print(explain(path, args.level, args.save).render())
+            print(explain(path, args.level).render())
             if args.profile:
                 print(render_profile(profile(path, threads=args.threads)))
         return 0
-    models = parse_list(args.models, realdata.names(), "model")
-    extras = _extras(args.extra)
-    tools = parse_list(args.tools, TOOLS, "tool")
-    if "ptq" in tools and (why := ptq_available()) is not None:
-        log(f"ptq skipped: {why}")
-        tools = [t for t in tools if t != "ptq"]
-    variants = [Variant(t, g, "minmax", f) for f in parse_list(args.formats, FORMATS, "format")
-                for g in parse_list(args.granularities, GRANULARITIES, "granularity") for t in tools]
-    results = [_one_model(name, variants, extras.get(name, []), args) for name in models]
+    names = parse_list(args.models, realdata.names() + attention_models.names(), "model")
+    results = []
+    for name in names:
+        subject = _subject(name)
+        if subject is None:
+            log(f"{name}: model file absent, skipped (run ../shared/realdata/get_models.sh)")
+            continue
+        results.append(_one_model(subject, args))
     print(markdown(results))
     out = Path(args.json)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"settings": {"threads": args.threads, "seconds_per_model": args.seconds,
-                                            "onnxruntime": ort.__version__, "machine": platform.machine(),
-                                            "processor": platform.processor()},
+    out.write_text(json.dumps({"settings": {"threads": args.threads, "seconds": args.seconds, "repeats": args.repeats,
+                                            "onnxruntime": ort.__version__, "machine": platform.machine()},
                                "models": results}, indent=2) + "\n")
     log(f"wrote {out}")
     return 0
 
 
-def _one_model(name: str, variants: list[Variant], extras: list[Path], args: argparse.Namespace) -> dict:
-    model = realdata.load(name, realdata.LoadOptions(calib_count=args.calib_count, eval_limit=64))
-    candidates: list[tuple[str, Path]] = [("fp32", model.model_path)]
-    skipped: dict[str, str] = {}
-    out_dir = realdata.CACHE / "models"
-    for v in variants:
-        path = out_dir / v.file_name(name)
-        if args.reuse and path.is_file():
-            refused = check_loads(path)
-            outcome = Outcome("ok") if refused is None else Outcome("invalid", detail=refused)
-        else:
-            outcome = build(v, model, out_dir)
-        if outcome.status != "ok":
-            skipped[v.label] = f"{outcome.status}: {outcome.detail}"
-            continue
-        candidates.append((v.label, path))
-    candidates += [(f"extra {p.name}", p) for p in extras]
-    inputs = [np.ascontiguousarray(model.eval_x[i:i + 1]) for i in range(8)]
-    log(f"{name}: timing {len(candidates)} models for ~{args.seconds:.0f} s")
-    timings = measure([c[1] for c in candidates], inputs, args.threads, args.seconds)
+def _subject(name: str) -> Subject | None:
+    if name in attention_models.names():
+        model = attention_models.load(name)
+        if model is None:
+            return None
+        return Subject(name, model.model_path, model.calib_dir, model.eval_feeds(),
+                       attention_models.NpzFolderReader(model.calib_dir), False)
+    model = realdata.load(name, realdata.LoadOptions(eval_limit=64))
+    feeds = [{model.input_name: np.ascontiguousarray(model.eval_x[i:i + 1])} for i in range(8)]
+    # onnxruntime's quantizer writes per-axis DequantizeLinear into opset < 13 models, which it then refuses.
+    opset = next(o.version for o in onnx.load(str(model.model_path), load_external_data=False).opset_import
+                 if o.domain in ("", "ai.onnx"))
+    return Subject(name, model.model_path, model.calib_dir, feeds,
+                   NpyFolderReader(model.calib_dir, model.input_name), opset >= 13)
+
+
+def _one_model(subject: Subject, args: argparse.Namespace) -> dict:
+    candidates: list[tuple[str, Path]] = [("fp32", subject.model_path)]
+    notes: dict[str, object] = {}
+    built = _build_all(subject, notes)
+    candidates += built
+    repeats = []
+    for r in range(args.repeats):
+        log(f"{subject.name}: timing {len(candidates)} models for ~{args.seconds:.0f} s (repeat {r + 1})")
+        timings = measure([c[1] for c in candidates], subject.feeds, args.threads, args.seconds)
+        repeats.append([{"label": label, "median_ms": float(np.median(t.runs)) * 1e3,
+                         "iqr_ms": float(np.subtract(*np.percentile(t.runs, [75, 25]))) * 1e3,
+                         "fp32_over_this": float(np.median(timings[0].blocks / t.blocks))}
+                        for (label, _), t in zip(candidates, timings)])
+    rows = _merge(repeats)
+    ptq_rows = [r for r in rows if r["label"].startswith("ptq")]
+    if ptq_rows:
+        notes["ptq fastest"] = max(ptq_rows, key=lambda r: r["fp32_over_this"])["label"]
+    default = dict(built).get("ptq default")
+    if default is not None:
+        notes["optimized"] = explain(default, "all").summary()
+        notes["slow nodes"] = slow_nodes(subject, default, args.threads)
+    return {"model": subject.name, "rows": rows, "notes": notes}
+
+
+def _build_all(subject: Subject, notes: dict) -> list[tuple[str, Path]]:
+    """ptq default (latency-aware), ptq with every node quantized, onnxruntime's static QDQ."""
+    from ptq_cli.calibrate.api import calibrate
+    from ptq_cli.quantize.api import quantize
+    from ptq_cli.quantize.latency import IfSlower, Objective
+
+    OUT.mkdir(parents=True, exist_ok=True)
+    table = calibrate(str(subject.model_path), str(subject.calib_dir), progress=False)
+    built = []
+    for label, objective in (("ptq default", Objective.SPEED), ("ptq size", Objective.SIZE)):
+        out = OUT / f"{subject.name}.{label.replace(' ', '-')}.onnx"
+        start = time.perf_counter()
+        result = quantize(str(subject.model_path), str(out), calibration=table, objective=objective,
+                          if_slower=IfSlower.INT8, force=True, progress=False)
+        notes[f"{label} seconds"] = round(time.perf_counter() - start, 1)
+        if result.latency is not None:
+            notes["ptq default decision"] = {k: v for k, v in result.latency.to_dict().items() if k != "trials"}
+        built.append((label, out))
+    out = OUT / f"{subject.name}.ort.onnx"
+    try:
+        _ort_static(subject, out)
+        built.append(("onnxruntime", out))
+    except Exception as exc:  # its failure is a result of the benchmark
+        notes["onnxruntime"] = f"failed: {str(exc).splitlines()[0][:120]}"
+    return built
+
+
+def _ort_static(subject: Subject, out: Path) -> None:
+    from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
+
+    subject.ort_reader.rewind()
+    quantize_static(str(subject.model_path), str(out), subject.ort_reader, quant_format=QuantFormat.QDQ,
+                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                    per_channel=subject.ort_per_channel)
+    session(out, threads=1)  # refuses an invalid model here, not in the middle of the timing
+
+
+def slow_nodes(subject: Subject, int8_path: Path, threads: int, top: int = 6) -> list[dict]:
+    """The float graph's compute nodes that take longest in the INT8 model, with their FP32 time."""
+    from ptq_cli.model.prepare import prepare
+    from ptq_cli.quantize.latency.cost import node_costs
+    from ptq_cli.quantize.latency.machine import OnnxruntimeMachine
+
+    prepared = prepare(onnx.load(str(subject.model_path)))
+    machine = OnnxruntimeMachine(threads=threads)
+    fp32 = node_costs(machine.profile(prepared.SerializeToString(), subject.feeds), prepared)
+    int8 = node_costs(machine.profile(Path(int8_path).read_bytes(), subject.feeds), prepared)
+    ops = {n.name: n.op_type for n in prepared.graph.node}
+    worst = sorted(int8, key=lambda n: -int8[n])[:top]
+    return [{"node": n, "op": ops.get(n, "?"), "int8_us": round(int8[n], 1), "fp32_us": round(fp32.get(n, 0.0), 1)}
+            for n in worst]
+
+
+def _merge(repeats: list[list[dict]]) -> list[dict]:
     rows = []
-    for (label, path), t in zip(candidates, timings):
-        q1, med, q3 = (float(v) for v in np.percentile(t.runs, [25, 50, 75]))
-        row = {"label": label, "path": str(path), "median_ms": med * 1e3, "iqr_ms": (q3 - q1) * 1e3,
-               "runs": len(t.runs), "fp32_over_this": float(np.median(timings[0].blocks / t.blocks))}
-        if label != "fp32":
-            row["optimized"] = explain(path, "all").summary()
-        rows.append(row)
-    return {"model": name, "rows": rows, "skipped": skipped}
+    for k, first in enumerate(repeats[0]):
+        each = [rep[k] for rep in repeats]
+        rows.append({"label": first["label"], "median_ms": float(np.median([e["median_ms"] for e in each])),
+                     "iqr_ms": float(np.median([e["iqr_ms"] for e in each])),
+                     "fp32_over_this": float(np.median([e["fp32_over_this"] for e in each])),
+                     "fp32_over_this_each": [round(e["fp32_over_this"], 2) for e in each]})
+    return rows
 
 
 @dataclass
@@ -107,22 +193,20 @@ class Timing:
     blocks: np.ndarray  # median seconds of each interleaved block, one per round
 
 
-def measure(paths: list[Path], inputs: list[np.ndarray], threads: int, seconds: float) -> list[Timing]:
+def measure(paths: list[Path], inputs: list[dict[str, np.ndarray]], threads: int, seconds: float) -> list[Timing]:
     """Time each model in interleaved blocks; every block starts with untimed lead-in runs.
 
     The lead-in lets the previous session's spinning intra-op threads go idle: without it a
     small model timed right after another one pays for their spinning (measured here: 0.18 ms
     alone, 0.30 ms interleaved run by run). Blocks are short (~20 ms) so that the machine's
-    drifting speed (a VM: the same FP32 model took 0.5 ms and 0.9 ms minutes apart) hits every
-    model alike; ratios are taken per round and then their median.
+    drifting speed hits every model alike; ratios are taken per round and then their median.
     """
     sessions = [session(p, threads=threads) for p in paths]
-    names = [s.get_inputs()[0].name for s in sessions]
     sizes = []
-    for s, n in zip(sessions, names):  # warm-up, and how many runs fill a block
+    for s in sessions:  # warm-up, and how many runs fill a block
         start, runs = time.perf_counter(), 0
         while time.perf_counter() - start < 0.3 or runs < 10:
-            s.run(None, {n: inputs[runs % len(inputs)]})
+            s.run(None, inputs[runs % len(inputs)])
             runs += 1
         per_run = (time.perf_counter() - start) / runs
         sizes.append((max(2, int(LEAD_SECONDS / per_run)), max(3, int(BLOCK_SECONDS / per_run))))
@@ -131,13 +215,13 @@ def measure(paths: list[Path], inputs: list[np.ndarray], threads: int, seconds: 
     deadline, round_no = time.perf_counter() + seconds, 0
     while time.perf_counter() < deadline or round_no < 10:
         for k in np.roll(np.arange(len(sessions)), round_no):  # rotate: no model always goes first
-            s, feed_name, (lead, size) = sessions[k], names[k], sizes[k]
+            s, (lead, size) = sessions[k], sizes[k]
             for r in range(lead):
-                s.run(None, {feed_name: inputs[r % len(inputs)]})
+                s.run(None, inputs[r % len(inputs)])
             block = []
             for r in range(size):
                 t0 = time.perf_counter()
-                s.run(None, {feed_name: inputs[r % len(inputs)]})
+                s.run(None, inputs[r % len(inputs)])
                 block.append(time.perf_counter() - t0)
             runs_of[k] += block
             blocks_of[k].append(float(np.median(block)))
@@ -146,46 +230,35 @@ def measure(paths: list[Path], inputs: list[np.ndarray], threads: int, seconds: 
 
 
 def markdown(results: list[dict]) -> str:
-    lines = ["| model | variant | median ms | IQR ms | FP32 / this | optimized graph |", "|---|---|---|---|---|---|"]
+    lines = ["| model | variant | median ms | IQR ms | FP32 / this (each repeat) |", "|---|---|---|---|---|"]
     for res in results:
         for r in res["rows"]:
+            each = ", ".join(f"{x:.2f}" for x in r["fp32_over_this_each"])
             lines.append(f"| {res['model']} | {r['label']} | {r['median_ms']:.3f} | {r['iqr_ms']:.3f} | "
-                         f"{r['fp32_over_this']:.2f}× | {r.get('optimized', '')} |")
-        for label, why in res["skipped"].items():
-            lines.append(f"| {res['model']} | {label} | — | — | — | {why[:80]} |")
+                         f"{r['fp32_over_this']:.2f}× ({each}) |")
+    for res in results:
+        notes = res["notes"]
+        lines.append(f"\n{res['model']}: ptq fastest = {notes.get('ptq fastest')}; "
+                     f"ptq default decision {json.dumps(notes.get('ptq default decision'))}; "
+                     f"optimized graph: {notes.get('optimized')}")
+        for n in notes.get("slow nodes", []):
+            lines.append(f"  slowest in INT8: {n['op']} {n['node'][:70]}: {n['int8_us']} µs (FP32 {n['fp32_us']} µs)")
     return "\n".join(lines)
-
-
-def _extras(items: list[str]) -> dict[str, list[Path]]:
-    out: dict[str, list[Path]] = {}
-    for item in items:
-        name, sep, path = item.partition("=")
-        if not sep or name not in realdata.names() or not Path(path).is_file():
-            raise SystemExit(f"--extra wants MODEL=PATH with MODEL in {', '.join(realdata.names())} "
-                             f"and an existing file, got {item!r}")
-        out.setdefault(name, []).append(Path(path))
-    return out
 
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--models", default=",".join(realdata.names()), help="comma-separated; default: all five")
-    p.add_argument("--granularities", default=",".join(GRANULARITIES), help="weights: per-channel,per-tensor")
-    p.add_argument("--formats", default="qdq", help="qdq,qoperator")
-    p.add_argument("--tools", default=",".join(TOOLS), help="ptq,ort")
-    p.add_argument("--extra", action="append", default=[], metavar="MODEL=PATH",
-                   help="also time this model file on MODEL's inputs (repeatable)")
-    p.add_argument("--reuse", action="store_true", help="reuse INT8 models already in bench/.cache/models")
-    p.add_argument("--calib-count", type=int, default=None, help="calibration samples; default: the README's split")
+    everything = realdata.names() + attention_models.names()
+    p.add_argument("--models", default=",".join(everything), help=f"comma-separated from {', '.join(everything)}")
     p.add_argument("--threads", type=int, default=2, help="onnxruntime intra-op threads (default 2)")
-    p.add_argument("--seconds", type=float, default=10.0, help="timed seconds per real model (default 10)")
+    p.add_argument("--seconds", type=float, default=10.0, help="timed seconds per model and repeat (default 10)")
+    p.add_argument("--repeats", type=int, default=2, help="whole interleaved measurements per model (default 2)")
     p.add_argument("--json", default=str(RESULTS / "latency.json"), help="where to write the results")
     p.add_argument("--explain", nargs="+", metavar="MODEL.onnx",
                    help="print what onnxruntime's optimizer made of these models, and exit")
     p.add_argument("--level", choices=sorted(LEVELS), default="all", help="optimization level for --explain")
     p.add_argument("--profile", action="store_true",
                    help="with --explain: also time each op type with onnxruntime's profiler")
-    p.add_argument("--save", default=None, help="with --explain (one model): where to save the optimized graph")
     return p
 
 

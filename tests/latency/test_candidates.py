@@ -83,3 +83,25 @@ def test_no_boundary_right_after_a_max_pool(rng, tmp_path):
     producer = {o: n for n in optimized.node for o in n.output}
     pool = next(n for n in optimized.node if n.op_type == "MaxPool")
     assert producer[pool.input[0]].op_type == "QuantizeLinear"
+
+
+def test_timing_feeds_from_data_are_single_rows_and_otherwise_made_from_the_input_types(rng, tmp_path):
+    from onnx import TensorProto, helper
+
+    from ptq_cli.quantize.latency.feeds import timing_feeds
+    from tests.conftest import make_model
+
+    model = make_model([helper.make_node("Cast", ["ids"], ["c"], to=TensorProto.FLOAT),
+                        helper.make_node("Add", ["x", "c"], ["y"])],
+                       [helper.make_tensor_value_info("ids", TensorProto.INT64, ["N", "S"]),
+                        helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", "S"])],
+                       [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", "S"])])
+    feeds, source = timing_feeds(model)
+    assert len(feeds) == 1 and "synthetic" in source
+    assert feeds[0]["ids"].dtype == np.int64 and not feeds[0]["ids"].any() and feeds[0]["x"].shape == (1, 1)
+    data = tmp_path / "data"
+    data.mkdir()
+    for i in range(10):
+        np.savez(data / f"{i}.npz", ids=np.ones((2, 5), np.int64), x=rng.normal(0, 1, (2, 5)).astype(np.float32))
+    feeds, source = timing_feeds(model, data)
+    assert len(feeds) == 8 and all(f["x"].shape == (1, 5) for f in feeds) and "batch 1" in source
