@@ -11,10 +11,8 @@ from __future__ import annotations
 
 import os
 import sys
-import tempfile
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import numpy as np
 import onnx
@@ -26,11 +24,11 @@ from ptq_cli.calibrate.probes import REDUCED_TYPES, Augmented, augment, elem_typ
 from ptq_cli.calibrate.probes import float_tensors as float_tensors  # re-exported
 from ptq_cli.calibrate.stats import TensorStats
 from ptq_cli.data import Batch
+from ptq_cli.model.sessions import inference_session
 from ptq_cli.errors import CalibrationError, DataError, ModelError, UsageError
 from ptq_cli.failures import is_onnxruntime_error, onnxruntime_message
 from ptq_cli.recipe import CalibrationSpec
 
-_TWO_GB = 2**31 - 1
 
 
 def select_tensors(model: onnx.ModelProto, tensors: Sequence[str] | None,
@@ -65,12 +63,7 @@ def make_session(model: onnx.ModelProto, provider: str, *, numpy_work: bool = Tr
     options.execution_order = ort.ExecutionOrder.PRIORITY_BASED
     providers = list(dict.fromkeys([provider, "CPUExecutionProvider"]))  # CPU runs what it cannot
     try:
-        if model.ByteSize() < _TWO_GB:
-            return ort.InferenceSession(model.SerializeToString(), options, providers=providers)
-        with tempfile.TemporaryDirectory(prefix="ptq-calib-") as tmp:
-            path = Path(tmp) / "model.onnx"
-            onnx.save_model(model, str(path), save_as_external_data=True, location="model.data")
-            return ort.InferenceSession(str(path), options, providers=providers)
+        return inference_session(model, options, providers)
     except Exception as exc:  # onnxruntime raises its own exception types for every load failure
         if not is_onnxruntime_error(exc):
             raise

@@ -30,13 +30,13 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from ptq_cli.model.external import weightless
 from ptq_cli.model.io import opset_version
 
 FLOAT_TYPES = {TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.DOUBLE}
 # Reductions in the graph for these; float16 (rare on CPU, where ReduceMin has no fp16 kernel in
 # every onnxruntime build) is fetched and reduced in numpy instead.
 REDUCED_TYPES = {TensorProto.FLOAT, TensorProto.DOUBLE}
-_TWO_GB = 2**31 - 1
 
 # Output 0 has the type of input 0 (other outputs: see _OTHER_OUTPUTS).
 _SAME_AS_INPUT = set("""
@@ -129,7 +129,7 @@ def _attr(node: onnx.NodeProto, name: str) -> int:
 
 def _inferred_types(model: onnx.ModelProto) -> dict[str, int]:
     try:
-        inferred = onnx.shape_inference.infer_shapes(model) if model.ByteSize() < _TWO_GB else model
+        inferred = onnx.shape_inference.infer_shapes(weightless(model))  # at any size
     except Exception:  # inference fails on some exotic/custom ops: fall back to what is declared
         inferred = model
     graph = inferred.graph

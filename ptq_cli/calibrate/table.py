@@ -38,10 +38,44 @@ VERSION = 1
 
 
 def model_sha256(model: str | os.PathLike | onnx.ModelProto) -> str:
-    """The sha256 a table records: of the file for a path, of the serialized bytes for a proto."""
+    """The sha256 a table records: of the file and of the external data files it names (in
+    the order it names them) for a path; of the serialized graph and every tensor's data for a
+    proto. A table is refused once the weights in a .data file change."""
     if isinstance(model, onnx.ModelProto):
+        return _proto_sha256(model)
+    path = Path(model)
+    files = _external_files(path)
+    if not files:
+        return sha256_file(path)  # a model without external data: the file's own sha256, as before
+    digest = hashlib.sha256(bytes.fromhex(sha256_file(path)))
+    for location in files:
+        digest.update(location.encode() + b"\0" + bytes.fromhex(sha256_file(path.parent / location)))
+    return digest.hexdigest()
+
+
+def _external_files(path: Path) -> list[str]:
+    try:
+        structure = onnx.load(str(path), load_external_data=False)
+    except Exception:  # not a model: load_model reports that
+        return []
+    locations = (next((e.value for e in t.external_data if e.key == "location"), "")
+                 for t in structure.graph.initializer if t.data_location == onnx.TensorProto.EXTERNAL)
+    return [loc for loc in dict.fromkeys(locations) if loc and (path.parent / loc).is_file()]
+
+
+def _proto_sha256(model: onnx.ModelProto) -> str:
+    from ptq_cli.model.external import fits_in_protobuf, is_external, structure_copy, tensor_bytes
+
+    if fits_in_protobuf(model) and not any(is_external(t) for t in model.graph.initializer):
         return hashlib.sha256(model.SerializeToString()).hexdigest()
-    return sha256_file(model)
+    digest = hashlib.sha256(structure_copy(model).SerializeToString(deterministic=True))
+    for tensor in model.graph.initializer:
+        header = onnx.TensorProto(name=tensor.name, data_type=tensor.data_type, dims=tensor.dims)
+        digest.update(header.SerializeToString(deterministic=True))
+        data = tensor_bytes(tensor)
+        for start in range(0, len(data), 1 << 26):
+            digest.update(memoryview(data)[start:start + (1 << 26)])
+    return digest.hexdigest()
 
 
 @dataclass(frozen=True)

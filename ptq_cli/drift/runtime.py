@@ -10,6 +10,7 @@ import onnxruntime as ort
 from onnx import helper
 
 from ptq_cli.errors import ModelError
+from ptq_cli.model.sessions import inference_session
 from ptq_cli.failures import onnxruntime_message
 
 
@@ -19,12 +20,13 @@ def make_session(model: onnx.ModelProto | bytes, what: str, *, extra_outputs: tu
     (the input is not modified)."""
     if extra_outputs:
         model = with_outputs(model, extra_outputs)
-    data = model if isinstance(model, bytes) else model.SerializeToString()
     options = ort.SessionOptions()
     options.log_severity_level = 3  # keep onnxruntime's warnings off the user's terminal
     try:
-        return ort.InferenceSession(data, options, providers=["CPUExecutionProvider"],
-                                    disabled_optimizers=list(disabled_optimizers) or None)
+        if isinstance(model, bytes):
+            return ort.InferenceSession(model, options, providers=["CPUExecutionProvider"],
+                                        disabled_optimizers=list(disabled_optimizers) or None)
+        return inference_session(model, options, disabled_optimizers=list(disabled_optimizers) or None)
     except Exception as exc:  # onnxruntime raises its own exception types for every load failure
         raise ModelError(onnxruntime_message(exc, f"the {what} model", "load")) from None
 

@@ -149,3 +149,101 @@ def _drop_entry(tensor: onnx.TensorProto, key: str) -> None:
         del tensor.external_data[:]
         for k, v in kept:
             tensor.external_data.add(key=k, value=v)
+
+
+def structure_copy(model: onnx.ModelProto, *, keep_below: int = 0) -> onnx.ModelProto:
+    """A copy of `model` without weight data: initializers of `keep_below` serialized bytes or
+    more (and every external one) are left out. Costs what the graph costs, whatever the weights."""
+    copy = onnx.ModelProto()
+    for fd, _ in model.ListFields():
+        if fd.name != "graph":
+            _copy_field(model, copy, fd)
+    for fd, _ in model.graph.ListFields():
+        if fd.name != "initializer":
+            _copy_field(model.graph, copy.graph, fd)
+    if keep_below:
+        copy.graph.initializer.extend(t for t in model.graph.initializer
+                                      if not is_external(t) and t.ByteSize() < keep_below)
+    return copy
+
+
+def weightless(model: onnx.ModelProto, keep_below: int = 4096) -> onnx.ModelProto:
+    """`structure_copy` in which the weights left out are typed graph inputs: a valid model for
+    onnx's checker and shape inference, whatever the size of the original."""
+    copy = structure_copy(model, keep_below=keep_below)
+    kept = {t.name for t in copy.graph.initializer} | {i.name for i in copy.graph.input}
+    copy.graph.input.extend(helper.make_tensor_value_info(t.name, t.data_type, t.dims)
+                            for t in model.graph.initializer if t.name not in kept)
+    return copy
+
+
+def _copy_field(src, dst, fd) -> None:
+    value = getattr(src, fd.name)
+    if hasattr(value, "extend") and not isinstance(value, (str, bytes)):
+        getattr(dst, fd.name).extend(value)
+    elif fd.message_type is not None:
+        getattr(dst, fd.name).CopyFrom(value)
+    else:
+        setattr(dst, fd.name, value)
+
+
+def tensor_bytes(tensor: onnx.TensorProto) -> bytes | np.ndarray:
+    """The tensor's raw little-endian bytes (a memory map for an external tensor)."""
+    if is_external(tensor):
+        entries = _entries(tensor)
+        offset, length = int(entries.get("offset", 0)), _external_length(tensor)
+        if length == 0:
+            return b""
+        return np.memmap(external_file(tensor), dtype=np.uint8, mode="r", offset=offset, shape=(length,))
+    if tensor.HasField("raw_data"):
+        return tensor.raw_data
+    return numpy_helper.to_array(tensor).astype(
+        np.dtype(helper.tensor_dtype_to_np_dtype(tensor.data_type)).newbyteorder("<")).tobytes()
+
+
+def inlined(model: onnx.ModelProto) -> onnx.ModelProto:
+    """A self-contained copy of a model whose external tensors fit in memory (and in protobuf)."""
+    copy = structure_copy(model)
+    for tensor in model.graph.initializer:
+        if is_external(tensor):
+            copy.graph.initializer.append(_data_tensor(tensor, bytes(tensor_bytes(tensor))))
+        else:
+            copy.graph.initializer.append(tensor)
+    return copy
+
+
+def _data_tensor(tensor: onnx.TensorProto, raw: bytes) -> onnx.TensorProto:
+    out = onnx.TensorProto(name=tensor.name, data_type=tensor.data_type, dims=tensor.dims, raw_data=raw)
+    if tensor.doc_string:
+        out.doc_string = tensor.doc_string
+    return out
+
+
+_ALIGN = 4096  # page-aligned offsets let onnxruntime memory-map each tensor
+_INLINE_BELOW = 1024
+
+
+def write_with_external_data(model: onnx.ModelProto, data_path: Path, data_name: str) -> onnx.ModelProto:
+    """Stream every tensor of `_INLINE_BELOW` bytes or more into `data_path`, one at a time, and
+    return the model's structure pointing at them (as `data_name`, next to the model)."""
+    structure = structure_copy(model)
+    offset = 0
+    with open(data_path, "wb") as f:
+        for tensor in model.graph.initializer:
+            data = tensor_bytes(tensor)
+            length = len(data)
+            if not is_external(tensor) and length < _INLINE_BELOW:
+                structure.graph.initializer.append(tensor)
+                continue
+            offset = -(-offset // _ALIGN) * _ALIGN
+            f.seek(offset)
+            for start in range(0, length, 1 << 26):  # 64 MB at a time: memory maps stay small
+                f.write(memoryview(data)[start:start + (1 << 26)])
+            ref = onnx.TensorProto(name=tensor.name, data_type=tensor.data_type, dims=tensor.dims,
+                                   data_location=onnx.TensorProto.EXTERNAL)
+            for key, value in (("location", data_name), ("offset", str(offset)), ("length", str(length))):
+                ref.external_data.add(key=key, value=value)
+            structure.graph.initializer.append(ref)
+            offset += length
+            del data
+    return structure

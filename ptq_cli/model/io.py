@@ -17,9 +17,10 @@ import onnx
 from onnx import helper
 
 from ptq_cli.errors import ModelError
+from ptq_cli.model.external import (PROTOBUF_LIMIT, attach_base_dir, inlined, is_external, model_size, weightless,
+                                    write_with_external_data)
 from ptq_cli.files import check_output, staged_many, write_bytes
 
-_TWO_GB = 2**31 - 1
 
 
 @dataclass(frozen=True)
@@ -47,27 +48,62 @@ def sha256_file(path: str | os.PathLike) -> str:
     return digest.hexdigest()
 
 
-def load_model(path: str | os.PathLike, *, check: bool = True) -> onnx.ModelProto:
-    """Load a model with its external data and check it; raise ModelError with the reason."""
+# External data above this stays on disk (lazy): smaller models are loaded whole, so that their
+# proto is self-contained for any code that serializes it.
+LAZY_ABOVE = 256 * 2**20
+
+
+def load_model(path: str | os.PathLike, *, check: bool = True, lazy: bool | None = None) -> onnx.ModelProto:
+    """Load a model and check it; raise ModelError with the reason.
+
+    With lazy (by default when its external data exceeds LAZY_ABOVE) external data stays on
+    disk: each tensor is read, memory-mapped, when a pass needs it, so loading costs what the
+    graph costs, whatever the size of the weights. Sessions on such a model go through
+    model.sessions.inference_session, and saving through save_model."""
     path = Path(path)
     if not path.is_file():
         raise ModelError(f"model file not found: {path}")
     try:
-        model = onnx.load(str(path), load_external_data=True)
+        model = onnx.load(str(path), load_external_data=False)
     except Exception as exc:  # protobuf raises DecodeError, RuntimeError, ... on garbage
         raise ModelError(f"cannot read {path} as an ONNX model ({type(exc).__name__}: {exc}); "
                          "is the file complete and really .onnx?") from None
     if not model.graph.node:
         raise ModelError(f"{path} has an empty graph: is the file truncated or not an ONNX model?")
+    _check_external_files(model, path.parent)
+    if lazy is None:
+        lazy = model_size(model).external > LAZY_ABOVE
+    if lazy:
+        attach_base_dir(model, path.parent)
+    else:
+        try:
+            onnx.load_external_data_for_model(model, str(path.parent))
+        except Exception as exc:
+            raise ModelError(f"cannot read the external data of {path} ({type(exc).__name__}: {exc})") from None
     if check:
         check_model(model, str(path))
     return model
 
 
+def _check_external_files(model: onnx.ModelProto, folder: Path) -> None:
+    for tensor in model.graph.initializer:
+        if is_external(tensor):
+            location = next((e.value for e in tensor.external_data if e.key == "location"), "")
+            target = folder / location
+            if not location or Path(location).is_absolute() or ".." in Path(location).parts:
+                raise ModelError(f"tensor {tensor.name!r} names its data file as {location!r}; ONNX needs a "
+                                 "path relative to the model's folder")
+            if not target.is_file():
+                raise ModelError(f"the external data file {target} of tensor {tensor.name!r} is missing; "
+                                 "copy it next to the model")
+
+
 def check_model(model: onnx.ModelProto, what: str = "model") -> None:
+    """onnx's checker, on the graph without its weights (which it cannot read, or serialize
+    above 2 GB, and which it does not need)."""
     try:
-        if model.ByteSize() < _TWO_GB:
-            onnx.checker.check_model(model)
+        size = model_size(model)
+        onnx.checker.check_model(model if size.external == 0 and size.fits_in_protobuf else weightless(model))
     except onnx.checker.ValidationError as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else "validation failed"
         raise ModelError(f"{what} is not a valid ONNX model: {first}") from None
@@ -84,39 +120,21 @@ def check_writable(path: str | os.PathLike, *, force: bool = False,
 
 def save_model(model: onnx.ModelProto, path: str | os.PathLike, *, force: bool = False,
                protect: tuple[str | os.PathLike | None, ...] = ()) -> Path:
-    """Write `model` to `path` atomically. Paths in `protect` (the inputs) are never written."""
+    """Write `model` to `path` atomically. Paths in `protect` (the inputs) are never written.
+
+    A model of 2 GB or more is written with its weights in `PATH.data`, streamed one tensor at
+    a time (tensors still on disk are copied from their file, never loaded whole)."""
     path = Path(path)
-    large = model.ByteSize() >= _TWO_GB if _byte_size_is_safe(model) else True
-    if not large:
+    size = model_size(model)
+    if size.external == 0 and size.fits_in_protobuf:
         return write_bytes(path, model.SerializeToString(deterministic=True), force=force, protect=protect)
+    if size.total < PROTOBUF_LIMIT:  # weights still on disk, but small enough for one file
+        return write_bytes(path, inlined(model).SerializeToString(deterministic=True), force=force, protect=protect)
     data_name = f"{path.name}.data"
     with staged_many([path.parent / data_name, path], force=force, protect=protect) as (tmp_data, tmp):
-        # save_model moves the weights out of the proto it is given: give it a copy.
-        external = onnx.ModelProto()
-        external.CopyFrom(model)
-        onnx.save_model(external, str(tmp), save_as_external_data=True, all_tensors_to_one_file=True,
-                        location=tmp_data.name, size_threshold=1024)
-        # The .onnx file names its data file; point it at the final name before both are renamed.
-        for tensor in _external_tensors(external):
-            for entry in tensor.external_data:
-                if entry.key == "location":
-                    entry.value = data_name
-        tmp.write_bytes(external.SerializeToString())
+        structure = write_with_external_data(model, tmp_data, data_name)
+        tmp.write_bytes(structure.SerializeToString(deterministic=True))
     return path
-
-
-def _byte_size_is_safe(model: onnx.ModelProto) -> bool:
-    try:
-        model.ByteSize()
-        return True
-    except Exception:
-        return False
-
-
-def _external_tensors(model: onnx.ModelProto):
-    for tensor in model.graph.initializer:
-        if tensor.data_location == onnx.TensorProto.EXTERNAL:
-            yield tensor
 
 
 def input_specs(model: onnx.ModelProto) -> list[InputSpec]:

@@ -14,6 +14,8 @@ import onnx
 from ptq_cli import __version__
 from ptq_cli.errors import ModelError, UsageError
 from ptq_cli.failures import is_onnxruntime_error, onnxruntime_message
+from ptq_cli.model.external import model_size
+from ptq_cli.model.sessions import inference_session
 from ptq_cli.model.io import check_model, check_writable, load_model, opset_version, save_model
 from ptq_cli.model.passes.float32 import ToFloat32, float_kinds
 from ptq_cli.model.prepare import QDQ_4_16_BIT_OPSET, QDQ_PER_AXIS_OPSET, prepare, prepare_with_result
@@ -177,7 +179,7 @@ def quantize(model: str | os.PathLike | onnx.ModelProto, output: str | os.PathLi
     written_model = source if slower and if_slower is IfSlower.FLOAT else quantized
     written = save_model(written_model, output, force=force, protect=inputs) if output else None
     return QuantizeResult(written_model, written, recipe, tuple(plan.quantized), tuple(plan.skipped),
-                          dict(plan.fused), source.ByteSize(), written_model.ByteSize(), source_sha,
+                          dict(plan.fused), model_size(source).total, model_size(written_model).total, source_sha,
                           tuple(plan.prepare_skipped), widened + tuple(plan.notes),
                           latency=decision, float_written=written_model is source)
 
@@ -323,12 +325,10 @@ def _verify_loads(model: onnx.ModelProto, source: onnx.ModelProto | None = None)
     """Never write an output onnxruntime refuses. When it refuses the input model too, say so:
     the input is what needs changing, not the quantization."""
     check_model(model, "the quantized model")
-    if model.ByteSize() >= 2**31 - 1:
-        return
     failure = _ort_load_failure(model)
     if failure is None:
         return
-    if source is not None and source.ByteSize() < 2**31 - 1:
+    if source is not None:
         source_failure = _ort_load_failure(source)
         if source_failure is not None:
             raise ModelError(onnxruntime_message(source_failure, "the input model", "load")) from None
@@ -342,7 +342,7 @@ def _ort_load_failure(model: onnx.ModelProto) -> Exception | None:
     options = ort.SessionOptions()
     options.log_severity_level = 3
     try:
-        ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+        inference_session(model, options)
     except Exception as exc:  # onnxruntime raises its own exception types
         if not is_onnxruntime_error(exc):
             raise

@@ -75,15 +75,57 @@ def test_recipe_round_trips_through_json_and_rejects_unknown_keys():
         Recipe(activations=TensorSpec(QType.UINT8, False, PerChannel()))
 
 
-def test_large_models_are_saved_with_external_data(rng, tmp_path, monkeypatch):
-    """Above protobuf's 2 GB limit the weights go to MODEL.onnx.data; the limit is lowered here."""
-    monkeypatch.setattr("ptq_cli.model.io._TWO_GB", 1000)
+def test_lazy_external_weights_round_trip_and_stream_to_external_data(rng, tmp_path):
+    """A model loaded lazily keeps its weights on disk; sessions and saves still see them, and the
+    streaming writer puts every tensor in one .data file that onnxruntime loads."""
+    from ptq_cli.calibrate.table import model_sha256
+    from ptq_cli.model.external import is_external, write_with_external_data
+    from ptq_cli.model.sessions import inference_session
+
     model = tiny_conv_relu(rng, channels=32)
-    before = model.SerializeToString()
-    path = save_model(model, tmp_path / "big.onnx")
-    assert model.SerializeToString() == before
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["big.onnx", "big.onnx.data"]
-    assert path.stat().st_size < (tmp_path / "big.onnx.data").stat().st_size / 10  # weights are outside
-    loaded = load_model(path)
+    path = tmp_path / "src.onnx"
+    onnx.save_model(copy.deepcopy(model), str(path), save_as_external_data=True, location="src.data", size_threshold=0)
+    loaded = load_model(path, lazy=True)
+    assert any(is_external(t) for t in loaded.graph.initializer)
     x = rng.normal(0, 1, (1, 3, 8, 8)).astype(np.float32)
-    np.testing.assert_array_equal(run(loaded, {"x": x})[0], run(model, {"x": x})[0])
+    want = run(model, {"x": x})[0]
+    np.testing.assert_array_equal(inference_session(loaded).run(None, {"x": x})[0], want)
+    inline = save_model(loaded, tmp_path / "inline.onnx")  # small enough: one self-contained file
+    np.testing.assert_array_equal(run(onnx.load(str(inline)), {"x": x})[0], want)
+    structure = write_with_external_data(loaded, tmp_path / "out.onnx.data", "out.onnx.data")
+    (tmp_path / "out.onnx").write_bytes(structure.SerializeToString())
+    onnx.checker.check_model(str(tmp_path / "out.onnx"), full_check=True)
+    np.testing.assert_array_equal(run(onnx.load(str(tmp_path / "out.onnx")), {"x": x})[0], want)
+    assert (tmp_path / "out.onnx").stat().st_size < 2000
+    before = model_sha256(path)
+    with open(tmp_path / "src.data", "r+b") as f:
+        f.seek(100)
+        f.write(b"\x01\x02\x03\x04")
+    assert model_sha256(path) != before  # a calibration table's identity covers the .data file
+
+
+def test_a_model_over_2gb_loads_lazily_is_typed_and_hashed_with_its_data(tmp_path):
+    """The real limit: 2.15 GB of weights in a sparse .data file (no memory, no disk used)."""
+    from onnx import TensorProto, helper
+
+    from ptq_cli.model.external import PROTOBUF_LIMIT, fits_in_protobuf, model_size
+    from ptq_cli.model.prepare import prepare_with_result
+
+    n = 67_200_000  # an [8, n] float32 weight: 2.15 GB
+    weight = onnx.TensorProto(name="w", data_type=TensorProto.FLOAT, dims=[8, n])
+    weight.data_location = TensorProto.EXTERNAL
+    for key, value in (("location", "big.data"), ("offset", "0"), ("length", str(8 * n * 4))):
+        weight.external_data.add(key=key, value=value)
+    graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["m"]), helper.make_node("Relu", ["m"], ["y"])],
+                              "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, n])], [weight])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(tmp_path / "big.onnx"))
+    with open(tmp_path / "big.data", "wb") as f:
+        f.truncate(8 * n * 4)  # sparse
+    loaded = load_model(tmp_path / "big.onnx")  # lazy by default at this size
+    size = model_size(loaded)
+    assert size.total > PROTOBUF_LIMIT and fits_in_protobuf(loaded)
+    prepared = prepare_with_result(loaded).model
+    types = {v.name: v.type.tensor_type for v in [*prepared.graph.value_info, *prepared.graph.output]}
+    assert types["m"].elem_type == TensorProto.FLOAT and [d.dim_value for d in types["m"].shape.dim] == [1, n]
+    assert prepared.graph.initializer[0].data_location == TensorProto.EXTERNAL  # still on disk
