@@ -64,7 +64,8 @@ _QTYPES = [q.value for q in QType]
 @click.option("--objective", type=click.Choice([o.value for o in Objective]), default="speed", show_default=True,
               envvar="PTQ_OBJECTIVE",
               help="speed: time placements on this machine (float stem/prefix, integer region after it) and "
-                   "write the fastest, never one slower than FP32; size: quantize every node that can be, "
+                   "write the fastest, never one slower than FP32; accuracy: of those placements, the one "
+                   "with most nodes in float that still beats FP32; size: quantize every node that can be, "
                    "time nothing. Static quantization only; env PTQ_OBJECTIVE.")
 @click.option("--if-slower", type=click.Choice([i.value for i in IfSlower]), default="fail", show_default=True,
               help="With --objective speed, when no INT8 placement beats FP32 here: fail (exit 1, nothing "

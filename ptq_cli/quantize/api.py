@@ -137,7 +137,8 @@ def quantize(model: str | os.PathLike | onnx.ModelProto, output: str | os.PathLi
 
     objective=Objective.SPEED (the CLI's default) times placements on `machine` (onnxruntime on
     this machine unless given) and keeps the fastest; the returned recipe records it (its
-    `exclude` names the float prefix). When no INT8 placement beats FP32, `if_slower` decides:
+    `exclude` names the float prefix); Objective.ACCURACY keeps, of the placements timed, the
+    one with the most nodes in float that still beats FP32. When no INT8 placement beats FP32, `if_slower` decides:
     raise SlowerThanFloat (FAIL), write the float model (FLOAT) or the INT8 one (INT8).
     Objective.SIZE (the API's default) times nothing: same inputs and recipe, same bytes.
     """
@@ -165,8 +166,8 @@ def quantize(model: str | os.PathLike | onnx.ModelProto, output: str | os.PathLi
         table = _calibration_table(calibrated, source_sha, data, calibration, recipe, image, **collect)
         means = {name: table.channel_mean(name) for name in table.names if table.channel_mean(name) is not None}
         ranges = _activation_ranges(table, floating)
-        if objective is Objective.SPEED:
-            decision = _fastest(source, floating, recipe, ranges, means, data, image, machine)
+        if objective is not Objective.SIZE:
+            decision = _measured(source, floating, recipe, ranges, means, data, image, machine, objective)
             recipe, quantized, plan = decision.recipe, decision.model, decision.plan
         else:
             quantized, plan = quantize_model(floating, recipe, ranges, means, table.grams)
@@ -213,12 +214,12 @@ def _input_paths(*given) -> tuple[str | os.PathLike, ...]:
     return tuple(p for p in given if isinstance(p, (str, os.PathLike)))
 
 
-def _fastest(source, floating, recipe, ranges, means, data, image, machine) -> LatencyDecision:
-    """The placement of `recipe` that runs fastest on `machine`, timed against the source model."""
+def _measured(source, floating, recipe, ranges, means, data, image, machine, objective) -> LatencyDecision:
+    """The placement of `recipe` chosen by timing on `machine` against the source model."""
     feeds, _ = timing_feeds(source, data, image)
     prepared = prepare(floating, min_opset=_required_opset(recipe))
     return search_placement(source, prepared, recipe, lambda r: quantize_model(floating, r, ranges, means),
-                            feeds, machine or OnnxruntimeMachine())
+                            feeds, machine or OnnxruntimeMachine(), objective=objective)
 
 
 def _float32(source: onnx.ModelProto) -> tuple[onnx.ModelProto, tuple[str, ...]]:

@@ -28,7 +28,8 @@ from ptq_cli.recipe import Recipe
 class Objective(enum.Enum):
     """What `quantize` optimizes for."""
 
-    SPEED = "speed"  # measured placement; never slower than FP32
+    SPEED = "speed"  # measured placement, the fastest; never slower than FP32
+    ACCURACY = "accuracy"  # of the placements timed, the one with most nodes in float that still beats FP32
     SIZE = "size"  # every node that can be quantized is (the smallest file); nothing timed
 
 
@@ -100,7 +101,8 @@ Build = Callable[[Recipe], tuple[onnx.ModelProto, object]]
 
 def search_placement(float_model: onnx.ModelProto, prepared: onnx.ModelProto, recipe: Recipe, build: Build,
                      feeds: Sequence[Feeds], machine: Machine, *, accept: Callable[[Recipe], bool] | None = None,
-                     timed: int = 3, tie: float = 0.02, crossing: CrossingCost = CrossingCost()) -> LatencyDecision:
+                     timed: int = 3, tie: float = 0.02, crossing: CrossingCost = CrossingCost(),
+                     objective: Objective = Objective.SPEED) -> LatencyDecision:
     """The fastest placement of `recipe` on `machine`. `build(recipe)` quantizes the model
     (returns the model and its plan); `prepared` is the float graph whose node names plans use;
     `float_model` is the reference timed as FP32."""
@@ -121,9 +123,18 @@ def search_placement(float_model: onnx.ModelProto, prepared: onnx.ModelProto, re
     timings = machine.time([float_model.SerializeToString()] + [m.SerializeToString() for _, _, m, _ in built], feeds)
     trials = [Trial(c.float_nodes, c.estimate_us, t, t.speedup_over(timings[0]))
               for (c, *_), t in zip(built, timings[1:])]
-    best = _choose(trials, tie)
+    best = _most_float(trials) if objective is Objective.ACCURACY else _choose(trials, tie)
     _, chosen_recipe, model, plan = built[trials.index(best)]
     return LatencyDecision(chosen_recipe, model, plan, timings[0], best, tuple(trials))
+
+
+def _most_float(trials: list[Trial]) -> Trial:
+    """More nodes in float, less rounding: the largest float prefix still faster than FP32 (when
+    none is, the fastest, for the never-slower verdict)."""
+    paying = [t for t in trials if t.speedup > 1.0]
+    if not paying:
+        return max(trials, key=lambda t: t.speedup)
+    return max(paying, key=lambda t: (len(t.float_nodes), t.speedup))
 
 
 def _choose(trials: list[Trial], tie: float) -> Trial:
