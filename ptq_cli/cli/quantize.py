@@ -9,6 +9,7 @@ from pathlib import Path
 import click
 
 from ptq_cli.cli import reported_errors
+from ptq_cli.cli.budget_options import budget_from_options, budget_options, drift_lines, pop_budget_options
 from ptq_cli.cli.data_options import data_options, image_preprocess_from_options, pop_data_options
 from ptq_cli.quantize.latency.search import IfSlower, Objective
 from ptq_cli.recipe import (CalibMethod, CalibrationSpec, Format, PerChannel, PerTensor, QType, Recipe,
@@ -73,6 +74,7 @@ _QTYPES = [q.value for q in QType]
 @click.option("--recipe", "recipe_file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="A recipe JSON (as recorded in an output's metadata); flags are then ignored and nothing "
                    "is timed: the recorded placement is reproduced byte for byte.")
+@budget_options
 @click.option("-f", "--force", is_flag=True, help="Replace OUTPUT if it exists.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar and no summary on stderr.")
@@ -91,22 +93,31 @@ def quantize_command(ctx: click.Context, model: Path, output: Path | None, calib
       ptq quantize model.onnx --data images/ --preset imagenet-tf --method percentile
       ptq quantize model.onnx --calibration model.calib.json --per-tensor -o out.onnx
       ptq quantize model.onnx --dynamic
+      ptq quantize model.onnx --data calib/ --eval-data eval/ --min-cosine 0.99
+
+    The drift against FP32 is measured on 32 calibration samples (or --eval-data) and must meet
+    a budget (default: mean cosine >= 0.97 and top-1 agreement >= 0.9 on every output that has
+    them); the most sensitive nodes go back to float until it does. Exit 3, nothing written,
+    when it cannot be met (unless --best-effort).
     """
     from ptq_cli.files import check_output
     from ptq_cli.quantize.api import default_output, quantize
 
     data_opts = pop_data_options(flags)
+    budget_opts = pop_budget_options(flags)
     with reported_errors(ctx):
         output = output or default_output(model)
         # Every file the command reads, flags included, is an input the output must not replace.
         check_output(output, force=force, protect=(model, data_opts.get("data"), data_opts.get("labels"),
-                                                   calibration, recipe_file))
+                                                   calibration, recipe_file, budget_opts["eval_data"]))
         recipe = _recipe(recipe_file, **flags)
         result = quantize(model, output, data=data_opts.get("data"),
                           calibration=calibration, recipe=recipe, image=image_preprocess_from_options(**data_opts),
                           force=force, progress=not quiet, batch_size=batch_size, max_samples=max_samples,
                           objective=Objective.SIZE if recipe_file else Objective(objective),
-                          if_slower=IfSlower(if_slower))
+                          if_slower=IfSlower(if_slower),
+                          eval_data=budget_opts["eval_data"], labels=data_opts.get("labels"),
+                          budget=budget_from_options(**budget_opts))
     if as_json:
         click.echo(json.dumps(result.to_dict(), indent=2))
     if not quiet:
@@ -150,6 +161,7 @@ def _summary(result) -> str:
             lines.append(f"    {count:4d} x {op_type}: {reason}")
     for reason in getattr(result, "prepare_skipped", ()):
         lines.append(f"  warning: {reason}")
+    lines += drift_lines(result)
     return "\n".join(lines)
 
 

@@ -265,7 +265,7 @@ def _measured(ref: GraphView, cand: GraphView, counterpart: dict[str, str], how:
             measured = view or target
             if cand.is_float(measured) is False:
                 unmatched.append(Unmatched(out, node.op_type, node.name,
-                                           f"candidate tensor {measured!r} is not float (QOperator model?)"))
+                                           "its counterpart in the candidate is not a float tensor (a QOperator model?)"))
                 continue
             inputs = tuple(n for n in node.input if n and not ref.is_const(n))
             weights = _weight_sqnr(node, node_pair.get(id(node)), ref, cand)

@@ -43,23 +43,33 @@ def measure_sensitivity(reference: onnx.ModelProto, candidate: onnx.ModelProto, 
 
     The reference's outputs on those rows are held in memory, so that each variant is loaded once."""
     base = FloatBase(reference, candidate, matching)
-    chunks = _regrouped(feeds, max_samples) if batch_free else _first(feeds, max_samples)
+    chunks = regroup(feeds, max_samples) if batch_free else _first(feeds, max_samples)
     samples = sum(_rows(c) for c in chunks)
     fixed = tuple(n.name for n in base.nodes if n.fixed)
     if not base.nodes or not samples:
         return SensitivityReport(samples, (), fixed)
     ref_session = make_session(reference, "reference")
     expected = [run(ref_session, chunk, "reference", [r for r, _ in output_pairs]) for chunk in chunks]
+    rows = isolated_rows(base, chunks, expected, output_pairs, kinds or {}, progress=progress)
+    return SensitivityReport(samples, tuple(rows), fixed)
+
+
+def isolated_rows(base: FloatBase, chunks: Sequence[dict[str, np.ndarray]], expected: Sequence[dict],
+                  output_pairs: list[tuple[str, str]], kinds: dict[str, OutputKind], *,
+                  nodes: Sequence[int] | None = None, progress: bool = False) -> list[SensitivityRow]:
+    """One row per node of `base` (or the indices `nodes`): the outputs on `chunks` with only that
+    node quantized, against the reference's `expected` outputs on the same chunks. Worst first."""
     rows = []
-    for k in tqdm(range(len(base.nodes)), unit="node", desc="sensitivity", disable=not progress, file=sys.stderr):
+    todo = range(len(base.nodes)) if nodes is None else nodes
+    for k in tqdm(todo, unit="node", desc="sensitivity", disable=not progress, file=sys.stderr):
         node = base.nodes[k]
         what = f"variant with only {node.name or node.op_type!r} quantized"
         session = make_session(base.variant(k), what, disabled_optimizers=_KEEP_FLOAT_WEIGHTS)
-        state = _VariantState(output_pairs, kinds or {})
+        state = _VariantState(output_pairs, kinds)
         for chunk, ref in zip(chunks, expected):
             state.update(ref, run(session, chunk, what, [c for _, c in output_pairs]), _rows(chunk))
         rows.append(state.row(node.name, node.op_type))
-    return SensitivityReport(samples, tuple(sorted(rows, key=_rank)), fixed)
+    return sorted(rows, key=_rank)
 
 
 class _VariantState:
@@ -105,7 +115,7 @@ def _first(feeds: Sequence[dict[str, np.ndarray]], max_samples: int) -> list[dic
     return chunks
 
 
-def _regrouped(feeds: Sequence[dict[str, np.ndarray]], max_samples: int) -> list[dict[str, np.ndarray]]:
+def regroup(feeds: Sequence[dict[str, np.ndarray]], max_samples: float) -> list[dict[str, np.ndarray]]:
     """The first `max_samples` rows of the batches, in runs of up to _CHUNK rows. Rows are only
     stacked with rows of the same shape (sequence lengths and image widths may differ per sample)."""
     if not feeds or any(a.ndim == 0 for f in feeds for a in f.values()):
@@ -115,7 +125,7 @@ def _regrouped(feeds: Sequence[dict[str, np.ndarray]], max_samples: int) -> list
     for batch in feeds:
         if rows >= max_samples:
             break
-        take = min(_rows(batch), max_samples - rows)
+        take = int(min(_rows(batch), max_samples - rows))
         signature = tuple((name, a.shape[1:], a.dtype.str) for name, a in sorted(batch.items()))
         groups.setdefault(signature, []).append({name: a[:take] for name, a in batch.items()})
         rows += take

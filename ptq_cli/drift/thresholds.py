@@ -61,7 +61,11 @@ class Thresholds:
 _NAMES = ("min_sqnr", "max_top1_drop", "min_cosine", "min_agreement")
 
 
-def evaluate(thresholds: Thresholds, outputs: tuple[OutputReport, ...]) -> tuple[ThresholdResult, ...]:
+def evaluate(thresholds: Thresholds, outputs: tuple[OutputReport, ...], *,
+             where_measurable: bool = False) -> tuple[ThresholdResult, ...]:
+    """One result per threshold set. `where_measurable`: a threshold that no output can be judged
+    by (top-1 on a model without scores) is left out instead of failing, as a default budget
+    that must suit every model needs."""
     results = []
     floats = tuple(o for o in outputs if o.kind is not OutputKind.INTEGER)
     if thresholds.min_sqnr is not None:
@@ -74,6 +78,11 @@ def evaluate(thresholds: Thresholds, outputs: tuple[OutputReport, ...]) -> tuple
                                     lambda o: o.cosine_mean, "mean cosine", ""))
     if thresholds.min_agreement is not None:
         results.append(_agreement(thresholds.min_agreement, outputs))
+    if where_measurable:
+        measurable = {"min_sqnr": bool(floats), "min_cosine": bool(floats),
+                      "max_top1_drop": any(o.classification for o in outputs),
+                      "min_agreement": any(o.top1_agreement is not None for o in outputs)}
+        results = [r for r in results if measurable[r.name]]
     return tuple(results)
 
 

@@ -20,6 +20,7 @@ from ptq_cli.model.io import check_model, check_writable, load_model, opset_vers
 from ptq_cli.model.passes.float32 import ToFloat32, float_kinds
 from ptq_cli.model.prepare import QDQ_4_16_BIT_OPSET, QDQ_PER_AXIS_OPSET, prepare, prepare_with_result
 from ptq_cli.quantize.bias_correction import correct_biases
+from ptq_cli.quantize.budget import DEFAULT_THRESHOLDS, Budget, BudgetOutcome, eval_samples, hold_budget
 from ptq_cli.quantize.dynamic import DYNAMIC_DATA, check_dynamic_recipe, rewrite_dynamic
 from ptq_cli.quantize.equalize import equalization_pairs, equalize
 from ptq_cli.quantize.opsets import all_float, fit_recipe
@@ -50,6 +51,11 @@ class QuantizeResult:
     notes: tuple[str, ...] = ()  # model-wide changes to the recipe (e.g. per-tensor at an old opset)
     latency: LatencyDecision | None = None  # what was measured to choose the placement (--objective speed)
     float_written: bool = False  # INT8 did not pay and the float model was written instead (--if-slower float)
+    # The drift measured on the evaluation samples, the budget and the fallback decisions
+    # (see quantize/budget.py); None when there was no data to measure it on.
+    drift: dict | None = None
+    fallback_trials: int = 0
+    fallback_seconds: float = 0.0
 
     def to_dict(self) -> dict:
         return {
@@ -63,6 +69,7 @@ class QuantizeResult:
             "size_after": self.size_after,
             "prepare_skipped": list(self.prepare_skipped),
             "recipe": self.recipe.to_dict(),
+            "drift": self.drift,
             "ptq_version": __version__,
             "latency": self.latency.to_dict() if self.latency else None,
             "float_written": self.float_written,
@@ -129,7 +136,8 @@ def quantize(model: str | os.PathLike | onnx.ModelProto, output: str | os.PathLi
              data=None, calibration=None, recipe: Recipe = Recipe(), image=None, force: bool = False,
              progress: bool = True, batch_size: int = 1, max_samples: int | None = None,
              objective: Objective = Objective.SIZE, if_slower: IfSlower = IfSlower.FAIL,
-             machine: Machine | None = None) -> QuantizeResult:
+             machine: Machine | None = None,
+             eval_data=None, labels=None, budget: Budget = Budget()) -> QuantizeResult:
     """Quantize `model` (a path or a ModelProto) and write it to `output` (when given).
 
     Activation ranges come from `calibration` (a CalibrationTable or the path of one) or are
@@ -141,6 +149,9 @@ def quantize(model: str | os.PathLike | onnx.ModelProto, output: str | os.PathLi
     one with the most nodes in float that still beats FP32. When no INT8 placement beats FP32, `if_slower` decides:
     raise SlowerThanFloat (FAIL), write the float model (FLOAT) or the INT8 one (INT8).
     Objective.SIZE (the API's default) times nothing: same inputs and recipe, same bytes.
+    The drift is measured on `eval_data` (or on part of `data`) and must meet `budget`; the most
+    sensitive nodes go back to float until it does (DriftBudgetError when it cannot be met,
+    unless `budget.best_effort`). `budget=MEASURE_ONLY` measures and reports without limits.
     """
     source, source_sha, path = _load_source(model)
     source, widened = _float32(source)
@@ -148,41 +159,80 @@ def quantize(model: str | os.PathLike | onnx.ModelProto, output: str | os.PathLi
     decision = None
     if output is not None:
         check_writable(output, force=force, protect=inputs)  # before the long calibration
+    floating = source
     if recipe.dynamic:
         check_dynamic_recipe(recipe)
-        quantized, plan = _dynamic(source, recipe)
+
+        def build(r: Recipe) -> tuple[onnx.ModelProto, QuantPlan]:
+            return _dynamic(source, r)
         data_description = DYNAMIC_DATA
     elif recipe.weight_codebook is not None:
-        quantized, plan, data_description = _with_codebook(source, path, source_sha, data, calibration, recipe,
-                                                           image, progress=progress, batch_size=batch_size,
-                                                           max_samples=max_samples)
+        codebook = dict(progress=progress, batch_size=batch_size, max_samples=max_samples)
+        first = _with_codebook(source, path, source_sha, data, calibration, recipe, image, **codebook)
+        data_description = first[2]
+
+        def build(r: Recipe) -> tuple[onnx.ModelProto, QuantPlan]:
+            if r == recipe:
+                return first[0], first[1]
+            return _with_codebook(source, path, source_sha, data, calibration, r, image, **codebook)[:2]
     else:
         collect = dict(progress=progress, batch_size=batch_size, max_samples=max_samples)
         # Calibrate the file itself when there is one (its sha256 is what a table records), or the
         # equalized model, whose activations between the Conv pairs are rescaled.
-        floating, calibrated = source, (path if not widened else None) or source
+        calibrated = (path if not widened else None) or source
         if recipe.equalize:
             floating = calibrated = _equalized(source, data, recipe, image, **collect)
         table = _calibration_table(calibrated, source_sha, data, calibration, recipe, image, **collect)
         means = {name: table.channel_mean(name) for name in table.names if table.channel_mean(name) is not None}
         ranges = _activation_ranges(table, floating)
+
+        def build(r: Recipe) -> tuple[onnx.ModelProto, QuantPlan]:
+            return quantize_model(floating, r, ranges, means, table.grams)
         if objective is not Objective.SIZE:
             decision = _measured(source, floating, recipe, ranges, means, data, image, machine, objective)
-            recipe, quantized, plan = decision.recipe, decision.model, decision.plan
-        else:
-            quantized, plan = quantize_model(floating, recipe, ranges, means, table.grams)
+            recipe = decision.recipe
         data_description = table.data
-    _stamp(quantized, recipe, source_sha, data_description)
+    samples = eval_samples(source, data, eval_data, image, labels)
+    outcome = _within_budget(source, floating, build, recipe, samples, budget, progress)
+    if outcome is not None:
+        quantized, plan, recipe = outcome.trial.model, outcome.trial.plan, outcome.trial.recipe
+    elif decision is not None:
+        quantized, plan = decision.model, decision.plan
+    else:
+        quantized, plan = build(recipe)
+    drift = outcome.metadata(budget) if outcome else None
+    _stamp(quantized, recipe, source_sha, data_description, drift)
     _verify_loads(quantized, source)
     slower = decision is not None and not decision.pays
     if slower and if_slower is IfSlower.FAIL:
         raise SlowerThanFloat(decision)
     written_model = source if slower and if_slower is IfSlower.FLOAT else quantized
     written = save_model(written_model, output, force=force, protect=inputs) if output else None
-    return QuantizeResult(written_model, written, recipe, tuple(plan.quantized), tuple(plan.skipped),
+    skipped = tuple(_fallback_reason(s, outcome.trial.fallback if outcome else ()) for s in plan.skipped)
+    return QuantizeResult(written_model, written, recipe, tuple(plan.quantized), skipped,
                           dict(plan.fused), model_size(source).total, model_size(written_model).total, source_sha,
                           tuple(plan.prepare_skipped), widened + tuple(plan.notes),
-                          latency=decision, float_written=written_model is source)
+                          latency=decision, float_written=written_model is source, drift=drift,
+                          fallback_trials=outcome.trials if outcome else 0,
+                          fallback_seconds=outcome.seconds if outcome else 0.0)
+
+
+def _fallback_reason(skip: SkipReason, fallback: tuple[str, ...]) -> SkipReason:
+    if skip.node not in fallback:
+        return skip
+    return SkipReason(skip.node, skip.op_type, "returned to float by the fallback search: the drift budget needs it")
+
+
+def _within_budget(source, floating, build, recipe: Recipe, samples, budget: Budget,
+                   progress: bool) -> BudgetOutcome | None:
+    """The candidate of `recipe`, held to the drift budget on the evaluation samples; None when
+    there are no samples to measure on."""
+    if samples is None:
+        if budget.thresholds.any and budget.thresholds != DEFAULT_THRESHOLDS:
+            raise UsageError("a drift budget needs samples to measure on: pass --data or --eval-data DIR")
+        return None
+    return hold_budget(source, build, recipe, samples, budget,
+                       lambda: prepare(floating, min_opset=_required_opset(recipe)), progress=progress)
 
 
 def _with_codebook(source, path, source_sha, data, calibration, recipe, image, **collect):
@@ -307,7 +357,7 @@ def _activation_ranges(table, model: onnx.ModelProto) -> dict[str, tuple[float, 
     return ranges
 
 
-def _stamp(model: onnx.ModelProto, recipe: Recipe, source_sha: str, data: str) -> None:
+def _stamp(model: onnx.ModelProto, recipe: Recipe, source_sha: str, data: str, drift: dict | None = None) -> None:
     """Record how the model was made, so that any output can be traced and reproduced."""
     props = {
         "ptq.version": __version__,
@@ -315,6 +365,8 @@ def _stamp(model: onnx.ModelProto, recipe: Recipe, source_sha: str, data: str) -
         "ptq.source_sha256": source_sha,
         "ptq.calibration_data": data,
     }
+    if drift is not None:
+        props["ptq.drift"] = json.dumps(drift, sort_keys=True)
     kept = [p for p in model.metadata_props if p.key not in props]
     del model.metadata_props[:]
     model.metadata_props.extend(kept)

@@ -157,7 +157,11 @@ def test_clipping_methods_keep_the_full_range_of_inputs_and_scores(rng, tmp_path
     batches = image_batches(rng, n=6)
     data = _npy_folder(tmp_path / "data", batches)
     spec = ptq_cli.CalibrationSpec(method=ptq_cli.CalibMethod.PERCENTILE, percentile=90.0)
-    result = ptq_cli.quantize(model, data=data, recipe=ptq_cli.Recipe(calibration=spec), progress=False)
+    # 90 % clips hard enough to miss the default drift budget; the ranges are what is tested here.
+    from ptq_cli.quantize.budget import MEASURE_ONLY
+
+    result = ptq_cli.quantize(model, data=data, recipe=ptq_cli.Recipe(calibration=spec), progress=False,
+                              budget=MEASURE_ONLY)
     scales = {t.name: float(numpy_helper.to_array(t)) for t in result.model.graph.initializer
               if t.name.endswith("_scale") and not t.dims}
     q_input = {n.input[0]: n.input[1] for n in result.model.graph.node if n.op_type == "QuantizeLinear"}

@@ -1,0 +1,90 @@
+"""The drift-budget flags of `ptq quantize`, and the summary lines that report the drift."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import click
+
+BUDGET_OPTION_NAMES = ("eval_data", "min_sqnr", "min_cosine", "min_agreement", "max_top1_drop", "no_budget",
+                       "best_effort", "budget_time")
+
+
+def budget_options(func):
+    """Decorator adding the drift-budget flags (the limits are those of `ptq compare`)."""
+    options = [
+        click.option("--eval-data", type=click.Path(exists=True, path_type=Path), metavar="DIR",
+                     help="Measure the drift on the first 32 samples of DIR (same formats as --data) "
+                          "instead of 32 evenly spaced calibration samples."),
+        click.option("--min-sqnr", type=float, metavar="DB", help="Budget: every output's SQNR at least DB."),
+        click.option("--min-cosine", type=click.FloatRange(-1, 1), metavar="C",
+                     help="Budget: every float output's mean cosine similarity to FP32 at least C."),
+        click.option("--min-agreement", type=click.FloatRange(0, 1), metavar="F",
+                     help="Budget: top-1 agreement with FP32 (per step for [N, T, C] scores, exact for "
+                          "integer outputs) at least F."),
+        click.option("--max-top1-drop", type=click.FloatRange(min=0), metavar="PT",
+                     help="Budget: top-1 drops by at most PT points (accuracy with --labels, else "
+                          "agreement with FP32)."),
+        click.option("--no-budget", is_flag=True,
+                     help="Measure and report the drift, but set no limit and fall nothing back."),
+        click.option("--best-effort", is_flag=True,
+                     help="When the budget cannot be met, write the best candidate found (and say so) "
+                          "instead of failing with exit 3."),
+        click.option("--budget-time", type=click.FloatRange(min=1), default=600, show_default=True,
+                     metavar="S", help="Time limit of the fallback search, in seconds."),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+def pop_budget_options(kwargs: dict[str, Any]) -> dict[str, Any]:
+    return {name: kwargs.pop(name) for name in BUDGET_OPTION_NAMES}
+
+
+def budget_from_options(*, eval_data, min_sqnr, min_cosine, min_agreement, max_top1_drop, no_budget,
+                        best_effort, budget_time):
+    from ptq_cli.drift.thresholds import Thresholds
+    from ptq_cli.errors import UsageError
+    from ptq_cli.quantize.budget import MEASURE_ONLY, Budget
+
+    given = Thresholds(min_sqnr, max_top1_drop, min_cosine, min_agreement)
+    if no_budget:
+        if given.any or best_effort:
+            raise UsageError("--no-budget sets no limit; drop it, or drop the budget flags")
+        return MEASURE_ONLY
+    if given.any:
+        return Budget(given, seconds=budget_time, best_effort=best_effort, where_measurable=False)
+    return Budget(seconds=budget_time, best_effort=best_effort)
+
+
+def drift_lines(result) -> list[str]:
+    """The drift, the budget's verdict and the fallback decisions, for the summary."""
+    drift = result.drift
+    if drift is None:
+        return ["  drift not measured: no data (pass --eval-data DIR to measure it)"]
+    lines = [f"  drift on {drift['data']}:"]
+    for out in drift["outputs"]:
+        figures = [f"SQNR {_fmt(out['sqnr_db'], '.1f')} dB"] if out["kind"] != "integer" else []
+        if out["kind"] != "integer":
+            figures.append(f"cosine {_fmt(out['cosine_mean'], '.5f')}")
+        if out["top1_agreement"] is not None:
+            what = {"step_scores": "per-step top-1 agreement", "integer": "exact"}.get(out["kind"], "top-1 agreement")
+            figures.append(f"{what} {100 * out['top1_agreement']:.1f} %")
+        lines.append(f"    {out['name']} ({out['kind']}): " + ", ".join(figures))
+    if drift["budget"]:
+        limits = ", ".join(f"{name} {value:g}" for name, value in drift["thresholds"].items() if value is not None)
+        lines.append(f"  budget {limits}: {'met' if drift['met'] else 'NOT MET'}")
+    if drift["fallback"]:
+        lines.append(f"  fallback: {len(drift['fallback'])} node(s) returned to float "
+                     f"({result.fallback_trials} trials, {result.fallback_seconds:.0f} s; recorded in the recipe's "
+                     f"exclude): {', '.join(drift['fallback'])}")
+    if drift["budget"] and not drift["met"]:
+        failures = "; ".join(r["detail"] for r in drift["budget"] if not r["passed"])
+        lines.append(f"  WARNING: BEST EFFORT: this model does NOT meet the drift budget: {failures}")
+    return lines
+
+
+def _fmt(value, spec: str) -> str:
+    return "inf" if value is None else format(value, spec)

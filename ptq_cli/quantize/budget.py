@@ -1,0 +1,142 @@
+"""The drift budget of `ptq quantize`: which samples measure the drift, and the limits it must meet.
+
+Every quantization with data measures its own drift: the FP32 model and the candidate run on
+the same samples (drift/probe.py) and are judged with `ptq compare`'s figures and thresholds.
+The samples are `--eval-data` when given, else up to EVAL_SAMPLES of the calibration samples,
+evenly spaced over the sorted files (files 0, n/k, 2n/k, ...): a deterministic choice. They are
+not withheld from calibration (that would change every default output), so without
+--eval-data the drift is measured in-sample and says so.
+
+The default budget is one that every healthy quantization of the CNNs of ../shared/realdata
+meets with a margin (bench/budget.py measures them; the worst, MobileNetV1-0.25 per channel:
+mean cosine 0.990, top-1 agreement 0.97 on 32 samples), so their outputs never change, while
+a collapsed model (MobileNetV1 per tensor: cosine 0.17, agreement 0.09) misses it by far.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
+
+import numpy as np
+import onnx
+
+from ptq_cli.drift.thresholds import Thresholds
+from ptq_cli.errors import PtqError, UsageError
+from ptq_cli.recipe import Recipe
+
+if TYPE_CHECKING:
+    from ptq_cli.quantize.fallback import Trial
+
+EVAL_SAMPLES = 32
+DEFAULT_THRESHOLDS = Thresholds(min_cosine=0.97, min_agreement=0.9)
+DEFAULT_SECONDS = 600.0
+
+
+@dataclass(frozen=True)
+class Budget:
+    """The drift a written output may show, and how long the fallback search may try to reach it.
+
+    `best_effort`: when the limits cannot be met, write the best candidate found (and say so)
+    instead of failing."""
+
+    thresholds: Thresholds = DEFAULT_THRESHOLDS
+    seconds: float = DEFAULT_SECONDS
+    best_effort: bool = False
+    fallback: bool = True  # return the most sensitive nodes to float until the limits hold
+    # A limit no output can be judged by (top-1 agreement of a model without scores) is left out
+    # rather than failed: right for the default, which must suit every model; limits the user
+    # gives are held strictly.
+    where_measurable: bool = True
+
+    def __post_init__(self) -> None:
+        if not self.seconds > 0:
+            raise UsageError(f"the budget's time limit must be positive, got {self.seconds} s")
+
+
+# No limits, no search: the drift is still measured and reported.
+MEASURE_ONLY = Budget(Thresholds(), fallback=False)
+
+
+class DriftBudgetError(PtqError):
+    """The drift budget could not be met; nothing was written."""
+
+
+@dataclass(frozen=True)
+class EvalSamples:
+    feeds: tuple[dict[str, np.ndarray], ...]
+    description: str
+    batch_free: bool
+    labels: tuple[tuple[int, ...] | None, ...] = ()
+
+
+def eval_samples(model: onnx.ModelProto, data, eval_data, image, labels=None,
+                 limit: int = EVAL_SAMPLES) -> EvalSamples | None:
+    """The samples the drift is measured on, or None when there is no data at all."""
+    from ptq_cli.data import iter_batches, open_dataset
+    from ptq_cli.model.io import input_specs
+
+    source = eval_data if eval_data is not None else data
+    if source is None:
+        return None
+    specs = input_specs(model)
+    if isinstance(source, (str, os.PathLike)):
+        dataset = open_dataset(source, specs, image=image, labels=labels)
+    else:
+        dataset = source
+    total = len(dataset)
+    count = min(limit, total)
+    if eval_data is None:
+        picked = [i * total // count for i in range(count)] if count else []
+        dataset = replace(dataset, entries=tuple(dataset.entries[i] for i in picked))
+        spacing = f"files {', '.join(map(str, picked[:3]))}, ... in sorted order" if count < total else "all"
+        what = (f"{count} of the {total} calibration samples ({spacing}; also calibrated on: "
+                "pass --eval-data DIR for held-out data)")
+    else:
+        dataset = replace(dataset, entries=dataset.entries[:count])
+        what = f"the first {count} of {total} samples of {dataset.description}"
+    batches = list(iter_batches(dataset, specs, batch_size=1))
+    batch_free = all(len(s.shape) > 0 and s.shape[0] is None for s in specs)
+    return EvalSamples(tuple(b.feeds for b in batches), what, batch_free, tuple(b.labels for b in batches))
+
+
+@dataclass(frozen=True)
+class BudgetOutcome:
+    """The candidate to write and what its drift measurement found."""
+
+    trial: "Trial"
+    met: bool               # the thresholds hold (always True without thresholds)
+    searched: bool          # the fallback search ran
+    trials: int = 0         # candidates the search measured beyond the first
+    seconds: float = 0.0
+
+    def metadata(self, budget: Budget) -> dict:
+        return {**self.trial.drift.to_dict(), "thresholds": budget.thresholds.to_dict(),
+                "fallback": list(self.trial.fallback), "met": self.met}
+
+
+def hold_budget(source: onnx.ModelProto, build, recipe: Recipe, samples: EvalSamples, budget: Budget,
+                prepared: Callable[[], onnx.ModelProto], *, progress: bool) -> BudgetOutcome:
+    """Measure `build(recipe)`'s drift on `samples`; fall back until the budget holds if it does not.
+    Raises DriftBudgetError when it cannot be met and best effort was not asked for."""
+    from ptq_cli.drift.probe import DriftProbe
+    from ptq_cli.quantize.fallback import evaluate, search
+
+    probe = DriftProbe(source, samples.feeds, description=samples.description, batch_free=samples.batch_free,
+                       labels=samples.labels)
+    first = evaluate(build, probe, budget.thresholds, recipe, where_measurable=budget.where_measurable)
+    if first.drift.passed or not budget.fallback:
+        return BudgetOutcome(first, first.drift.passed, False)
+    found = search(build, probe, budget.thresholds, first, prepared(), seconds=budget.seconds, progress=progress,
+                   where_measurable=budget.where_measurable)
+    outcome = BudgetOutcome(found.trial, found.passed, True, found.trials - 1, found.seconds)
+    if not found.passed and not budget.best_effort:
+        reached = "; ".join(found.trial.drift.failures)
+        raise DriftBudgetError(
+            f"the drift budget ({budget.thresholds.describe()}) cannot be met: the best of {found.trials} "
+            f"candidates in {found.seconds:.0f} s ({len(found.trial.fallback)} node(s) in float) still misses "
+            f"{reached}; nothing was written. Loosen the budget (--min-cosine, --min-agreement, ...), give "
+            "more time (--budget-time), or pass --best-effort to write the best candidate anyway")
+    return outcome

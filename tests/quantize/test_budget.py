@@ -1,0 +1,143 @@
+"""The drift budget of `ptq quantize`: measured drift in the summary/JSON/metadata, the fallback
+search finding the node INT8 breaks, exit 3 without output when the budget cannot be met, and
+the default budget leaving healthy outputs unchanged."""
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+from click.testing import CliRunner
+from onnx import TensorProto, helper, numpy_helper
+
+import ptq_cli
+from ptq_cli.cli import main
+from ptq_cli.drift import Thresholds
+from ptq_cli.quantize.budget import MEASURE_ONLY, Budget, DriftBudgetError
+from tests.conftest import REPO, run
+
+CALIB = REPO / "calibration" / "digits" / "calib"
+
+
+def _outlier_model() -> onnx.ModelProto:
+    """x[N,8] -> MatMul pre -> Add(offset) -> MatMul fc1 -> Relu -> MatMul fc2 -> y[N,5].
+
+    The offset gives channel 0 of the Add's output a value near 3000 that fc1 ignores (its row 0
+    of weights is zero), while the answer lives in channels 1..7 (|h| ~ 1). One uint8 scale for
+    the whole tensor (~12 per step) rounds those channels to nothing: fc1's input quantization
+    alone destroys the output. Everything else quantizes well."""
+    rng = np.random.default_rng(0)
+    w0 = rng.normal(size=(8, 8)).astype(np.float32)
+    offset = np.zeros(8, np.float32)
+    offset[0] = 3000.0
+    w1 = rng.normal(size=(8, 16)).astype(np.float32)
+    w1[0] = 0.0
+    w2 = rng.normal(size=(16, 5)).astype(np.float32)
+    nodes = [helper.make_node("MatMul", ["x", "w0"], ["h0"], name="pre"),
+             helper.make_node("Add", ["h0", "offset"], ["h"], name="shift"),
+             helper.make_node("MatMul", ["h", "w1"], ["a"], name="fc1"),
+             helper.make_node("Relu", ["a"], ["r"], name="act"),
+             helper.make_node("MatMul", ["r", "w2"], ["y"], name="fc2")]
+    inits = [numpy_helper.from_array(v, n) for v, n in ((w0, "w0"), (offset, "offset"), (w1, "w1"), (w2, "w2"))]
+    graph = helper.make_graph(nodes, "outlier", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 5])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    onnx.checker.check_model(model, full_check=True)
+    return model
+
+
+@pytest.fixture
+def outlier(tmp_path):
+    model = _outlier_model()
+    path = tmp_path / "model.onnx"
+    onnx.save(model, path)
+    data = tmp_path / "calib"
+    data.mkdir()
+    rng = np.random.default_rng(1)
+    for i in range(24):
+        np.save(data / f"{i:02d}.npy", rng.normal(size=(1, 8)).astype(np.float32))
+    return path, data
+
+
+def _drift(model: onnx.ModelProto) -> dict:
+    return json.loads({p.key: p.value for p in model.metadata_props}["ptq.drift"])
+
+
+def _without_drift(model: onnx.ModelProto) -> bytes:
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)
+    kept = [p for p in copy.metadata_props if p.key != "ptq.drift"]
+    del copy.metadata_props[:]
+    copy.metadata_props.extend(kept)
+    return copy.SerializeToString()
+
+
+def test_fallback_finds_the_node_int8_breaks_and_meets_the_budget(outlier, tmp_path):
+    path, data = outlier
+    before = path.read_bytes()
+    broken = ptq_cli.quantize(path, None, data=data, progress=False, budget=MEASURE_ONLY)
+    assert _drift(broken.model)["outputs"][0]["cosine_mean"] < 0.9      # INT8 everywhere is broken
+    result = ptq_cli.quantize(path, tmp_path / "out.onnx", data=data, progress=False)
+    assert path.read_bytes() == before
+    drift = _drift(result.model)
+    # fc1 reads the broken tensor, the Add makes it (a float fc1 still reads the Add's quantized
+    # output): both go back to float, and nothing else.
+    assert sorted(drift["fallback"]) == ["fc1", "shift"] and drift["met"]
+    assert sorted(result.recipe.exclude) == ["fc1", "shift"]
+    assert {"pre", "fc2"} <= set(result.quantized) and not {"fc1", "shift"} & set(result.quantized)
+    assert drift["outputs"][0]["cosine_mean"] >= 0.97 and drift["outputs"][0]["top1_agreement"] >= 0.9
+    written = onnx.load(tmp_path / "out.onnx")
+    onnx.checker.check_model(written, full_check=True)
+    x = np.random.default_rng(5).normal(size=(16, 8)).astype(np.float32)
+    ref, got = run(_outlier_model(), {"x": x})[0], run(written, {"x": x})[0]
+    cosine = np.sum(ref * got, 1) / np.linalg.norm(ref, axis=1) / np.linalg.norm(got, axis=1)
+    assert cosine.min() > 0.99
+    # The recipe in the metadata reproduces the model without searching again.
+    recipe = ptq_cli.Recipe.from_dict(json.loads({p.key: p.value for p in written.metadata_props}["ptq.recipe"]))
+    again = ptq_cli.quantize(path, None, data=data, progress=False, recipe=recipe)
+    assert again.fallback_trials == 0 and _drift(again.model)["fallback"] == []
+    assert again.model.graph.SerializeToString() == written.graph.SerializeToString()
+
+
+def test_budget_that_cannot_be_met_exits_3_and_writes_nothing(outlier, tmp_path):
+    path, data = outlier
+    out = tmp_path / "out.onnx"
+    result = CliRunner().invoke(main, ["quantize", str(path), "--data", str(data), "-o", str(out),
+                                       "--min-sqnr", "200", "-q"])
+    assert result.exit_code == 3 and not out.exists()
+    assert "cannot be met" in result.output and "min_sqnr" in result.output and "Traceback" not in result.output
+    with pytest.raises(DriftBudgetError):
+        ptq_cli.quantize(path, None, data=data, progress=False, budget=Budget(Thresholds(min_sqnr=200), where_measurable=False))
+    loud = CliRunner().invoke(main, ["quantize", str(path), "--data", str(data), "-o", str(out),
+                                     "--min-sqnr", "200", "--best-effort", "--json"])
+    assert loud.exit_code == 0 and out.exists()
+    assert "BEST EFFORT" in loud.output and "NOT MET" in loud.output
+    doc = json.loads(loud.stdout)
+    assert doc["drift"]["met"] is False and doc["drift"]["thresholds"]["min_sqnr"] == 200
+
+
+@pytest.mark.parametrize("name", ["digits_cnn", "digits_mixer", "digits_resnet"])
+def test_default_budget_leaves_the_sample_models_byte_identical(name):
+    model = REPO / "sample_models" / f"{name}.onnx"
+    default = ptq_cli.quantize(model, None, data=CALIB, progress=False)
+    unbounded = ptq_cli.quantize(model, None, data=CALIB, progress=False, budget=MEASURE_ONLY)
+    drift = _drift(default.model)
+    assert drift["met"] and drift["fallback"] == [] and default.recipe == ptq_cli.Recipe()
+    assert _without_drift(default.model) == _without_drift(unbounded.model)
+    assert default.fallback_trials == 0
+    assert drift["samples"] == 32 and "32 of the 100 calibration samples" in drift["data"]
+
+
+def test_summary_reports_the_drift_and_no_data_says_so(outlier, tmp_path):
+    path, data = outlier
+    shown = CliRunner().invoke(main, ["quantize", str(path), "--data", str(data), "-o", str(tmp_path / "a.onnx"),
+                                      "--eval-data", str(data)])
+    assert shown.exit_code == 0, shown.output
+    assert "drift on the first 24 of 24 samples" in shown.output and "y (scores): SQNR" in shown.output
+    assert "fallback: 2 node(s) returned to float" in shown.output and "fc1" in shown.output
+    dynamic = CliRunner().invoke(main, ["quantize", str(path), "--dynamic", "-o", str(tmp_path / "d.onnx")])
+    assert dynamic.exit_code == 0 and "drift not measured" in dynamic.output
+    bad = CliRunner().invoke(main, ["quantize", str(path), "--dynamic", "--min-cosine", "0.9",
+                                    "-o", str(tmp_path / "e.onnx")])
+    assert bad.exit_code == 2 and not (tmp_path / "e.onnx").exists()
