@@ -12,6 +12,7 @@ makes the output, looked for through data movement) and the output's element typ
                LayerNormalization, LpNormalization, ...): SQNR and cosine, no classes.
 - INTEGER      not a float tensor (ids, masks, argmax indices): exact agreement per sample.
 - TENSOR       any other float output: SQNR and cosine.
+- OTHER        not a tensor (a sequence or a map, e.g. ZipMap's): not measured.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ class OutputKind(enum.Enum):
     EMBEDDING = "embedding"
     INTEGER = "integer"
     TENSOR = "tensor"
+    OTHER = "other"
 
     @property
     def has_classes(self) -> bool:
@@ -48,6 +50,9 @@ def output_kinds(model: onnx.ModelProto) -> dict[str, OutputKind]:
     producer = {out: node for node in model.graph.node for out in node.output}
     kinds = {}
     for value in model.graph.output:
+        if value.type.WhichOneof("value") not in (None, "tensor_type"):
+            kinds[value.name] = OutputKind.OTHER
+            continue
         tensor = value.type.tensor_type
         rank = len(tensor.shape.dim) if tensor.HasField("shape") else None
         last = tensor.shape.dim[-1] if rank else None

@@ -21,6 +21,8 @@ class OutputState:
         self.equal = self.rows = 0
 
     def update(self, ref: np.ndarray, cand: np.ndarray, size: int, labels=None) -> None:
+        if self.kind is OutputKind.OTHER or not isinstance(ref, np.ndarray) or not isinstance(cand, np.ndarray):
+            return  # sequences and maps: no figures to take
         if ref.shape != cand.shape:
             raise ModelError(f"output {self.name!r} has shape {list(ref.shape)} in the reference but "
                              f"{list(cand.shape)} in the candidate; are they the same model?")

@@ -67,7 +67,7 @@ def evaluate(thresholds: Thresholds, outputs: tuple[OutputReport, ...], *,
     by (top-1 on a model without scores) is left out instead of failing, as a default budget
     that must suit every model needs."""
     results = []
-    floats = tuple(o for o in outputs if o.kind is not OutputKind.INTEGER)
+    floats = tuple(o for o in outputs if o.kind not in (OutputKind.INTEGER, OutputKind.OTHER))
     if thresholds.min_sqnr is not None:
         results.append(_lower_bound("min_sqnr", thresholds.min_sqnr, floats,
                                     lambda o: math.inf if o.exact else o.sqnr_db, "SQNR", " dB"))
