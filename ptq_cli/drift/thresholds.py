@@ -77,11 +77,12 @@ def evaluate(thresholds: Thresholds, outputs: tuple[OutputReport, ...], *,
         results.append(_lower_bound("min_cosine", thresholds.min_cosine, floats,
                                     lambda o: o.cosine_mean, "mean cosine", ""))
     if thresholds.min_agreement is not None:
-        results.append(_agreement(thresholds.min_agreement, outputs))
+        judged = tuple(o for o in outputs if not where_measurable or _agreement_measurable(o))
+        results.append(_agreement(thresholds.min_agreement, judged))
     if where_measurable:
         measurable = {"min_sqnr": bool(floats), "min_cosine": bool(floats),
                       "max_top1_drop": any(o.classification for o in outputs),
-                      "min_agreement": any(o.top1_agreement is not None for o in outputs)}
+                      "min_agreement": any(_agreement_measurable(o) for o in outputs)}
         results = [r for r in results if measurable[r.name]]
     return tuple(results)
 
@@ -120,6 +121,17 @@ def _top1(limit: float, outputs: tuple[OutputReport, ...]) -> ThresholdResult:
     passed = worst <= limit
     detail = f"{what} {worst:.2f} pt on output {name!r} {'<=' if passed else '>'} {limit:g} pt"
     return ThresholdResult("max_top1_drop", float(limit), worst, passed, detail)
+
+
+# Below this many samples one flipped answer moves a per-sample agreement by more than 5 points:
+# too coarse for a limit that must hold on every healthy model. Per-step agreement counts steps.
+AGREEMENT_MIN_SAMPLES = 20
+
+
+def _agreement_measurable(out: OutputReport) -> bool:
+    if out.top1_agreement is None:
+        return False
+    return out.kind is OutputKind.STEP_SCORES or out.samples >= AGREEMENT_MIN_SAMPLES
 
 
 def _agreement(limit: float, outputs: tuple[OutputReport, ...]) -> ThresholdResult:
