@@ -12,8 +12,8 @@ from ptq_cli.cli import reported_errors
 from ptq_cli.cli.budget_options import budget_from_options, budget_options, drift_lines, pop_budget_options
 from ptq_cli.cli.data_options import data_options, image_preprocess_from_options, pop_data_options
 from ptq_cli.quantize.latency.search import IfSlower, Objective
-from ptq_cli.recipe import (CalibMethod, CalibrationSpec, Format, PerChannel, PerTensor, QType, Recipe,
-                            Rounding, TensorSpec, WeightCodebook)
+from ptq_cli.recipe import (DEFAULT_DYNAMIC_OPS, CalibMethod, CalibrationSpec, Format, PerChannel, PerTensor, QType,
+                            Recipe, Rounding, TensorSpec, WeightCodebook)
 
 _QTYPES = [q.value for q in QType]
 
@@ -60,6 +60,9 @@ _QTYPES = [q.value for q in QType]
               help="qdq: Quantize/DequantizeLinear pairs around float ops; qoperator: QLinearConv, ... ops.")
 @click.option("--dynamic", is_flag=True,
               help="Weights now, activation ranges at run time (no data needed; best for MatMul-heavy models).")
+@click.option("--dynamic-ops", metavar="OPS", default=",".join(DEFAULT_DYNAMIC_OPS), show_default=True,
+              help="Op types --dynamic rewrites, comma-separated, of MatMul, Gemm, Conv (ConvInteger is "
+                   "slower than float Conv in onnxruntime, so Conv is left out by default).")
 @click.option("--exclude", multiple=True, metavar="NODE_OR_OP",
               help="Leave a node (by name) or every node of an op type in float. Repeatable.")
 @click.option("--objective", type=click.Choice([o.value for o in Objective]), default="speed", show_default=True,
@@ -126,7 +129,7 @@ def quantize_command(ctx: click.Context, model: Path, output: Path | None, calib
 
 def _recipe(recipe_file: Path | None, *, method, percentile, bins, per_channel, weight_type, activation_type,
             symmetric_activations, asymmetric_weights, reduce_range, power_of_two, fmt, dynamic, exclude,
-            bias_correction, equalize, rounding, seed, weight_codebook) -> Recipe:
+            bias_correction, equalize, rounding, seed, weight_codebook, dynamic_ops) -> Recipe:
     if recipe_file is not None:
         from ptq_cli.recipe import load_recipe
 
@@ -141,6 +144,7 @@ def _recipe(recipe_file: Path | None, *, method, percentile, bins, per_channel, 
                   rounding=Rounding(rounding), seed=seed,
                   weight_codebook=None if weight_codebook is None else WeightCodebook(
                       weight_codebook, PerChannel() if per_channel else PerTensor()),
+                  dynamic_ops=tuple(op.strip() for op in dynamic_ops.split(",") if op.strip()),
                   calibration=CalibrationSpec(method=CalibMethod(method), percentile=percentile, bins=bins))
 
 

@@ -84,6 +84,10 @@ class _DynamicRewriter:
     def _refuse(self, node: onnx.NodeProto) -> str | None:
         if node.op_type not in _REWRITTEN or node.domain not in ("", "ai.onnx"):
             return "dynamic quantization rewrites only MatMul, Gemm and Conv; this runs in float"
+        if node.op_type not in self.recipe.dynamic_ops:
+            return (f"dynamic quantization leaves {node.op_type} in float by default (onnxruntime's "
+                    f"{node.op_type}Integer is slower than float {node.op_type}); "
+                    f"--dynamic-ops {','.join(self.recipe.dynamic_ops + (node.op_type,))} rewrites it")
         if self.recipe.excludes(node.name, node.op_type):
             return "excluded by --exclude"
         if not self.index.is_float(node.input[0]):

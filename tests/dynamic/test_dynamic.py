@@ -53,9 +53,17 @@ def test_matmul_and_gemm_become_matmulinteger_per_column(rng):
     assert sqnr_db(run(model, x)[0], run(out, x)[0]) > 30
 
 
+def test_conv_stays_float_unless_asked(rng):
+    model = tiny_conv_relu(rng)
+    result = quantize(model, recipe=DYNAMIC, progress=False)
+    assert "ConvInteger" not in ops(result.model)
+    conv = next(s for s in result.skipped if s.op_type == "Conv")
+    assert "slower than float Conv" in conv.reason and "--dynamic-ops MatMul,Gemm,Conv" in conv.reason
+
+
 def test_conv_becomes_convinteger_with_bias_and_groups(rng):
     model = tiny_conv_relu(rng)
-    out = quantize(model, recipe=DYNAMIC, progress=False).model
+    out = quantize(model, recipe=DYNAMIC.with_(dynamic_ops=("Conv",)), progress=False).model
     assert ops(out)[:6] == ["DynamicQuantizeLinear", "ConvInteger", "Cast", "Mul", "Mul", "Add"]
     conv = out.graph.node[1]
     inits = _inits(out)
@@ -71,7 +79,8 @@ def test_depthwise_conv_and_asymmetric_weights_run(rng):
     model = make_model([helper.make_node("Conv", ["x", "w"], ["y"], name="dw", group=3, pads=[1, 1, 1, 1])],
                        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 6, 6])],
                        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3, 6, 6])], [w])
-    recipe = DYNAMIC.with_(weights=TensorSpec(QType.UINT8, symmetric=False, granularity=PerChannel()))
+    recipe = DYNAMIC.with_(weights=TensorSpec(QType.UINT8, symmetric=False, granularity=PerChannel()),
+                           dynamic_ops=("Conv",))
     out = quantize(model, recipe=recipe, progress=False).model
     inits = _inits(out)
     # ConvInteger refuses per-channel zero points: asymmetric weights fall back to one scale.
@@ -105,6 +114,11 @@ def test_cli_dynamic_needs_no_data(tmp_path, rng):
     onnx.save(tiny_conv_relu(rng), source)
     result = CliRunner().invoke(main, ["quantize", str(source), "--dynamic", "-q"])
     assert result.exit_code == 0, result.output
+    assert "ConvInteger" not in ops(onnx.load(tmp_path / "m.int8.onnx"))
+    result = CliRunner().invoke(main, ["quantize", str(source), "--dynamic", "--dynamic-ops", "Conv", "-q", "-f"])
+    assert result.exit_code == 0, result.output
     assert "ConvInteger" in ops(onnx.load(tmp_path / "m.int8.onnx"))
+    result = CliRunner().invoke(main, ["quantize", str(source), "--dynamic", "--dynamic-ops", "Relu", "-f"])
+    assert result.exit_code == 2 and "dynamic ops must be among MatMul, Gemm, Conv" in result.output
     result = CliRunner().invoke(main, ["quantize", str(source), "--dynamic", "--activation-type", "int8", "-f"])
     assert result.exit_code == 2 and "uint8 activations" in result.output
