@@ -66,6 +66,72 @@ def stochastic(args) -> list[dict]:
     return rows
 
 
+# --- data-free ranges -----------------------------------------------------------------------------
+
+# The preprocessing each model's README declares (what a user states with --preset/--scale/...).
+DECLARED = {
+    "mobilenet": dict(preset="imagenet-tf", resize=None),  # images drawn at 224: no resize/crop
+    "resnet8": dict(preset="raw"), "resnet_large": dict(preset="raw"), "mnist_cntk": dict(preset="raw"),
+    "cnn_mnist_pytorch": dict(scale=1 / 255, mean=(0.1307,), std=(0.3081,)),
+}
+
+
+def _declared(name: str):
+    from dataclasses import replace
+
+    from ptq_cli.data.images import ImagePreprocess
+
+    opts = dict(DECLARED[name])
+    base = ImagePreprocess.preset(opts.pop("preset")) if "preset" in opts else ImagePreprocess()
+    if "resize" in opts:
+        opts["crop"] = None
+    return replace(base, **opts)
+
+
+def datafree(args) -> list[dict]:
+    from ptq_cli.recipe import Recipe
+
+    rows = []
+    for name in parse_list(args.models, realdata.names(), "model"):
+        model = realdata.load(name, _options(args))
+        fp32 = top1(model.model_path, model)
+        out = _out_dir(args) / f"{name}.datafree.onnx"
+        for bc in (True, False):
+            recipe = Recipe(bias_correction=bc)
+            tag = "" if bc else ", no bias corr."
+            variants = [(f"static, real calibration data ({model.calib_count}){tag}", dict()),
+                        (f"data-free (BN stats / dead-leaves images, declared preprocessing){tag}",
+                         dict(data=None, data_free=True, image=_declared(name))),
+                        (f"calibration on N(0,1) noise (32){tag}", dict(data=str(_noise(model, "normal")))),
+                        (f"calibration on uniform pixel noise, declared preprocessing (32){tag}",
+                         dict(data=str(_noise(model, "pixels", _declared(name)))))]
+            for label, kwargs in variants:
+                rows.append(_row(name, label, fp32, model, out, *_quantize(model, out, recipe, **kwargs)))
+    return rows
+
+
+def _noise(model: realdata.RealModel, kind: str, preprocess=None, count: int = 32) -> Path:
+    """A folder of `count` noise samples shaped like the calibration samples."""
+    import numpy as np
+
+    folder = realdata.CACHE / "noise" / f"{model.name}-{kind}"
+    if folder.is_dir() and len(list(folder.glob("*.npy"))) == count:
+        return folder
+    folder.mkdir(parents=True, exist_ok=True)
+    shape = np.load(next(iter(sorted(model.calib_dir.glob("*.npy"))))).shape
+    rng = np.random.default_rng(0)
+    for i in range(count):
+        if kind == "normal":
+            x = rng.standard_normal(shape)
+        else:  # white noise pixels 0..255, then the model's preprocessing
+            pixels = rng.integers(0, 256, shape).astype(np.float32)
+            mean = np.asarray(preprocess.mean, np.float32).reshape(1, -1, 1, 1)
+            std = np.asarray(preprocess.std, np.float32).reshape(1, -1, 1, 1)
+            x = (pixels * np.float32(preprocess.scale) - mean) / std
+        np.save(folder / f"{i:04d}.npy", x.astype(np.float32))
+    return folder
+
+
 # --- codebook weights ---------------------------------------------------------------------------
 
 def codebook(args) -> list[dict]:
@@ -112,7 +178,7 @@ def codebook_attention(args) -> list[dict]:
         evaluation = sorted((folder / ("eval" if name == "minilm" else "eval_npz")).glob("*.npz"))
         if args.eval_limit:
             evaluation = evaluation[:: max(1, len(evaluation) // args.eval_limit)][: args.eval_limit]
-        reference = _outputs(path, evaluation)
+        reference = _outputs(path, evaluation, name)
         variants = [("uniform", None)] + [(f"codebook {args.bits}-bit" + label, data)
                                           for label, data in (("", None), (", Gram-weighted", str(calib)))]
         for label, data in variants:
@@ -128,21 +194,22 @@ def codebook_attention(args) -> list[dict]:
                          recipe=Recipe(weight_codebook=WeightCodebook(args.bits, PerChannel())))
                 size = out.stat().st_size
             seconds = time.perf_counter() - start
-            agreement = _agreement(name, reference, _outputs(out, evaluation))
+            agreement = _agreement(name, reference, _outputs(out, evaluation, name))
             log(f"  {name} {label}: {agreement} ({size / 1e6:.2f} MB, {seconds:.1f} s)")
             rows.append({"model": name, "variant": label, "bytes": size, "fp32_bytes": path.stat().st_size,
                          "seconds": round(seconds, 2), **agreement})
     return rows
 
 
-def _outputs(path: Path, files: list[Path]) -> list:
+def _outputs(path: Path, files: list[Path], model: str) -> list:
     import numpy as np
 
     from common import session
 
     sess = session(path)
     names = [i.name for i in sess.get_inputs()]
-    return [sess.run(None, {n: np.load(f)[n] for n in names})[0] for f in files]
+    wanted = ["461"] if model == "minilm" else [sess.get_outputs()[0].name]  # MiniLM: the sentence embedding
+    return [sess.run(wanted, {n: np.load(f)[n] for n in names})[0] for f in files]
 
 
 def _agreement(name: str, reference: list, candidate: list) -> dict:
@@ -233,7 +300,7 @@ def markdown(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-COMMANDS = {"stochastic": stochastic, "codebook": codebook, "codebook-attention": codebook_attention}
+COMMANDS = {"stochastic": stochastic, "datafree": datafree, "codebook": codebook, "codebook-attention": codebook_attention}
 
 
 def main(argv: list[str] | None = None) -> int:

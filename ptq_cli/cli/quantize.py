@@ -58,6 +58,10 @@ _QTYPES = [q.value for q in QType]
                    "weights the clustering by each layer's input energy.")
 @click.option("--format", "fmt", type=click.Choice([f.value for f in Format]), default="qdq", show_default=True,
               help="qdq: Quantize/DequantizeLinear pairs around float ops; qoperator: QLinearConv, ... ops.")
+@click.option("--data-free", is_flag=True,
+              help="Static quantization without data: ranges from BatchNormalization statistics where the "
+                   "model has them, else from synthetic inputs (images drawn as 'dead leaves' and preprocessed "
+                   "as --preset/--scale/--mean/--std declare; raw 0..255 when undeclared). --seed, --max-samples.")
 @click.option("--dynamic", is_flag=True,
               help="Weights now, activation ranges at run time (no data needed; best for MatMul-heavy models).")
 @click.option("--dynamic-ops", metavar="OPS", default=",".join(DEFAULT_DYNAMIC_OPS), show_default=True,
@@ -84,7 +88,7 @@ _QTYPES = [q.value for q in QType]
 @click.pass_context
 def quantize_command(ctx: click.Context, model: Path, output: Path | None, calibration: Path | None,
                      recipe_file: Path | None, force: bool, as_json: bool, quiet: bool, batch_size: int,
-                     max_samples: int | None, objective: str, if_slower: str, **flags) -> None:
+                     max_samples: int | None, objective: str, if_slower: str, data_free: bool, **flags) -> None:
     """Quantize MODEL to INT8 and write OUTPUT.
 
     Static quantization needs activation ranges: from --data DIR (calibrated now) or from
@@ -120,7 +124,7 @@ def quantize_command(ctx: click.Context, model: Path, output: Path | None, calib
                           objective=Objective.SIZE if recipe_file else Objective(objective),
                           if_slower=IfSlower(if_slower),
                           eval_data=budget_opts["eval_data"], labels=data_opts.get("labels"),
-                          budget=budget_from_options(**budget_opts))
+                          budget=budget_from_options(**budget_opts), data_free=data_free)
     if as_json:
         click.echo(json.dumps(result.to_dict(), indent=2))
     if not quiet:
@@ -156,6 +160,12 @@ def _summary(result) -> str:
              + (f" ({len(result.fused)} Relu/Clip folded into their producer)" if result.fused else ""),
              f"  size {result.size_before / 1e6:.2f} MB -> {result.size_after / 1e6:.2f} MB"]
     lines += [f"  note: {note}" for note in result.notes]
+    if result.range_sources:
+        counts = Counter(result.range_sources.values())
+        lines.append("  activation ranges: " + ", ".join(f"{n} from {origin}" for origin, n in counts.most_common()))
+        from_bn = sorted(t for t, origin in result.range_sources.items() if origin.startswith("BatchNorm"))
+        if from_bn:
+            lines.append(f"    from BatchNormalization: {', '.join(from_bn[:4])}{' ...' if len(from_bn) > 4 else ''}")
     if result.latency is not None:
         lines += _latency_lines(result)
     if result.skipped:

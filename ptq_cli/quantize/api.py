@@ -56,6 +56,7 @@ class QuantizeResult:
     drift: dict | None = None
     fallback_trials: int = 0
     fallback_seconds: float = 0.0
+    range_sources: dict[str, str] = field(default_factory=dict)  # activation -> where its range came from (data-free)
 
     def to_dict(self) -> dict:
         return {
@@ -73,6 +74,7 @@ class QuantizeResult:
             "ptq_version": __version__,
             "latency": self.latency.to_dict() if self.latency else None,
             "float_written": self.float_written,
+            "range_sources": dict(self.range_sources),
         }
 
 
@@ -137,7 +139,7 @@ def quantize(model: str | os.PathLike | onnx.ModelProto, output: str | os.PathLi
              progress: bool = True, batch_size: int = 1, max_samples: int | None = None,
              objective: Objective = Objective.SIZE, if_slower: IfSlower = IfSlower.FAIL,
              machine: Machine | None = None,
-             eval_data=None, labels=None, budget: Budget = Budget()) -> QuantizeResult:
+             eval_data=None, labels=None, budget: Budget = Budget(), data_free: bool = False) -> QuantizeResult:
     """Quantize `model` (a path or a ModelProto) and write it to `output` (when given).
 
     Activation ranges come from `calibration` (a CalibrationTable or the path of one) or are
@@ -152,7 +154,13 @@ def quantize(model: str | os.PathLike | onnx.ModelProto, output: str | os.PathLi
     The drift is measured on `eval_data` (or on part of `data`) and must meet `budget`; the most
     sensitive nodes go back to float until it does (DriftBudgetError when it cannot be met,
     unless `budget.best_effort`). `budget=MEASURE_ONLY` measures and reports without limits.
+
+    data_free=True needs neither data nor a table: ranges come from BatchNormalization statistics
+    where the model has them and from synthetic inputs (seeded by recipe.seed) elsewhere
+    (quantize/datafree.py); the drift is then measured on `eval_data` only.
     """
+    if data_free and (recipe.dynamic or recipe.weight_codebook is not None):
+        raise UsageError("--data-free is for static quantization; --dynamic and --weight-codebook need no data")
     source, source_sha, path = _load_source(model)
     source, widened = _float32(source)
     inputs = _input_paths(path, data, calibration)
@@ -160,6 +168,7 @@ def quantize(model: str | os.PathLike | onnx.ModelProto, output: str | os.PathLi
     if output is not None:
         check_writable(output, force=force, protect=inputs)  # before the long calibration
     floating = source
+    user_data = data  # the drift is measured on real samples only, never on synthetic ones
     if recipe.dynamic:
         check_dynamic_recipe(recipe)
 
@@ -177,6 +186,10 @@ def quantize(model: str | os.PathLike | onnx.ModelProto, output: str | os.PathLi
             return _with_codebook(source, path, source_sha, data, calibration, r, image, **codebook)[:2]
     else:
         collect = dict(progress=progress, batch_size=batch_size, max_samples=max_samples)
+        if data_free:
+            from ptq_cli.quantize.datafree import synthetic_data
+
+            data = synthetic_data(source, data, calibration, image, seed=recipe.seed, max_samples=max_samples)
         # Calibrate the file itself when there is one (its sha256 is what a table records), or the
         # equalized model, whose activations between the Conv pairs are rescaled.
         calibrated = (path if not widened else None) or source
@@ -185,6 +198,11 @@ def quantize(model: str | os.PathLike | onnx.ModelProto, output: str | os.PathLi
         table = _calibration_table(calibrated, source_sha, data, calibration, recipe, image, **collect)
         means = {name: table.channel_mean(name) for name in table.names if table.channel_mean(name) is not None}
         ranges = _activation_ranges(table, floating)
+        if data_free:
+            from ptq_cli.quantize.datafree import range_sources, with_batchnorm_ranges
+
+            ranges, sources = with_batchnorm_ranges(source, prepare(floating, min_opset=_required_opset(recipe)),
+                                                    ranges)
 
         def build(r: Recipe) -> tuple[onnx.ModelProto, QuantPlan]:
             return quantize_model(floating, r, ranges, means, table.grams)
@@ -192,7 +210,7 @@ def quantize(model: str | os.PathLike | onnx.ModelProto, output: str | os.PathLi
             decision = _measured(source, floating, recipe, ranges, means, data, image, machine, objective)
             recipe = decision.recipe
         data_description = table.data
-    samples = eval_samples(source, data, eval_data, image, labels)
+    samples = eval_samples(source, user_data, eval_data, image, labels)
     outcome = _within_budget(source, floating, build, recipe, samples, budget, progress)
     if outcome is not None:
         quantized, plan, recipe = outcome.trial.model, outcome.trial.plan, outcome.trial.recipe
@@ -214,7 +232,8 @@ def quantize(model: str | os.PathLike | onnx.ModelProto, output: str | os.PathLi
                           tuple(plan.prepare_skipped), widened + tuple(plan.notes),
                           latency=decision, float_written=written_model is source, drift=drift,
                           fallback_trials=outcome.trials if outcome else 0,
-                          fallback_seconds=outcome.seconds if outcome else 0.0)
+                          fallback_seconds=outcome.seconds if outcome else 0.0,
+                          range_sources=range_sources(plan, sources) if data_free else {})
 
 
 def _fallback_reason(skip: SkipReason, fallback: tuple[str, ...]) -> SkipReason:
