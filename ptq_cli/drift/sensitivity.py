@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import onnx
@@ -56,12 +56,16 @@ def measure_sensitivity(reference: onnx.ModelProto, candidate: onnx.ModelProto, 
 
 def isolated_rows(base: FloatBase, chunks: Sequence[dict[str, np.ndarray]], expected: Sequence[dict],
                   output_pairs: list[tuple[str, str]], kinds: dict[str, OutputKind], *,
-                  nodes: Sequence[int] | None = None, progress: bool = False) -> list[SensitivityRow]:
+                  nodes: Sequence[int] | None = None, progress: bool = False,
+                  in_time: Callable[[], bool] | None = None) -> list[SensitivityRow]:
     """One row per node of `base` (or the indices `nodes`): the outputs on `chunks` with only that
-    node quantized, against the reference's `expected` outputs on the same chunks. Worst first."""
+    node quantized, against the reference's `expected` outputs on the same chunks. Worst first.
+    Stops early, with the rows measured so far, once `in_time()` turns false."""
     rows = []
     todo = range(len(base.nodes)) if nodes is None else nodes
     for k in tqdm(todo, unit="node", desc="sensitivity", disable=not progress, file=sys.stderr):
+        if in_time is not None and not in_time():
+            break
         node = base.nodes[k]
         what = f"variant with only {node.name or node.op_type!r} quantized"
         session = make_session(base.variant(k), what, disabled_optimizers=_KEEP_FLOAT_WEIGHTS)

@@ -36,7 +36,8 @@ from ptq_cli.quantize.plan import QuantPlan
 from ptq_cli.recipe import Format, Recipe
 
 Build = Callable[[Recipe], tuple[onnx.ModelProto, QuantPlan]]
-RANKING_SAMPLES = 8  # isolated runs per unit: enough to order units, cheap enough for every unit
+RANKING_SAMPLES = 4  # isolated runs per unit: enough to order units, cheap enough for every unit
+RANKING_SHARE = 0.5  # of the search's time, at most, for ranking; the trials get the rest
 PRUNE_AT_MOST = 16  # units a passing fallback may hold for each to be tried back in INT8
 
 
@@ -72,7 +73,8 @@ def search(build: Build, probe: DriftProbe, thresholds: Thresholds, first: Trial
     start = clock()
     if first.drift.passed:
         return SearchResult(first, True, 1, 0.0)
-    ranked = rank_units(build, probe, first, prepared, progress=progress)
+    ranking_ends = start + seconds * RANKING_SHARE
+    ranked = rank_units(build, probe, first, prepared, progress=progress, in_time=lambda: clock() < ranking_ends)
     with tqdm(total=None, unit="trial", desc="fallback", disable=not progress, file=sys.stderr) as bar:
         trials = _Trials(build, probe, thresholds, first, bar, lambda: clock() - start < seconds, where_measurable)
         _grow(trials, ranked)
@@ -136,17 +138,20 @@ def _prune(trials: _Trials, most: int = PRUNE_AT_MOST) -> None:
 
 
 def rank_units(build: Build, probe: DriftProbe, first: Trial, prepared: onnx.ModelProto, *,
-               progress: bool = False) -> list[str]:
-    """The fallback units of `first`, most harmful alone first (see the module doc)."""
+               progress: bool = False, in_time: Callable[[], bool] | None = None) -> list[str]:
+    """The fallback units of `first`, most harmful alone first (see the module doc). Units left
+    unmeasured when `in_time()` turns false follow, in graph order."""
     candidate = first.model
     if first.recipe.format is not Format.QDQ:  # the switches need DequantizeLinear inputs
         candidate = build(first.recipe.with_(format=Format.QDQ))[0]
     units = set(fallback_units(prepared, first.plan))
     base = FloatBase(prepared, candidate, _by_name(prepared, candidate))
     picked = [k for k, node in enumerate(base.nodes) if node.name in units]
-    chunks, expected = _first_rows(probe, RANKING_SAMPLES)
-    rows = isolated_rows(base, chunks, expected, probe.pairs, probe.kinds, nodes=picked, progress=progress)
-    return [row.node for row in rows]
+    chunks, expected = _smallest(probe, RANKING_SAMPLES)
+    rows = isolated_rows(base, chunks, expected, probe.pairs, probe.kinds, nodes=picked, progress=progress,
+                         in_time=in_time)
+    measured = [row.node for row in rows]
+    return measured + [base.nodes[k].name for k in picked if base.nodes[k].name not in set(measured)]
 
 
 def fallback_units(prepared: onnx.ModelProto, plan: QuantPlan) -> list[str]:
@@ -169,12 +174,16 @@ def _by_name(reference: onnx.ModelProto, candidate: onnx.ModelProto) -> Matching
     return Matching((), (), pairs)
 
 
-def _first_rows(probe: DriftProbe, rows: int) -> tuple[Sequence[dict], Sequence[dict]]:
-    chunks, expected, taken = [], [], 0
-    for chunk, ref in zip(probe.chunks, probe.expected):
+def _smallest(probe: DriftProbe, rows: int) -> tuple[list[dict], list[dict]]:
+    """The smallest feeds of the probe (fewest elements, the first among equals) up to `rows`
+    rows, in probe order: the ranking runs every unit on them, so they are chosen to be cheap."""
+    sizes = [sum(a.size for a in chunk.values()) for chunk in probe.chunks]
+    order = sorted(range(len(sizes)), key=lambda i: (sizes[i], i))
+    chosen, taken = [], 0
+    for i in order:
         if taken >= rows:
             break
-        chunks.append(chunk)
-        expected.append(ref)
-        taken += next(iter(chunk.values())).shape[0]
-    return chunks, expected
+        chosen.append(i)
+        taken += next(iter(probe.chunks[i].values())).shape[0]
+    chosen.sort()
+    return [probe.chunks[i] for i in chosen], [probe.expected[i] for i in chosen]
