@@ -7,6 +7,7 @@
 - BatchNormalization after a Conv is folded into the Conv's weights and bias;
 - a zero Pad before a Conv becomes the Conv's own padding;
 - a Div by a constant becomes a Mul by its reciprocal;
+- GlobalMaxPool becomes ReduceMax and a ReduceMean over H, W GlobalAveragePool (integer kernels);
 - every node gets a name, and every tensor a type (at any model size).
 
 The caller's model is never modified: prepare copies its structure once (external weights stay
@@ -19,7 +20,7 @@ import logging
 
 import onnx
 
-from ptq_cli.model.passes import (DivToMul, FoldBatchNorm, FoldPad, InferTypes, LiftConstants, ModernIr,
+from ptq_cli.model.passes import (DivToMul, FoldBatchNorm, FoldPad, GlobalPools, InferTypes, LiftConstants, ModernIr,
                                   NameNodes, RewriteDeprecatedOps, SequenceResult, Sequential, UpgradeOpset)
 from ptq_cli.model.passes.upgrade_opset import DYNAMIC_OPSET, QDQ_PER_TENSOR_OPSET  # noqa: F401 (re-exported)
 
@@ -33,7 +34,7 @@ def prepare_passes(min_opset: int = QDQ_PER_AXIS_OPSET) -> Sequential:
     # ModernIr before the upgrade too: the version converter needs initializers that are not inputs.
     return Sequential([LiftConstants(), RewriteDeprecatedOps(), ModernIr(), UpgradeOpset(min_opset), ModernIr(),
                        FoldBatchNorm(), FoldPad(),
-                       DivToMul(), NameNodes(), InferTypes()])
+                       DivToMul(), NameNodes(), InferTypes(), GlobalPools()])
 
 
 def prepare_with_result(model: onnx.ModelProto, *, min_opset: int = QDQ_PER_AXIS_OPSET) -> SequenceResult:

@@ -17,6 +17,7 @@ import enum
 from dataclasses import dataclass
 from typing import Callable
 
+import numpy as np
 import onnx
 
 from ptq_cli.model.graph import GraphIndex, attribute
@@ -82,8 +83,10 @@ def _matmul_axis(node: onnx.NodeProto, ndim: int) -> int | None:
 
 
 def _conv_transpose_axis(node: onnx.NodeProto, ndim: int) -> int | None:
-    # Weight is [C_in, C_out / group, k...]: axis 1 is the output channel only without groups.
-    return 1 if attribute(node, "group", 1) == 1 else None
+    # Weight is [C_in, C_out / group, k...]. With groups, axis 1 still splits the weight into
+    # C_out / group slices (output channel j of every group shares a scale): finer than one scale
+    # per tensor. The int32 bias then stays float (it needs one scale per output channel).
+    return 1
 
 
 def _refuse_pad(node: onnx.NodeProto, index: GraphIndex) -> str | None:
@@ -104,6 +107,19 @@ def _refuse_maxpool(node: onnx.NodeProto, index: GraphIndex) -> str | None:
 def _refuse_gather(node: onnx.NodeProto, index: GraphIndex) -> str | None:
     if node.input[0] in index.initializers:
         return "Gather from a constant table (an embedding) is left in float"
+    return None
+
+
+# A constant this large beside activations is a mask fill (attention's -1e9 / -inf): one scale
+# for both would leave the activations a handful of levels.
+_MASK_FILL = 1e4
+
+
+def _refuse_where(node: onnx.NodeProto, index: GraphIndex) -> str | None:
+    for name in node.input[1:3]:
+        value = index.constant(name)
+        if value is not None and value.size and (not np.all(np.isfinite(value)) or np.abs(value).max() > _MASK_FILL):
+            return "Where with an infinite or huge constant (a mask fill) stays float: one scale cannot hold both"
     return None
 
 
@@ -140,6 +156,14 @@ HANDLERS: dict[str, OpHandler] = {
     "Gather": OpHandler((0,), OutputRule.PASSTHROUGH, refuse=_refuse_gather),
     "DepthToSpace": _PASS,
     "SpaceToDepth": _PASS,
+    # Measured on onnxruntime 1.32 (CPU): these run on the integer tensor between a Dequantize and
+    # a Quantize of the same parameters (the pair is dropped); max/min commute with quantization.
+    "ReduceMax": _PASS,
+    "ReduceMin": _PASS,
+    "Expand": _PASS,
+    "Tile": _PASS,
+    # Fused into com.microsoft QLinearWhere; the condition (input 0) is bool.
+    "Where": OpHandler((1, 2), refuse=_refuse_where),
 }
 
 # Activations that onnxruntime folds into the QuantizeLinear after them.

@@ -250,6 +250,8 @@ def _plan_bias(node, handler, index, plan) -> None:
     weight = plan.weights.get((node.name, w))
     if bias not in index.initializers or weight is None or x not in plan.activations:
         return
+    if weight.params.per_channel and np.size(weight.params.scale) != index.constant(bias).size:
+        return  # grouped ConvTranspose: its weight scales repeat per group, the bias stays float
     if node.op_type == "Gemm" and (attribute(node, "alpha", 1.0) != 1.0 or attribute(node, "beta", 1.0) != 1.0
                                    or index.constant(bias).ndim != 1):
         return  # onnxruntime's QGemm only takes a plain 1-D int32 bias
