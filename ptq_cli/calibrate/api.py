@@ -58,6 +58,9 @@ def calibrate(model: str | os.PathLike | onnx.ModelProto, data: str | os.PathLik
     stats, samples = collect(proto, batches, spec=spec, tensors=tensors, provider=provider,
                              progress=progress, total=total, histograms=histograms,
                              channel_axis=channel_axis, overlap=overlap)
+    if samples == 0:
+        raise DataError(f"{dataset.description} holds no rows to calibrate on (every array has 0 rows "
+                        "along its batch axis); give arrays with at least one sample")
     second_order = None
     if grams:
         from ptq_cli.calibrate.gram import collect_grams

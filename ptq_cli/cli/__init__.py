@@ -7,6 +7,8 @@ and the documented exit code (0 ok, 1 threshold missed, 2 usage error, 3 failure
 
 from __future__ import annotations
 
+import json
+import math
 import sys
 from contextlib import contextmanager
 
@@ -76,6 +78,24 @@ def reported_errors(ctx: click.Context):
             raise
         error = as_ptq_error(exc)
         _fail(str(error), error.exit_code)
+
+
+def echo_json(data, **dumps) -> None:
+    """Print `data` as strict JSON on stdout: NaN and infinities (an unknown scale, an exact
+    output's SQNR) become null, numpy scalars plain numbers, so every JSON parser reads it."""
+    click.echo(json.dumps(_plain(data), allow_nan=False, **dumps))
+
+
+def _plain(value):
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if hasattr(value, "item") and callable(value.item) and getattr(value, "ndim", 1) == 0:
+        value = value.item()  # a numpy scalar
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
 
 
 def _fail(message: str, code: int) -> None:

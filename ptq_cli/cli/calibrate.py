@@ -8,14 +8,13 @@ really named `merge` is reached as `./merge`.
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 from typing import Any
 
 import click
 
-from ptq_cli.cli import reported_errors
+from ptq_cli.cli import echo_json, reported_errors
 from ptq_cli.cli.data_options import data_options, dataset_from_options, pop_data_options
 from ptq_cli.model.io import check_writable
 from ptq_cli.recipe import CalibMethod, CalibrationSpec
@@ -113,7 +112,7 @@ def calibrate_command(ctx: click.Context, model: Path, **kwargs: Any) -> None:
                 click.echo(f"ptq: calibrated {len(table.names)} tensors on {table.samples} samples "
                        f"({spec.method.value}) in {seconds:.1f} s -> {output}", err=True)
         if kwargs["as_json"]:
-            click.echo(json.dumps(_summary(table, output, seconds, model)))
+            echo_json(_summary(table, output, seconds, model))
 
 
 @click.command("merge")
@@ -142,7 +141,7 @@ def merge_command(ctx: click.Context, tables: tuple[Path, ...], output: Path, fo
         click.echo(f"ptq: merged {len(tables)} tables ({table.samples} samples, "
                    f"{len(table.names)} tensors) -> {output}", err=True)
         if as_json:
-            click.echo(json.dumps(_summary(table, output, seconds, None)))
+            echo_json(_summary(table, output, seconds, None))
 
 
 def default_output(model: Path, shard: tuple[int, int] | None) -> Path:

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
 import click
 
-from ptq_cli.cli import reported_errors
+from ptq_cli.cli import echo_json, reported_errors
 from ptq_cli.cli.data_options import data_options, image_preprocess_from_options, pop_data_options
 
 _FILE = click.Path(dir_okay=False, writable=True, path_type=Path)
@@ -91,7 +90,7 @@ def compare_command(ctx: click.Context, reference: Path, candidate: Path, **kwar
         if summary:
             append_step_summary(summary, markdown, protect=inputs)
     if kwargs["as_json"]:
-        click.echo(json.dumps(report.to_dict(), indent=2, allow_nan=False))
+        echo_json(report.to_dict(), indent=2)
         click.echo(render_text(report), err=True, nl=False)
     else:
         click.echo(render_text(report), nl=False)

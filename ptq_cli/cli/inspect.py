@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import click
 
-from ptq_cli.cli import reported_errors
+from ptq_cli.cli import echo_json, reported_errors
 
 
 @click.command("inspect")
@@ -31,4 +30,4 @@ def inspect_command(ctx: click.Context, model: Path, calibration: Path | None, a
 
     with reported_errors(ctx):
         report = inspect_file(model, calibration)
-    click.echo(json.dumps(report.to_dict(), indent=2) if as_json else report.render())
+    echo_json(report.to_dict(), indent=2) if as_json else click.echo(report.render())

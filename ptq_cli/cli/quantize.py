@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 from pathlib import Path
 
 import click
 
-from ptq_cli.cli import reported_errors
+from ptq_cli.cli import echo_json, reported_errors
 from ptq_cli.cli.budget_options import budget_from_options, budget_options, drift_lines, pop_budget_options
 from ptq_cli.cli.data_options import data_options, image_preprocess_from_options, pop_data_options
 from ptq_cli.quantize.latency.search import IfSlower, Objective
@@ -126,7 +125,7 @@ def quantize_command(ctx: click.Context, model: Path, output: Path | None, calib
                           eval_data=budget_opts["eval_data"], labels=data_opts.get("labels"),
                           budget=budget_from_options(**budget_opts), data_free=data_free)
     if as_json:
-        click.echo(json.dumps(result.to_dict(), indent=2))
+        echo_json(result.to_dict(), indent=2)
     if not quiet:
         click.echo(_summary(result), err=True)
 

@@ -95,7 +95,7 @@ def _lower_bound(name, limit, outputs, value_of, label, unit) -> ThresholdResult
             problems.append(f"output {out.name!r} has NaN/Inf on {out.nonfinite_candidate} sample(s)")
         if math.isnan(value):
             problems.append(f"output {out.name!r} has no measurable {label}")
-        elif value < worst_value:
+        elif worst_name is None or value < worst_value:  # an exact output is measured too: inf
             worst_value, worst_name = value, out.name
     if worst_name is None and not problems:
         problems.append("no output to measure")

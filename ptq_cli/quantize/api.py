@@ -163,6 +163,7 @@ def quantize(model: str | os.PathLike | onnx.ModelProto, output: str | os.PathLi
         raise UsageError("--data-free is for static quantization; --dynamic and --weight-codebook need no data")
     source, source_sha, path = _load_source(model)
     source, widened = _float32(source)
+    asked = recipe
     inputs = _input_paths(path, data, calibration)
     decision = None
     if output is not None:
@@ -218,6 +219,9 @@ def quantize(model: str | os.PathLike | onnx.ModelProto, output: str | os.PathLi
         quantized, plan = decision.model, decision.plan
     else:
         quantized, plan = build(recipe)
+    _check_excludes(asked, source, plan)
+    if not plan.quantized and decision is None and output is not None:
+        raise ModelError(_nothing_quantized(plan))  # (without an output, the result says why)
     drift = outcome.metadata(budget) if outcome else None
     _stamp(quantized, recipe, source_sha, data_description, drift)
     _verify_loads(quantized, source)
@@ -276,6 +280,36 @@ def _with_codebook(source, path, source_sha, data, calibration, recipe, image, *
     prepared = prepare(source, min_opset=QDQ_4_16_BIT_OPSET if bits <= 4 else QDQ_PER_AXIS_OPSET)
     quantized, done, skipped = codebook_weights(prepared, recipe, grams)
     return quantized, QuantPlan(quantized=done, skipped=skipped), description
+
+
+def _nothing_quantized(plan: QuantPlan) -> str:
+    """Writing a float copy named as quantized would be nonsense: say why every node stayed float."""
+    reasons: dict[tuple[str, str], int] = {}
+    for skip in plan.skipped:
+        reasons[(skip.op_type, skip.reason)] = reasons.get((skip.op_type, skip.reason), 0) + 1
+    (op, reason), count = max(reasons.items(), key=lambda kv: kv[1]) if reasons else (("", "no node"), 0)
+    more = f" (and {len(plan.skipped) - count} other node(s))" if len(plan.skipped) > count else ""
+    why = f"{count} x {op}: {reason}{more}" if count else "the model has no node ptq can quantize"
+    return f"nothing was quantized, so nothing was written: {why}"
+
+
+def _check_excludes(recipe: Recipe, source: onnx.ModelProto, plan: QuantPlan) -> None:
+    """An --exclude that matches no node name or op type is a typo, not a no-op: refuse it."""
+    known = {s.node for s in plan.skipped} | {s.op_type for s in plan.skipped}
+    for node in _all_nodes(source.graph):
+        known.update((node.name, node.op_type))
+    unknown = [entry for entry in recipe.exclude if entry not in known]
+    if unknown:
+        raise UsageError(f"--exclude {unknown[0]!r} matches no node name and no op type of the model; "
+                         "check the spelling (`ptq compare --per-layer` prints node names)")
+
+
+def _all_nodes(graph: onnx.GraphProto):
+    for node in graph.node:
+        yield node
+        for attr in node.attribute:
+            for sub in ([attr.g] if attr.HasField("g") else []) + list(attr.graphs):
+                yield from _all_nodes(sub)
 
 
 def _input_paths(*given) -> tuple[str | os.PathLike, ...]:
