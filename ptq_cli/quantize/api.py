@@ -220,7 +220,7 @@ def quantize(model: str | os.PathLike | onnx.ModelProto, output: str | os.PathLi
     else:
         quantized, plan = build(recipe)
     _check_excludes(asked, source, plan)
-    if not plan.quantized and decision is None and output is not None:
+    if not plan.quantized and decision is None and not (outcome and outcome.searched) and output is not None:
         raise ModelError(_nothing_quantized(plan))  # (without an output, the result says why)
     drift = outcome.metadata(budget) if outcome else None
     _stamp(quantized, recipe, source_sha, data_description, drift)

@@ -131,9 +131,11 @@ def hold_budget(source: onnx.ModelProto, build, recipe: Recipe, samples: EvalSam
         return BudgetOutcome(first, first.drift.passed, False)
     found = search(build, probe, budget.thresholds, first, prepared(), seconds=budget.seconds, progress=progress,
                    where_measurable=budget.where_measurable)
-    outcome = BudgetOutcome(found.trial, found.passed, True, found.trials - 1, found.seconds)
-    if not found.passed and not budget.best_effort:
-        reached = "; ".join(found.trial.drift.failures)
+    # A candidate with every node in float meets any budget (its SQNR is infinite) but is no answer.
+    passed = found.passed and bool(found.trial.plan.quantized)
+    outcome = BudgetOutcome(found.trial, passed, True, found.trials - 1, found.seconds)
+    if not passed and not budget.best_effort:
+        reached = "; ".join(found.trial.drift.failures) or "the budget with any node still quantized"
         raise DriftBudgetError(
             f"the drift budget ({budget.thresholds.describe()}) cannot be met: the best of {found.trials} "
             f"candidates in {found.seconds:.0f} s ({len(found.trial.fallback)} node(s) in float) still misses "
