@@ -260,8 +260,11 @@ def spec_from_dict(data: Any, where: str) -> CalibrationSpec:
         method = CalibMethod(data.get("method", "minmax"))
     except ValueError:
         raise CalibrationError(f"{where}: unknown method {data.get('method')!r}") from None
-    return CalibrationSpec(method=method, percentile=float(data.get("percentile", 99.999)),
-                           bins=int(data.get("bins", 2048)), moving_average=data.get("moving_average"))
+    try:
+        return CalibrationSpec(method=method, percentile=float(data.get("percentile", 99.999)),
+                               bins=int(data.get("bins", 2048)), moving_average=data.get("moving_average"))
+    except (UsageError, ValueError, TypeError) as exc:  # a hand-edited value: name where it is
+        raise CalibrationError(f"{where}: {exc}") from None
 
 
 def _range(spec: CalibrationSpec, name: str, stats: TensorStats) -> Range:
