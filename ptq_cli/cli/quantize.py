@@ -55,6 +55,15 @@ _QTYPES = [q.value for q in QType]
               help="Cluster each weight (per output channel, or --per-tensor) to 2^BITS float centroids "
                    "by k-means; the file stores indices + codebook and runs in float. --data (optional) "
                    "weights the clustering by each layer's input energy.")
+@click.option("--weight-only", type=click.Choice(["int4", "int8"]),
+              help="Block-wise weights of MatMul and Gather tables only, activations float (no data needed with "
+                   "--rounding nearest): com.microsoft.MatMulNBits / GatherBlockQuantized, or with --format qdq "
+                   "block-wise DequantizeLinear (opset 21).")
+@click.option("--block-size", type=click.Choice(["16", "32", "64", "128", "256"]), default="32", show_default=True,
+              help="Weights per scale along the input axis, with --weight-only.")
+@click.option("--accuracy-level", type=click.IntRange(0, 4), default=0, show_default=True,
+              help="MatMulNBits' compute type with --weight-only: 0 unset, 1 fp32, 2 fp16, 3 bf16, 4 int8 "
+                   "(activations quantized per block at run time: faster, less exact).")
 @click.option("--format", "fmt", type=click.Choice([f.value for f in Format]), default="qdq", show_default=True,
               help="qdq: Quantize/DequantizeLinear pairs around float ops; qoperator: QLinearConv, ... ops.")
 @click.option("--data-free", is_flag=True,
@@ -112,11 +121,11 @@ def quantize_command(ctx: click.Context, model: Path, output: Path | None, calib
     data_opts = pop_data_options(flags)
     budget_opts = pop_budget_options(flags)
     with reported_errors(ctx):
-        output = output or default_output(model)
+        recipe = _recipe(recipe_file, **flags, fmt_given=ctx.get_parameter_source("fmt").name != "DEFAULT")
+        output = output or default_output(model, recipe)
         # Every file the command reads, flags included, is an input the output must not replace.
         check_output(output, force=force, protect=(model, data_opts.get("data"), data_opts.get("labels"),
                                                    calibration, recipe_file, budget_opts["eval_data"]))
-        recipe = _recipe(recipe_file, **flags)
         result = quantize(model, output, data=data_opts.get("data"),
                           calibration=calibration, recipe=recipe, image=image_preprocess_from_options(**data_opts),
                           force=force, progress=not quiet, batch_size=batch_size, max_samples=max_samples,
@@ -132,7 +141,8 @@ def quantize_command(ctx: click.Context, model: Path, output: Path | None, calib
 
 def _recipe(recipe_file: Path | None, *, method, percentile, bins, per_channel, weight_type, activation_type,
             symmetric_activations, asymmetric_weights, reduce_range, power_of_two, fmt, dynamic, exclude,
-            bias_correction, equalize, rounding, seed, weight_codebook, dynamic_ops) -> Recipe:
+            bias_correction, equalize, rounding, seed, weight_codebook, dynamic_ops, weight_only, block_size,
+            accuracy_level, fmt_given: bool = False) -> Recipe:
     if recipe_file is not None:
         from ptq_cli.recipe import load_recipe
 
@@ -142,7 +152,13 @@ def _recipe(recipe_file: Path | None, *, method, percentile, bins, per_channel, 
                          reduce_range=reduce_range, power_of_two=power_of_two)
     activations = TensorSpec(QType(activation_type), symmetric=symmetric_activations, granularity=PerTensor(),
                              power_of_two=power_of_two)
-    return Recipe(weights=weights, activations=activations, format=Format(fmt), dynamic=dynamic,
+    blocks = None
+    if weight_only is not None:
+        from ptq_cli.recipe import WeightOnly
+
+        blocks = WeightOnly(QType(weight_only), int(block_size), symmetric=not asymmetric_weights,
+                            qdq=fmt_given and fmt == "qdq", accuracy_level=accuracy_level)
+    return Recipe(weights=weights, activations=activations, format=Format(fmt), dynamic=dynamic, weight_only=blocks,
                   exclude=tuple(exclude), bias_correction=bias_correction, equalize=equalize,
                   rounding=Rounding(rounding), seed=seed,
                   weight_codebook=None if weight_codebook is None else WeightCodebook(

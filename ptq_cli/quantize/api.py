@@ -78,9 +78,10 @@ class QuantizeResult:
         }
 
 
-def default_output(model_path: str | os.PathLike) -> Path:
+def default_output(model_path: str | os.PathLike, recipe: Recipe | None = None) -> Path:
     path = Path(model_path)
-    return path.with_name(f"{path.stem}.int8.onnx")
+    kind = recipe.weight_only.dtype.value if recipe is not None and recipe.weight_only is not None else "int8"
+    return path.with_name(f"{path.stem}.{kind}.onnx")
 
 
 def quantize_model(model: onnx.ModelProto, recipe: Recipe, ranges: Ranges,
@@ -115,6 +116,20 @@ def quantize_model(model: onnx.ModelProto, recipe: Recipe, ranges: Ranges,
 
         return rewrite_qoperator(prepared, plan), plan
     return insert_qdq(prepared, plan), plan
+
+
+WEIGHT_ONLY_DATA = "none (weight-only, rounded to nearest)"
+
+
+def _weight_only_grams(source, source_sha, path, data, calibration, recipe: Recipe, image, **collect):
+    """What weight-only quantization reads of the data: GPTQ the Gram matrices of a calibration,
+    nearest rounding nothing. Returns (grams or None, the data's description)."""
+    if recipe.rounding is Rounding.STOCHASTIC:
+        raise UsageError("--weight-only rounds to nearest or with gptq; stochastic rounding is for INT8 weights")
+    if recipe.rounding is not Rounding.GPTQ:
+        return None, WEIGHT_ONLY_DATA
+    table = _calibration_table(path or source, source_sha, data, calibration, recipe, image, **collect)
+    return table.grams, table.data
 
 
 def _dynamic(source: onnx.ModelProto, recipe: Recipe) -> tuple[onnx.ModelProto, QuantPlan]:
@@ -170,7 +185,17 @@ def quantize(model: str | os.PathLike | onnx.ModelProto, output: str | os.PathLi
         check_writable(output, force=force, protect=inputs)  # before the long calibration
     floating = source
     user_data = data  # the drift is measured on real samples only, never on synthetic ones
-    if recipe.dynamic:
+    if recipe.weight_only is not None:
+        grams, data_description = _weight_only_grams(source, source_sha, path, data, calibration, recipe, image,
+                                                     progress=progress, batch_size=batch_size,
+                                                     max_samples=max_samples)
+
+        def build(r: Recipe) -> tuple[onnx.ModelProto, QuantPlan]:
+            from ptq_cli.quantize.weight_only import rewrite_weight_only
+
+            min_opset = QDQ_4_16_BIT_OPSET if r.weight_only.qdq else QDQ_PER_AXIS_OPSET
+            return rewrite_weight_only(prepare(source, min_opset=min_opset), r, grams)
+    elif recipe.dynamic:
         check_dynamic_recipe(recipe)
 
         def build(r: Recipe) -> tuple[onnx.ModelProto, QuantPlan]:
