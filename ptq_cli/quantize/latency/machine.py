@@ -58,7 +58,7 @@ class OnnxruntimeMachine:
     """onnxruntime's CPU provider on this machine."""
 
     threads: int = 0  # intra-op threads; 0 = onnxruntime's default (one per physical core)
-    seconds: float = 2.0  # timed seconds for the whole set of models
+    seconds: float = 3.0  # timed seconds for the whole set of models
     min_rounds: int = 10
     block_seconds: float = 0.02  # each round runs each model for about this long
     profile_runs: int = 20

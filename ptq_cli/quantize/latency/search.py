@@ -4,7 +4,7 @@
 2. estimate every float prefix with the cost model (candidates.py) and keep the best few that
    the caller accepts (e.g. a drift budget);
 3. time them end to end, interleaved with the FP32 model, and take the fastest; a candidate
-   within `tie` of the fastest that leaves fewer nodes in float wins, so that noise does not
+   within `tie` (3 %) of the fastest that leaves fewer nodes in float wins, so that noise does not
    flip the choice between two equal placements;
 4. the choice is a Recipe (its `exclude` lists the float prefix): written into the output's
    metadata, `--recipe` reproduces the model without timing anything.
@@ -101,7 +101,7 @@ Build = Callable[[Recipe], tuple[onnx.ModelProto, object]]
 
 def search_placement(float_model: onnx.ModelProto, prepared: onnx.ModelProto, recipe: Recipe, build: Build,
                      feeds: Sequence[Feeds], machine: Machine, *, accept: Callable[[Recipe], bool] | None = None,
-                     timed: int = 3, tie: float = 0.02, crossing: CrossingCost = CrossingCost(),
+                     timed: int = 3, tie: float = 0.03, crossing: CrossingCost = CrossingCost(),
                      objective: Objective = Objective.SPEED) -> LatencyDecision:
     """The fastest placement of `recipe` on `machine`. `build(recipe)` quantizes the model
     (returns the model and its plan); `prepared` is the float graph whose node names plans use;
