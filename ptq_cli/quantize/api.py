@@ -114,8 +114,17 @@ def quantize_model(model: onnx.ModelProto, recipe: Recipe, ranges: Ranges,
     if recipe.format is Format.QOPERATOR:
         from ptq_cli.quantize.qoperator import rewrite_qoperator
 
-        return rewrite_qoperator(prepared, plan), plan
-    return insert_qdq(prepared, plan), plan
+        return _with_dynamic_matmuls(rewrite_qoperator(prepared, plan), plan, recipe), plan
+    return _with_dynamic_matmuls(insert_qdq(prepared, plan), plan, recipe), plan
+
+
+def _with_dynamic_matmuls(model: onnx.ModelProto, plan: QuantPlan, recipe: Recipe) -> onnx.ModelProto:
+    """The MatMuls placement quantizes at run time (placement.py), rewritten after the static pass."""
+    if not plan.dynamic:
+        return model
+    rewritten, done, _ = rewrite_dynamic(model, recipe, only=frozenset(plan.dynamic))
+    plan.dynamic = done
+    return rewritten
 
 
 WEIGHT_ONLY_DATA = "none (weight-only, rounded to nearest)"
@@ -256,7 +265,8 @@ def quantize(model: str | os.PathLike | onnx.ModelProto, output: str | os.PathLi
     written_model = source if slower and if_slower is IfSlower.FLOAT else quantized
     written = save_model(written_model, output, force=force, protect=inputs) if output else None
     skipped = tuple(_fallback_reason(s, outcome.trial.fallback if outcome else ()) for s in plan.skipped)
-    return QuantizeResult(written_model, written, recipe, tuple(plan.quantized), skipped,
+    done = sorted([*plan.quantized, *plan.dynamic, *plan.weight_only], key=_graph_order(source))
+    return QuantizeResult(written_model, written, recipe, tuple(done), skipped,
                           dict(plan.fused), model_size(source).total, model_size(written_model).total, source_sha,
                           tuple(plan.prepare_skipped), widened + tuple(plan.notes),
                           latency=decision, float_written=written_model is source, drift=drift,
@@ -358,6 +368,11 @@ def _float32(source: onnx.ModelProto) -> tuple[onnx.ModelProto, tuple[str, ...]]
     converted = onnx.ModelProto()
     converted.CopyFrom(source)
     return converted, ToFloat32()(converted).changes
+
+
+def _graph_order(model: onnx.ModelProto):
+    order = {n.name: i for i, n in enumerate(model.graph.node)}
+    return lambda name: (order.get(name, len(order)), name)
 
 
 def _equalized(source: onnx.ModelProto, data, recipe: Recipe, image, **collect) -> onnx.ModelProto:

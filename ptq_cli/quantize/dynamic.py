@@ -43,13 +43,18 @@ def check_dynamic_recipe(recipe: Recipe) -> None:
                          f"got --activation-type {recipe.activations.dtype.value}; drop it or use static quantization")
 
 
-def rewrite_dynamic(prepared: onnx.ModelProto, recipe: Recipe) -> tuple[onnx.ModelProto, list[str], list[SkipReason]]:
+def rewrite_dynamic(prepared: onnx.ModelProto, recipe: Recipe,
+                    only: frozenset[str] | None = None) -> tuple[onnx.ModelProto, list[str], list[SkipReason]]:
     """Return a copy of `prepared` with MatMul/Gemm/Conv on constant weights made integer,
-    the names of the rewritten nodes, and why every other node stayed float."""
+    the names of the rewritten nodes, and why every other node stayed float. With `only`, just
+    those nodes are rewritten and the others are left as they are (a static model's float part)."""
     out = onnx.ModelProto()
     out.CopyFrom(prepared)
     rewriter = _DynamicRewriter(out, recipe)
     for node in list(out.graph.node):
+        if only is not None and node.name not in only:
+            rewriter.nodes.append(node)
+            continue
         rewriter.visit(node)
     del out.graph.node[:]
     out.graph.node.extend(rewriter.nodes)

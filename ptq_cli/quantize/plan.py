@@ -21,9 +21,12 @@ from ptq_cli.errors import CalibrationError
 from ptq_cli.model.graph import GraphIndex, attribute
 from ptq_cli.quantize.handlers import (FUSED_ACTIVATIONS, OpHandler, OutputRule, activation_inputs,
                                        handler_for)
+from ptq_cli.quantize.patterns import Pattern
+from ptq_cli.quantize.placement import (dynamic_matmul_reason, embedding_table, float_patterns,
+                                        glue_reason)
 from ptq_cli.quantize.scheme import QParams, compute_qparams, quantize, weight_range
 from ptq_cli.quantize.stochastic import weight_rng
-from ptq_cli.recipe import PerChannel, Recipe, Rounding, TensorSpec
+from ptq_cli.recipe import PerChannel, QType, Recipe, Rounding, TensorSpec
 
 
 @dataclass(frozen=True)
@@ -74,24 +77,35 @@ class QuantPlan:
     # What the prepare passes left undone (e.g. tensors whose type could not be inferred).
     prepare_skipped: tuple[str, ...] = ()
     notes: list[str] = field(default_factory=list)  # model-wide changes to the recipe, said to the user
+    # MatMuls quantized at run time (DynamicQuantizeLinear + MatMulInteger), after the static pass.
+    dynamic: list[str] = field(default_factory=list)
+    # Gather node -> its constant table stored as int8, the gathered rows dequantized (weight-only).
+    weight_only: dict[str, WeightPlan] = field(default_factory=dict)
+    patterns: list[Pattern] = field(default_factory=list)  # what placement found (patterns.py)
+    floating: dict[str, str] = field(default_factory=dict)  # node -> why placement keeps it float
 
 
 def make_plan(model: onnx.ModelProto, recipe: Recipe, ranges: Mapping[str, tuple[float, float]]) -> QuantPlan:
     index = GraphIndex(model.graph)
     plan = QuantPlan()
+    plan.patterns, plan.floating = float_patterns(model.graph, recipe)
     claimed = _claim_compute_nodes(model.graph, index, recipe, ranges, plan)
     passthrough = _claim_passthrough_nodes(model.graph, index, recipe, claimed, plan)
     _assign_activation_params(model.graph, index, recipe, ranges, claimed, passthrough, plan)
     _plan_weights(model.graph, index, recipe, plan)
     order = {n.name: i for i, n in enumerate(model.graph.node)}
     plan.quantized.sort(key=order.__getitem__)
+    plan.dynamic.sort(key=order.__getitem__)
     plan.skipped.sort(key=lambda s: order[s.node])
     return plan
 
 
-def _skip_reason(node: onnx.NodeProto, handler: OpHandler | None, index: GraphIndex, recipe: Recipe) -> str | None:
+def _skip_reason(node: onnx.NodeProto, handler: OpHandler | None, index: GraphIndex, recipe: Recipe,
+                 floating: Mapping[str, str] = {}) -> str | None:
     if recipe.excludes(node.name, node.op_type):
         return "excluded by --exclude"
+    if node.name in floating:
+        return floating[node.name]
     if not any(index.is_float(name) for name in node.input if name):
         return "no float input: integer or shape arithmetic"
     if handler is None:
@@ -114,7 +128,12 @@ def _claim_compute_nodes(graph, index, recipe, ranges, plan) -> set[str]:
         handler = handler_for(node)
         if node.op_type in FUSED_ACTIVATIONS or (handler and handler.output is OutputRule.PASSTHROUGH):
             continue
-        reason = _skip_reason(node, handler, index, recipe)
+        reason = _skip_reason(node, handler, index, recipe, plan.floating)
+        if reason is None:
+            reason = _placement_reason(node, index, recipe, plan)
+            if reason is not None and reason.startswith("quantized at run time"):
+                plan.dynamic.append(node.name)
+                continue
         inputs = [node.input[i] for i in activation_inputs(node, handler)] if handler else []
         weight = node.input[handler.weight] if handler and handler.weight is not None and \
             handler.weight < len(node.input) and node.input[handler.weight] in index.initializers else None
@@ -122,7 +141,7 @@ def _claim_compute_nodes(graph, index, recipe, ranges, plan) -> set[str]:
         if reason is not None:
             plan.skipped.append(SkipReason(node.name, node.op_type, reason))
             continue
-        out, fused, source = _output_and_fusion(node, handler, index, recipe, ranges)
+        out, fused, source = _output_and_fusion(node, handler, index, recipe, ranges, plan.floating)
         # The range that sets the output's parameters; a folded Relu/Clip's replaces the producer's.
         missing = [t for t in activations if t not in ranges]
         if handler.output is not OutputRule.UNIT and (source or out) not in ranges:
@@ -139,14 +158,24 @@ def _claim_compute_nodes(graph, index, recipe, ranges, plan) -> set[str]:
         plan.quantized.append(node.name)
     for node in graph.node:
         if node.op_type in FUSED_ACTIVATIONS and node.name not in plan.fused:
-            reason = _skip_reason(node, None, index, recipe)
+            reason = _skip_reason(node, None, index, recipe, plan.floating)
             if reason is None or reason.startswith("onnxruntime has no"):
                 reason = f"{node.op_type} only folds into a quantized producer (Conv, Gemm, MatMul, Add, ...)"
             plan.skipped.append(SkipReason(node.name, node.op_type, reason))
     return claimed
 
 
-def _output_and_fusion(node, handler, index, recipe, ranges):
+def _placement_reason(node, index, recipe, plan) -> str | None:
+    """Why placement (placement.py) does not quantize `node` statically, given the decisions so far."""
+    done = set(plan.quantized) | set(plan.fused)
+    if recipe.activations.dtype is QType.UINT8 and recipe.weights.dtype in (QType.INT8, QType.UINT8):
+        reason = dynamic_matmul_reason(node, index, done, plan.floating)
+        if reason is not None:
+            return reason
+    return glue_reason(node, index, done)
+
+
+def _output_and_fusion(node, handler, index, recipe, ranges, floating):
     """(the tensor quantized after `node`, the Relu/Clip folded into it, the tensor whose range
     it takes instead of its own). A lone Relu/Clip right after the node is folded; one reached
     through max-pool/reshapes (which commute with it) lends its range."""
@@ -154,11 +183,11 @@ def _output_and_fusion(node, handler, index, recipe, ranges):
     if not handler.fuses_relu:
         return out, None, None
     follower = index.single_consumer(out)
-    if follower is not None and follower.op_type in FUSED_ACTIVATIONS and \
+    if follower is not None and follower.op_type in FUSED_ACTIVATIONS and follower.name not in floating and \
             not recipe.excludes(follower.name, follower.op_type) and follower.output[0] in ranges:
         return follower.output[0], follower, None
     relu = _relu_after_data_movement(out, index, recipe)
-    if relu is not None and relu.output[0] in ranges:
+    if relu is not None and relu.name not in floating and relu.output[0] in ranges:
         return out, None, relu.output[0]
     return out, None, None
 
@@ -185,7 +214,10 @@ def _claim_passthrough_nodes(graph, index, recipe, claimed, plan) -> set[str]:
         handler = handler_for(node)
         if handler is None or handler.output is not OutputRule.PASSTHROUGH:
             continue
-        reason = _skip_reason(node, handler, index, recipe)
+        chosen = not recipe.excludes(node.name, node.op_type) and node.name not in plan.floating
+        if chosen and _plan_weight_only(node, index, recipe, plan):
+            continue
+        reason = _skip_reason(node, handler, index, recipe, plan.floating)
         source = node.input[0]
         if reason is None and source not in claimed and source not in outputs:
             reason = f"its input {source!r} is float here; data-movement ops only follow quantized data"
@@ -195,6 +227,18 @@ def _claim_passthrough_nodes(graph, index, recipe, claimed, plan) -> set[str]:
         outputs.update(o for o in node.output if o)
         plan.quantized.append(node.name)
     return outputs
+
+
+def _plan_weight_only(node, index, recipe, plan) -> bool:
+    """An embedding table (Gather from a constant) stored as int8, one scale per column."""
+    table = embedding_table(node, index)
+    if table is None:
+        return False
+    spec = recipe.weights
+    axis = table.ndim - 1 if isinstance(spec.granularity, PerChannel) else None
+    lo, hi = weight_range(table, axis)
+    plan.weight_only[node.name] = WeightPlan(node.input[0], _params(lo, hi, spec, axis))
+    return True
 
 
 def _assign_activation_params(graph, index, recipe, ranges, claimed, passthrough, plan) -> None:

@@ -62,6 +62,9 @@ def insert_qdq(model: onnx.ModelProto, plan: QuantPlan) -> onnx.ModelProto:
     weights_done: dict[tuple[str, bytes], str] = {}
     float_readers = _float_readers(graph, index, plan)
     for node in graph.node:
+        if node.name in plan.weight_only:
+            new_nodes.extend(_gathered_rows(emit, node, plan.weight_only[node.name], index))
+            continue
         reads_float = node.name in float_readers
         for i, name in enumerate(node.input):
             weight = plan.weights.get((node.name, name))
@@ -116,6 +119,23 @@ def _without_unread_pairs(nodes: list[onnx.NodeProto], outputs: set[str], dequan
     kept = [n for n in nodes if id(n) not in unread_dq]
     read = {name for node in kept for name in node.input} | outputs
     return [n for n in kept if n.op_type != "QuantizeLinear" or n.output[0] in read]
+
+
+def _gathered_rows(emit: Emitter, node: onnx.NodeProto, table: WeightPlan, index: GraphIndex) -> list:
+    """Gather from the int8 table, then dequantize only the rows read (one scale per column, the
+    last axis of the gathered rows): dequantizing the whole table would cost more than the lookup."""
+    qp = table.params
+    q_table = emit.names.new(f"{table.tensor}_quantized")
+    emit.initializers.append(typed_constant(quantize(index.constant(table.tensor), qp), qp, q_table))
+    rows = emit.names.new(f"{node.output[0]}_quantized")
+    gather = onnx.NodeProto()
+    gather.CopyFrom(node)
+    gather.input[0], gather.output[0] = q_table, rows
+    scale, zero = emit.scale_and_zero(qp, table.tensor)
+    attrs = {"axis": -1} if qp.per_channel else {}
+    dequantize = helper.make_node("DequantizeLinear", [rows, scale, zero], [node.output[0]],
+                                  name=emit.names.new(f"{node.name}_DequantizeLinear"), **attrs)
+    return [gather, dequantize]
 
 
 def _weight_input(emit: Emitter, nodes: list, weight: WeightPlan, index: GraphIndex, done: dict) -> str:
