@@ -124,13 +124,14 @@ _NO_4BIT_FUSION = frozenset({"Conv"})
 def _claim_compute_nodes(graph, index, recipe, ranges, plan) -> set[str]:
     """Step 1: compute nodes claim their inputs and output. Returns the claimed tensor names."""
     claimed: set[str] = set()
+    done: set[str] = set()  # nodes quantized so far, and the Relu/Clip folded into them
     for node in graph.node:
         handler = handler_for(node)
         if node.op_type in FUSED_ACTIVATIONS or (handler and handler.output is OutputRule.PASSTHROUGH):
             continue
         reason = _skip_reason(node, handler, index, recipe, plan.floating)
         if reason is None:
-            reason = _placement_reason(node, index, recipe, plan)
+            reason = _placement_reason(node, index, recipe, plan, done)
             if reason is not None and reason.startswith("quantized at run time"):
                 plan.dynamic.append(node.name)
                 continue
@@ -151,11 +152,13 @@ def _claim_compute_nodes(graph, index, recipe, ranges, plan) -> set[str]:
             continue
         if fused is not None:
             plan.fused[fused.name] = node.name
+            done.add(fused.name)
         if source is not None:
             plan.range_source[out] = source
         claimed.update(activations)
         claimed.add(out)
         plan.quantized.append(node.name)
+        done.add(node.name)
     for node in graph.node:
         if node.op_type in FUSED_ACTIVATIONS and node.name not in plan.fused:
             reason = _skip_reason(node, None, index, recipe, plan.floating)
@@ -165,9 +168,8 @@ def _claim_compute_nodes(graph, index, recipe, ranges, plan) -> set[str]:
     return claimed
 
 
-def _placement_reason(node, index, recipe, plan) -> str | None:
+def _placement_reason(node, index, recipe, plan, done: set[str]) -> str | None:
     """Why placement (placement.py) does not quantize `node` statically, given the decisions so far."""
-    done = set(plan.quantized) | set(plan.fused)
     if recipe.activations.dtype is QType.UINT8 and recipe.weights.dtype in (QType.INT8, QType.UINT8):
         reason = dynamic_matmul_reason(node, index, done, plan.floating)
         if reason is not None:

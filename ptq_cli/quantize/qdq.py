@@ -126,7 +126,7 @@ def _gathered_rows(emit: Emitter, node: onnx.NodeProto, table: WeightPlan, index
     last axis of the gathered rows): dequantizing the whole table would cost more than the lookup."""
     qp = table.params
     q_table = emit.names.new(f"{table.tensor}_quantized")
-    emit.initializers.append(typed_constant(quantize(index.constant(table.tensor), qp), qp, q_table))
+    emit.initializers.append(typed_constant(table.integers(index.constant(table.tensor)), qp, q_table))
     rows = emit.names.new(f"{node.output[0]}_quantized")
     gather = onnx.NodeProto()
     gather.CopyFrom(node)
