@@ -89,15 +89,19 @@ def dynamic_matmul_reason(node: onnx.NodeProto, index: GraphIndex, quantized: se
             "so its range follows each sample")
 
 
-def glue_reason(node: onnx.NodeProto, index: GraphIndex, quantized: set[str]) -> str | None:
-    """Why a weightless op stays float: every activation input comes from a float node."""
+def glue_reason(node: onnx.NodeProto, index: GraphIndex, quantized: set[str], placed: set[str]) -> str | None:
+    """Why a weightless op stays float: every activation input comes from a node that placement
+    itself keeps float (`placed`: patterns, dynamic MatMuls, embeddings, other glue). A node left
+    float for another reason (--exclude, no kernel) does not pull its neighbours to float, so that
+    measuring one node at a time still quantizes that node."""
     if node.op_type not in _GLUE_OPS or node.domain not in ("", "ai.onnx"):
         return None
     if node.op_type == "MatMul" and any(i in index.initializers for i in node.input):
         return None
     inputs = [i for i in node.input if i and i not in index.initializers and index.is_float(i)]
     sources = [float_source(i, index, quantized) for i in inputs]
-    if not inputs or any(s is None for s in sources):
+    if not inputs or any(s is None or not (s.name in placed or embedding_table(s, index) is not None)
+                         for s in sources):
         return None
     return (f"its inputs ({', '.join(repr(i) for i in inputs)}) come from float nodes: "
             "an integer op between float ops only adds requantization")

@@ -125,13 +125,16 @@ def _claim_compute_nodes(graph, index, recipe, ranges, plan) -> set[str]:
     """Step 1: compute nodes claim their inputs and output. Returns the claimed tensor names."""
     claimed: set[str] = set()
     done: set[str] = set()  # nodes quantized so far, and the Relu/Clip folded into them
+    placed = set(plan.floating)  # nodes placement itself keeps float (or quantizes at run time)
     for node in graph.node:
         handler = handler_for(node)
         if node.op_type in FUSED_ACTIVATIONS or (handler and handler.output is OutputRule.PASSTHROUGH):
             continue
         reason = _skip_reason(node, handler, index, recipe, plan.floating)
         if reason is None:
-            reason = _placement_reason(node, index, recipe, plan, done)
+            reason = _placement_reason(node, index, recipe, plan, done, placed)
+            if reason is not None:
+                placed.add(node.name)
             if reason is not None and reason.startswith("quantized at run time"):
                 plan.dynamic.append(node.name)
                 continue
@@ -168,13 +171,13 @@ def _claim_compute_nodes(graph, index, recipe, ranges, plan) -> set[str]:
     return claimed
 
 
-def _placement_reason(node, index, recipe, plan, done: set[str]) -> str | None:
+def _placement_reason(node, index, recipe, plan, done: set[str], placed: set[str]) -> str | None:
     """Why placement (placement.py) does not quantize `node` statically, given the decisions so far."""
     if recipe.activations.dtype is QType.UINT8 and recipe.weights.dtype in (QType.INT8, QType.UINT8):
         reason = dynamic_matmul_reason(node, index, done, plan.floating)
         if reason is not None:
             return reason
-    return glue_reason(node, index, done)
+    return glue_reason(node, index, done, placed)
 
 
 def _output_and_fusion(node, handler, index, recipe, ranges, floating):
