@@ -57,10 +57,11 @@ def measure_sensitivity(reference: onnx.ModelProto, candidate: onnx.ModelProto, 
 def isolated_rows(base: FloatBase, chunks: Sequence[dict[str, np.ndarray]], expected: Sequence[dict],
                   output_pairs: list[tuple[str, str]], kinds: dict[str, OutputKind], *,
                   nodes: Sequence[int] | None = None, progress: bool = False,
-                  in_time: Callable[[], bool] | None = None) -> list[SensitivityRow]:
+                  in_time: Callable[[], bool] | None = None, literal: bool = False) -> list[SensitivityRow]:
     """One row per node of `base` (or the indices `nodes`): the outputs on `chunks` with only that
     node quantized, against the reference's `expected` outputs on the same chunks. Worst first.
-    Stops early, with the rows measured so far, once `in_time()` turns false."""
+    Stops early, with the rows measured so far, once `in_time()` turns false. `literal` runs the
+    variants unoptimized (see runtime.make_session): faster to load, for a ranking."""
     rows = []
     todo = range(len(base.nodes)) if nodes is None else nodes
     for k in tqdm(todo, unit="node", desc="sensitivity", disable=not progress, file=sys.stderr):
@@ -68,7 +69,7 @@ def isolated_rows(base: FloatBase, chunks: Sequence[dict[str, np.ndarray]], expe
             break
         node = base.nodes[k]
         what = f"variant with only {node.name or node.op_type!r} quantized"
-        session = make_session(base.variant(k), what, disabled_optimizers=_KEEP_FLOAT_WEIGHTS)
+        session = make_session(base.variant(k), what, disabled_optimizers=_KEEP_FLOAT_WEIGHTS, literal=literal)
         state = _VariantState(output_pairs, kinds)
         for chunk, ref in zip(chunks, expected):
             state.update(ref, run(session, chunk, what, [c for _, c in output_pairs]), _rows(chunk))

@@ -149,7 +149,7 @@ def rank_units(build: Build, probe: DriftProbe, first: Trial, prepared: onnx.Mod
     picked = [k for k, node in enumerate(base.nodes) if node.name in units]
     chunks, expected = _smallest(probe, RANKING_SAMPLES)
     rows = isolated_rows(base, chunks, expected, probe.pairs, probe.kinds, nodes=picked, progress=progress,
-                         in_time=in_time)
+                         in_time=in_time, literal=True)
     measured = [row.node for row in rows]
     return measured + [base.nodes[k].name for k in picked if base.nodes[k].name not in set(measured)]
 
