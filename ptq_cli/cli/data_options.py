@@ -73,8 +73,9 @@ def _options(required: bool) -> list:
                           "optionally in class sub-folders). A single .npy/.npz/.pb file works too."),
         click.option("--labels", type=click.Path(exists=True, dir_okay=False, path_type=Path),
                      metavar="FILE",
-                     help="Integer class labels, one per sample in sorted file order. Image class "
-                          "sub-folders give labels without this."),
+                     help="Class labels (0-based), one per sample in sorted file order: text of "
+                          "integers, .npy/.npz, CSV (header naming a label column) or JSON. Image "
+                          "class sub-folders give labels without this."),
         click.option("--preset", type=click.Choice(list(PRESETS)),
                      help="Image preprocessing preset; the flags below override "
                           "its fields. imagenet-tf: resize 256, crop 224, x/127.5-1."),

@@ -202,6 +202,14 @@ class ClassSummary:
     labelled: int
 
 
+class LabelOutOfRange(ValueError):
+    """A label that is not a class index of the output (OutputState names the output)."""
+
+    def __init__(self, label: int, classes: int) -> None:
+        super().__init__(label, classes)
+        self.label, self.classes = label, classes
+
+
 class ClassAccumulator:
     """Top-1/top-5 agreement with the reference and, given labels, accuracy of each model.
 
@@ -231,6 +239,8 @@ class ClassAccumulator:
         for row, label in enumerate(labels[: ref.shape[0]]):
             if label is None:
                 continue
+            if not 0 <= label < self.classes:
+                raise LabelOutOfRange(label, self.classes)
             self.labelled += 1
             self.ref_hits[0] += int(ref_top[row, 0] == label)
             self.ref_hits[1] += int(label in ref_top[row])

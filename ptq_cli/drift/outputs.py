@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 
 from ptq_cli.drift.kinds import OutputKind
-from ptq_cli.drift.metrics import ClassAccumulator, ErrorAccumulator, as_rows, hist_edges
+from ptq_cli.drift.metrics import ClassAccumulator, ErrorAccumulator, LabelOutOfRange, as_rows, hist_edges
 from ptq_cli.drift.report import ClassReport, OutputReport
-from ptq_cli.errors import ModelError
+from ptq_cli.errors import DataError, ModelError
 
 
 class OutputState:
@@ -33,7 +33,12 @@ class OutputState:
             self.rows += r.shape[0]
         self.errors.update(r, c)
         if self.kind is OutputKind.SCORES and ref.ndim == 2 and ref.shape[1] > 1:
-            self._classes(ref.shape[1]).update(r, c, list(labels) if labels and r.shape[0] == size else None)
+            try:
+                self._classes(ref.shape[1]).update(r, c, list(labels) if labels and r.shape[0] == size else None)
+            except LabelOutOfRange as exc:
+                raise DataError(f"label {exc.label} is not a class of output {self.name!r}, which has "
+                                f"{exc.classes} classes (0..{exc.classes - 1}); are the labels for this "
+                                "model, and 0-based?") from None
         elif self.kind is OutputKind.STEP_SCORES and ref.ndim == 3:
             # Every step is one prediction; labels belong to whole samples, not to steps.
             classes = ref.shape[2]
