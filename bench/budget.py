@@ -21,8 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import realdata  # noqa: E402
 
 import ptq_cli  # noqa: E402
-from ptq_cli.drift.thresholds import evaluate  # noqa: E402
-from ptq_cli.quantize.budget import DEFAULT_THRESHOLDS, MEASURE_ONLY  # noqa: E402
+from ptq_cli.quantize.budget import MEASURE_ONLY, Budget  # noqa: E402
 from ptq_cli.recipe import PerTensor, QType, Recipe, TensorSpec  # noqa: E402
 
 RECIPES = {"per-channel": Recipe(), "per-tensor": Recipe(weights=TensorSpec(QType.INT8, True, PerTensor()))}
@@ -67,7 +66,7 @@ def _meets_default(result) -> bool:
         reports.append(OutputReport(out["name"], (), result.drift["samples"], out["nonfinite_candidate"], 0,
                                     out["sqnr_db"] or float("inf"), out["cosine_mean"], out["cosine_min"], 0.0, 0.0,
                                     0.0, (), (), classes, kind=OutputKind(out["kind"])))
-    return all(r.passed for r in evaluate(DEFAULT_THRESHOLDS, tuple(reports), where_measurable=True))
+    return all(r.passed for r in Budget().judge(tuple(reports)))
 
 
 if __name__ == "__main__":

@@ -55,7 +55,7 @@ def budget_from_options(*, eval_data, min_sqnr, min_cosine, min_agreement, max_t
             raise UsageError("--no-budget sets no limit; drop it, or drop the budget flags")
         return MEASURE_ONLY
     if given.any:
-        return Budget(given, seconds=budget_time, best_effort=best_effort, where_measurable=False)
+        return Budget(given, by_kind=(), seconds=budget_time, best_effort=best_effort, where_measurable=False)
     return Budget(seconds=budget_time, best_effort=best_effort)
 
 
@@ -74,7 +74,7 @@ def drift_lines(result) -> list[str]:
             figures.append(f"{what} {100 * out['top1_agreement']:.1f} %")
         lines.append(f"    {out['name']} ({out['kind']}): " + ", ".join(figures))
     if drift["budget"]:
-        limits = ", ".join(f"{name} {value:g}" for name, value in drift["thresholds"].items() if value is not None)
+        limits = _limits(drift["thresholds"])
         lines.append(f"  budget {limits}: {'met' if drift['met'] else 'NOT MET'}")
     if drift["fallback"]:
         lines.append(f"  fallback: {len(drift['fallback'])} node(s) returned to float "
@@ -84,6 +84,14 @@ def drift_lines(result) -> list[str]:
         failures = "; ".join(r["detail"] for r in drift["budget"] if not r["passed"])
         lines.append(f"  WARNING: BEST EFFORT: this model does NOT meet the drift budget: {failures}")
     return lines
+
+
+def _limits(thresholds: dict) -> str:
+    shown = [f"{name} {value:g}" for name, value in thresholds.items() if name != "by_kind" and value is not None]
+    for kind, limits in thresholds.get("by_kind", {}).items():
+        inner = ", ".join(f"{name} {value:g}" for name, value in limits.items() if value is not None)
+        shown.append(f"{kind} outputs {inner}")
+    return ", ".join(shown) or "none"
 
 
 def _fmt(value, spec: str) -> str:

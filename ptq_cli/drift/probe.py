@@ -1,7 +1,7 @@
 """Drift of candidate models on a fixed set of samples, against a reference run once.
 
     probe = DriftProbe(fp32_model, feeds, description="32 of 100 calibration samples")
-    drift = probe.measure(candidate_model, thresholds)    # Drift: per-output figures + verdicts
+    drift = probe.measure(candidate_model, budget.judge)  # Drift: per-output figures + verdicts
 
 The reference's outputs are computed once and kept, so that a search trying many candidates
 pays only for running the candidates. Figures are those of `ptq compare` (drift/outputs.py).
@@ -10,7 +10,7 @@ pays only for running the candidates. Figures are those of `ptq compare` (drift/
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -21,7 +21,8 @@ from ptq_cli.drift.outputs import OutputState
 from ptq_cli.drift.report import OutputReport, ThresholdResult
 from ptq_cli.drift.runtime import make_session, run
 from ptq_cli.drift.sensitivity import regroup
-from ptq_cli.drift.thresholds import Thresholds, evaluate
+
+Judge = Callable[[tuple[OutputReport, ...]], tuple[ThresholdResult, ...]]
 
 
 @dataclass(frozen=True)
@@ -71,9 +72,9 @@ class DriftProbe:
         session = make_session(reference, "reference")
         self.expected = [run(session, chunk, "reference", [r for r, _ in self.pairs]) for chunk in self.chunks]
 
-    def measure(self, candidate: onnx.ModelProto | bytes, thresholds: Thresholds = Thresholds(), *,
-                where_measurable: bool = False) -> Drift:
-        """The candidate's drift, judged by `thresholds` (see thresholds.evaluate for `where_measurable`)."""
+    def measure(self, candidate: onnx.ModelProto | bytes, judge: Judge | None = None) -> Drift:
+        """The candidate's drift, judged by `judge` (per-output figures in, threshold results out;
+        e.g. `Budget.judge`, or `lambda outputs: evaluate(thresholds, outputs)`)."""
         session = make_session(candidate, "candidate")
         states = [OutputState(r, c, self.kinds.get(r, OutputKind.TENSOR), histogram=False) for r, c in self.pairs]
         for chunk, expected, labels in zip(self.chunks, self.expected, self.labels):
@@ -81,8 +82,7 @@ class DriftProbe:
             for state in states:
                 state.update(expected[state.name], got[state.cand_name], _rows(chunk), labels)
         outputs = tuple(state.report() for state in states)
-        return Drift(self.samples, self.description, outputs,
-                     evaluate(thresholds, outputs, where_measurable=where_measurable))
+        return Drift(self.samples, self.description, outputs, judge(outputs) if judge is not None else ())
 
 
 def _rows(feeds: dict[str, np.ndarray]) -> int:

@@ -23,7 +23,9 @@ from typing import TYPE_CHECKING
 import numpy as np
 import onnx
 
-from ptq_cli.drift.thresholds import Thresholds
+from ptq_cli.drift.kinds import OutputKind
+from ptq_cli.drift.report import OutputReport, ThresholdResult
+from ptq_cli.drift.thresholds import Thresholds, evaluate
 from ptq_cli.errors import PtqError, UsageError
 from ptq_cli.recipe import Recipe
 
@@ -32,6 +34,11 @@ if TYPE_CHECKING:
 
 EVAL_SAMPLES = 32
 DEFAULT_THRESHOLDS = Thresholds(min_cosine=0.97, min_agreement=0.9)
+# Stricter defaults for the kinds no CNN classifier has (their outputs cannot change): a sentence
+# embedding is only useful while its cosine to FP32 is near 1, and a line of text decodes
+# differently as soon as one of its ~50-100 steps flips.
+DEFAULT_BY_KIND = ((OutputKind.EMBEDDING, Thresholds(min_cosine=0.99)),
+                   (OutputKind.STEP_SCORES, Thresholds(min_agreement=0.99)))
 DEFAULT_SECONDS = 600.0
 
 
@@ -43,6 +50,7 @@ class Budget:
     instead of failing."""
 
     thresholds: Thresholds = DEFAULT_THRESHOLDS
+    by_kind: tuple[tuple[OutputKind, Thresholds], ...] = DEFAULT_BY_KIND  # more limits for some kinds
     seconds: float = DEFAULT_SECONDS
     best_effort: bool = False
     fallback: bool = True  # return the most sensitive nodes to float until the limits hold
@@ -55,9 +63,25 @@ class Budget:
         if not self.seconds > 0:
             raise UsageError(f"the budget's time limit must be positive, got {self.seconds} s")
 
+    def judge(self, outputs: tuple[OutputReport, ...]) -> tuple[ThresholdResult, ...]:
+        """The verdict of every limit on these per-output figures."""
+        results = list(evaluate(self.thresholds, outputs, where_measurable=self.where_measurable))
+        for kind, thresholds in self.by_kind:
+            chosen = tuple(o for o in outputs if o.kind is kind)
+            if chosen:
+                results += evaluate(thresholds, chosen, where_measurable=self.where_measurable)
+        return tuple(results)
+
+    def describe(self) -> str:
+        extra = [f"{kind.value} outputs: {t.describe()}" for kind, t in self.by_kind]
+        return "; ".join([self.thresholds.describe()] + extra)
+
+    def to_dict(self) -> dict:
+        return {**self.thresholds.to_dict(), "by_kind": {kind.value: t.to_dict() for kind, t in self.by_kind}}
+
 
 # No limits, no search: the drift is still measured and reported.
-MEASURE_ONLY = Budget(Thresholds(), fallback=False)
+MEASURE_ONLY = Budget(Thresholds(), by_kind=(), fallback=False)
 
 
 class DriftBudgetError(PtqError):
@@ -113,7 +137,7 @@ class BudgetOutcome:
     seconds: float = 0.0
 
     def metadata(self, budget: Budget) -> dict:
-        return {**self.trial.drift.to_dict(), "thresholds": budget.thresholds.to_dict(),
+        return {**self.trial.drift.to_dict(), "thresholds": budget.to_dict(),
                 "fallback": list(self.trial.fallback), "met": self.met}
 
 
@@ -126,18 +150,17 @@ def hold_budget(source: onnx.ModelProto, build, recipe: Recipe, samples: EvalSam
 
     probe = DriftProbe(source, samples.feeds, description=samples.description, batch_free=samples.batch_free,
                        labels=samples.labels)
-    first = evaluate(build, probe, budget.thresholds, recipe, where_measurable=budget.where_measurable)
+    first = evaluate(build, probe, budget.judge, recipe)
     if first.drift.passed or not budget.fallback:
         return BudgetOutcome(first, first.drift.passed, False)
-    found = search(build, probe, budget.thresholds, first, prepared(), seconds=budget.seconds, progress=progress,
-                   where_measurable=budget.where_measurable)
+    found = search(build, probe, budget.judge, first, prepared(), seconds=budget.seconds, progress=progress)
     # A candidate with every node in float meets any budget (its SQNR is infinite) but is no answer.
     passed = found.passed and bool(found.trial.plan.quantized)
     outcome = BudgetOutcome(found.trial, passed, True, found.trials - 1, found.seconds)
     if not passed and not budget.best_effort:
         reached = "; ".join(found.trial.drift.failures) or "the budget with any node still quantized"
         raise DriftBudgetError(
-            f"the drift budget ({budget.thresholds.describe()}) cannot be met: the best of {found.trials} "
+            f"the drift budget ({budget.describe()}) cannot be met: the best of {found.trials} "
             f"candidates in {found.seconds:.0f} s ({len(found.trial.fallback)} node(s) in float) still misses "
             f"{reached}; nothing was written. Loosen the budget (--min-cosine, --min-agreement, ...), give "
             "more time (--budget-time), or pass --best-effort to write the best candidate anyway")

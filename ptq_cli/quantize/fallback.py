@@ -2,7 +2,7 @@
 
 The contract, which other searches (latency) call too:
 
-    trial = evaluate(build, probe, thresholds, recipe)   # a candidate recipe in, measured drift out
+    trial = evaluate(build, probe, budget.judge, recipe)   # a candidate recipe in, measured drift out
 
 `build(recipe)` quantizes the float model with that recipe (the calibration is done once, before);
 `probe` holds the FP32 outputs on the evaluation samples. A search is a sequence of such trials.
@@ -27,10 +27,9 @@ import onnx
 from tqdm import tqdm
 
 from ptq_cli.drift.layers import Matching
-from ptq_cli.drift.probe import Drift, DriftProbe
+from ptq_cli.drift.probe import Drift, DriftProbe, Judge
 from ptq_cli.drift.sensitivity import isolated_rows
 from ptq_cli.drift.switches import FloatBase
-from ptq_cli.drift.thresholds import Thresholds
 from ptq_cli.quantize.handlers import OutputRule, handler_for
 from ptq_cli.quantize.plan import QuantPlan
 from ptq_cli.recipe import Format, Recipe
@@ -59,24 +58,22 @@ class SearchResult:
     ranked: tuple[str, ...] = ()
 
 
-def evaluate(build: Build, probe: DriftProbe, thresholds: Thresholds, recipe: Recipe,
-             fallback: tuple[str, ...] = (), *, where_measurable: bool = False) -> Trial:
-    """The contract: quantize with `recipe`, measure the candidate's drift against `thresholds`."""
+def evaluate(build: Build, probe: DriftProbe, judge: Judge, recipe: Recipe, fallback: tuple[str, ...] = ()) -> Trial:
+    """The contract: quantize with `recipe`, measure the candidate's drift, judge it (`Budget.judge`)."""
     model, plan = build(recipe)
-    return Trial(recipe, model, plan, probe.measure(model, thresholds, where_measurable=where_measurable), fallback)
+    return Trial(recipe, model, plan, probe.measure(model, judge), fallback)
 
 
-def search(build: Build, probe: DriftProbe, thresholds: Thresholds, first: Trial, prepared: onnx.ModelProto, *,
-           seconds: float, progress: bool = False, clock: Callable[[], float] = time.monotonic,
-           where_measurable: bool = False) -> SearchResult:
-    """Fall back the fewest ranked units until `first.recipe` meets `thresholds` (see the module doc)."""
+def search(build: Build, probe: DriftProbe, judge: Judge, first: Trial, prepared: onnx.ModelProto, *,
+           seconds: float, progress: bool = False, clock: Callable[[], float] = time.monotonic) -> SearchResult:
+    """Fall back the fewest ranked units until `first.recipe` passes `judge` (see the module doc)."""
     start = clock()
     if first.drift.passed:
         return SearchResult(first, True, 1, 0.0)
     ranking_ends = start + seconds * RANKING_SHARE
     ranked = rank_units(build, probe, first, prepared, progress=progress, in_time=lambda: clock() < ranking_ends)
     with tqdm(total=None, unit="trial", desc="fallback", disable=not progress, file=sys.stderr) as bar:
-        trials = _Trials(build, probe, thresholds, first, bar, lambda: clock() - start < seconds, where_measurable)
+        trials = _Trials(build, probe, judge, first, bar, lambda: clock() - start < seconds)
         _grow(trials, ranked)
         _prune(trials)
     chosen = trials.passing if trials.passing is not None else trials.best
@@ -86,16 +83,15 @@ def search(build: Build, probe: DriftProbe, thresholds: Thresholds, first: Trial
 class _Trials:
     """The trials of one search: the best drift seen and the smallest fallback that meets the budget."""
 
-    def __init__(self, build: Build, probe: DriftProbe, thresholds: Thresholds, first: Trial, bar,
-                 in_time: Callable[[], bool], where_measurable: bool) -> None:
-        self.build, self.probe, self.thresholds, self.first, self.bar = build, probe, thresholds, first, bar
-        self.in_time, self.where_measurable = in_time, where_measurable
+    def __init__(self, build: Build, probe: DriftProbe, judge: Judge, first: Trial, bar,
+                 in_time: Callable[[], bool]) -> None:
+        self.build, self.probe, self.judge, self.first, self.bar = build, probe, judge, first, bar
+        self.in_time = in_time
         self.best, self.passing, self.count = first, None, 1
 
     def met(self, units: tuple[str, ...]) -> bool:
         recipe = self.first.recipe.with_(exclude=self.first.recipe.exclude + units)
-        result = evaluate(self.build, self.probe, self.thresholds, recipe, units,
-                          where_measurable=self.where_measurable)
+        result = evaluate(self.build, self.probe, self.judge, recipe, units)
         self.count += 1
         self.bar.update(1)
         passed = result.drift.passed

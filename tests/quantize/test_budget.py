@@ -141,3 +141,25 @@ def test_summary_reports_the_drift_and_no_data_says_so(outlier, tmp_path):
     bad = CliRunner().invoke(main, ["quantize", str(path), "--dynamic", "--min-cosine", "0.9",
                                     "-o", str(tmp_path / "e.onnx")])
     assert bad.exit_code == 2 and not (tmp_path / "e.onnx").exists()
+
+
+def test_default_budget_is_stricter_on_embeddings_and_steps_than_on_scores():
+    from ptq_cli.drift.kinds import OutputKind
+    from ptq_cli.drift.report import ClassReport, OutputReport
+
+    def report(kind, cosine, agreement=None, samples=32):
+        classes = ClassReport(10, agreement, None, 0, None, None, None, None,
+                              per_step=kind is OutputKind.STEP_SCORES) if agreement is not None else None
+        return OutputReport("out", (samples, 10), samples, 0, 0, 20.0, cosine, cosine, 0.1, 0.01, 0.02, (), (),
+                            classes, kind=kind)
+
+    budget = Budget()
+    assert all(r.passed for r in budget.judge((report(OutputKind.SCORES, 0.98, 0.95),)))
+    missed = [r for r in budget.judge((report(OutputKind.EMBEDDING, 0.98),)) if not r.passed]
+    assert [r.name for r in missed] == ["min_cosine"] and "0.99" in missed[0].detail
+    steps = budget.judge((report(OutputKind.STEP_SCORES, 0.995, 0.985),))
+    assert [r.name for r in steps if not r.passed] == ["min_agreement"]
+    # Six samples cannot judge a per-sample agreement: one flip would cost 17 points.
+    assert all(r.passed for r in budget.judge((report(OutputKind.SCORES, 0.999, 5 / 6, samples=6),)))
+    assert not all(r.passed for r in Budget(Thresholds(min_agreement=0.9), by_kind=(), where_measurable=False)
+                   .judge((report(OutputKind.SCORES, 0.999, 5 / 6, samples=6),)))
