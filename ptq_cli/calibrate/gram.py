@@ -95,9 +95,11 @@ class Gram:
         self.batches = batches
 
     def add(self, h: np.ndarray) -> None:
-        h = np.asarray(h, dtype=np.float64)
         h = h.reshape((1, *h.shape)) if h.ndim == 2 else h
-        self.total = h.copy() if self.total is None else self.total + h
+        if self.total is None:
+            self.total = np.array(h, dtype=np.float64)
+        else:
+            np.add(self.total, h, out=self.total, dtype=np.float64)  # float32 + float64, in place
         self.batches += 1
 
     def merge(self, other: "Gram") -> None:

@@ -137,6 +137,11 @@ def _weight_only_grams(source, source_sha, path, data, calibration, recipe: Reci
         raise UsageError("--weight-only rounds to nearest or with gptq; stochastic rounding is for INT8 weights")
     if recipe.rounding is not Rounding.GPTQ:
         return None, WEIGHT_ONLY_DATA
+    if calibration is None and data is not None:  # only the Gram matrices: no activation is observed
+        from ptq_cli.calibrate.api import calibrate
+
+        table = calibrate(path or source, data, image=image, tensors=[], grams=True, **collect)
+        return table.grams, table.data
     table = _calibration_table(path or source, source_sha, data, calibration, recipe, image, **collect)
     return table.grams, table.data
 

@@ -82,47 +82,65 @@ def block_params(w: np.ndarray, bits: int, block: int, symmetric: bool, *, searc
     padded = _padded(w, block)
     weights = np.ones(padded.shape[1:], np.float32) if importance is None else \
         _padded(np.asarray(importance, np.float32)[None], block)[0]
-    best, best_error = None, None
-    for factor in (CLIP_GRID if search else CLIP_GRID[:1]):
-        candidate = _range_params(padded, bits, block, k, symmetric, factor)
-        q = candidate.nearest(padded.reshape(rows, -1)[:, :k])
-        error = _block_errors(candidate.dequantize(q) - w, weights, block)
-        if best is None:
-            best, best_error = candidate, error
-            continue
-        better = error < best_error
-        best = Blocks(bits, block, k, np.where(better, candidate.scale, best.scale),
-                      None if symmetric else np.where(better, candidate.zero, best.zero))
-        best_error = np.minimum(error, best_error)
-    return best
+    factors = CLIP_GRID if search else CLIP_GRID[:1]
+    scale = np.empty(padded.shape[:2], np.float32)
+    zero = None if symmetric else np.empty(padded.shape[:2], np.int16)
+    for start in range(0, rows, _CHUNK):  # a few thousand rows at a time: the candidates stay in cache
+        part = padded[start:start + _CHUNK]
+        lo, hi = part.min(axis=2), part.max(axis=2)
+        best_error = None
+        for factor in factors:
+            s, z = _range_params(lo * factor, hi * factor, bits, symmetric)
+            q = np.rint(part / s[..., None])
+            if z is not None:
+                q += z[..., None]
+            q = np.clip(q, *_limits(bits, symmetric))
+            if z is not None:
+                q -= z[..., None]
+            q *= s[..., None]
+            q -= part
+            error = np.einsum("rbj,bj,rbj->rb", q, weights, q)
+            if best_error is None:
+                best_error = error
+                scale[start:start + _CHUNK] = s
+                if zero is not None:
+                    zero[start:start + _CHUNK] = z
+                continue
+            better = error < best_error
+            best_error = np.where(better, error, best_error)
+            scale[start:start + _CHUNK] = np.where(better, s, scale[start:start + _CHUNK])
+            if zero is not None:
+                zero[start:start + _CHUNK] = np.where(better, z, zero[start:start + _CHUNK])
+    return Blocks(bits, block, k, scale, zero)
+
+
+_CHUNK = 2048
+
+
+def _limits(bits: int, symmetric: bool) -> tuple[int, int]:
+    return (-(1 << (bits - 1)), (1 << (bits - 1)) - 1) if symmetric else (0, (1 << bits) - 1)
 
 
 def _padded(w: np.ndarray, block: int) -> np.ndarray:
-    """[rows, nb, block], the last block padded with zeros."""
+    """[rows, nb, block] float32, the last block padded with zeros."""
     rows, k = w.shape
     blocks = -(-k // block)
+    if blocks * block == k:
+        return np.ascontiguousarray(w, np.float32).reshape(rows, blocks, block)
     padded = np.zeros((rows, blocks * block), np.float32)
     padded[:, :k] = w
     return padded.reshape(rows, blocks, block)
 
 
-def _block_errors(delta: np.ndarray, weights: np.ndarray, block: int) -> np.ndarray:
-    rows, k = delta.shape
-    padded = _padded(delta.astype(np.float32) ** 2, block)
-    return (padded * weights).sum(axis=2)
-
-
-def _range_params(padded: np.ndarray, bits: int, block: int, k: int, symmetric: bool, factor: float) -> Blocks:
-    lo, hi = padded.min(axis=2) * factor, padded.max(axis=2) * factor
+def _range_params(lo: np.ndarray, hi: np.ndarray, bits: int, symmetric: bool):
+    """(scale [rows, nb], zero [rows, nb] or None) covering each block's [lo, hi]."""
     if symmetric:
         extreme = np.where(np.abs(hi) > np.abs(lo), hi, lo)
-        scale = (extreme / np.float32(-(1 << (bits - 1)))).astype(np.float32)
-        return Blocks(bits, block, k, _nonzero(scale), None)
+        return _nonzero((extreme / np.float32(-(1 << (bits - 1)))).astype(np.float32)), None
     lo, hi = np.minimum(lo, 0), np.maximum(hi, 0)
     levels = (1 << bits) - 1
     scale = _nonzero(((hi - lo) / np.float32(levels)).astype(np.float32))
-    zero = np.clip(np.rint(-lo / scale), 0, levels).astype(np.int16)
-    return Blocks(bits, block, k, scale, zero)
+    return scale, np.clip(np.rint(-lo / scale), 0, levels).astype(np.int16)
 
 
 def _nonzero(scale: np.ndarray) -> np.ndarray:

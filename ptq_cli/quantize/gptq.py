@@ -70,9 +70,10 @@ def _inverse_cholesky(h: np.ndarray, dampening: float) -> np.ndarray:
     for attempt in range(6):
         damped = h + eye * dampening * mean_diagonal * 10.0 ** attempt
         try:
-            lower_inverse = np.linalg.inv(np.linalg.cholesky(damped))  # H⁻¹ = L⁻ᵀ L⁻¹
-            inverse = np.swapaxes(lower_inverse, 1, 2) @ lower_inverse
-            return np.swapaxes(np.linalg.cholesky(inverse), 1, 2)
+            # With J the order reversal, JHJ = MMᵀ gives H = VVᵀ with V = JMJ upper triangular,
+            # so H⁻¹ = UᵀU with U = V⁻¹ = J M⁻¹ J: one factorisation and one inverse.
+            lower = np.linalg.cholesky(damped[:, ::-1, ::-1])
+            return np.linalg.inv(lower)[:, ::-1, ::-1]
         except np.linalg.LinAlgError:
             continue
     raise np.linalg.LinAlgError("the input Gram matrix stays singular after dampening")

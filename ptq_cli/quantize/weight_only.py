@@ -21,7 +21,7 @@ from onnx import TensorProto, helper, numpy_helper
 from ptq_cli.calibrate.gram import Gram
 from ptq_cli.model.graph import GraphIndex, NameAllocator, attribute, drop_unused_initializers
 from ptq_cli.quantize.blas import single_threaded_blas
-from ptq_cli.quantize.blocks import Blocks, block_params, pack_matmul_nbits, pack_zero_points
+from ptq_cli.quantize.blocks import Blocks, block_params, pack_matmul_nbits, pack_nibbles, pack_zero_points
 from ptq_cli.quantize.gptq import gptq_round
 from ptq_cli.quantize.plan import QuantPlan, SkipReason
 from ptq_cli.recipe import Recipe, Rounding, WeightOnly
@@ -172,8 +172,11 @@ def _typed(graph, names, values: np.ndarray, blocks: Blocks, base: str) -> str:
     name = names.new(base)
     if blocks.bits == 8:
         graph.initializer.append(numpy_helper.from_array(values.astype(np.int8 if signed else np.uint8), name))
-    else:
-        graph.initializer.append(helper.make_tensor(name, dtype, values.shape, values.reshape(-1).astype(np.int64).tolist()))
+        return name
+    flat = values.reshape(-1)
+    if flat.size % 2:
+        flat = np.append(flat, 0)
+    graph.initializer.append(helper.make_tensor(name, dtype, values.shape, pack_nibbles(flat).tobytes(), raw=True))
     return name
 
 
