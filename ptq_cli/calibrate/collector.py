@@ -22,7 +22,8 @@ from tqdm import tqdm
 from ptq_cli.calibrate.observers import Scratch
 from ptq_cli.calibrate.probes import REDUCED_TYPES, Augmented, augment, elem_types
 from ptq_cli.calibrate.probes import float_tensors as float_tensors  # re-exported
-from ptq_cli.calibrate.stats import TensorStats
+from ptq_cli.calibrate.stats import TensorStats, needs_histogram
+from ptq_cli.calibrate.subgraphs import SubProbe, expose_bodies, has_bodies
 from ptq_cli.data import Batch
 from ptq_cli.model.sessions import inference_session
 from ptq_cli.errors import CalibrationError, DataError, ModelError, UsageError
@@ -107,6 +108,13 @@ def collect(model: onnx.ModelProto, batches: Iterable[Batch], *, spec: Calibrati
     fed = [n for n in names if n in inputs]  # graph inputs are observed from the feeds directly
     reduced = [n for n in names if n not in inputs and types.get(n) in REDUCED_TYPES]
     fetched = [n for n in names if n not in inputs and (stats[n].needs_array or n not in reduced)]
+    bodies: list[SubProbe] = []
+    if tensors is None and has_bodies(model) and not histograms and not needs_histogram(spec):
+        # If/Loop/Scan bodies pass min/max/size scalars out (min/max only: no histograms there).
+        model, bodies = expose_bodies(model)
+        for p in bodies:
+            stats.setdefault(p.name, TensorStats.for_spec(spec, histogram=False))
+        fetched += [n for p in bodies for n in (p.min, p.max, p.size)]
     augmented, plan = augment(model, reduced, [n for n in reduced if stats[n].mean is not None], fetched)
     session = make_session(augmented, provider, numpy_work=bool(plan.fetched))
     del augmented  # onnxruntime holds its own copy
@@ -116,7 +124,7 @@ def collect(model: onnx.ModelProto, batches: Iterable[Batch], *, spec: Calibrati
               disable=not progress, leave=False) as bar:
         overlap = bool(plan.fetched) if overlap is None else overlap
         for batch, values in (_overlapped if overlap else _in_turn)(session, plan, batches):
-            _observe(batch, values, fed, plan, stats, scratch)
+            _observe(batch, values, fed, plan, stats, scratch, bodies)
             samples += batch.size
             bar.update(batch.size)
     return stats, samples
@@ -155,9 +163,12 @@ def _where(batch: Batch) -> str:
 
 
 def _observe(batch: Batch, values: list[np.ndarray], fed: list[str], plan: Augmented,
-             stats: dict[str, TensorStats], scratch: Scratch) -> None:
+             stats: dict[str, TensorStats], scratch: Scratch, bodies: list[SubProbe] = ()) -> None:
     arrays = dict(zip(plan.fetched, values))
     try:
+        for p in bodies:
+            mn, mx, size = (arrays.pop(n) for n in (p.min, p.max, p.size))
+            stats[p.name].update_reduced(p.name, float(mn), float(mx), None, int(size))
         for name in fed:
             stats[name].update(name, np.asarray(batch.feeds[name]), scratch)
         for p in plan.probes:

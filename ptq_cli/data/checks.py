@@ -19,14 +19,16 @@ from ptq_cli.model.io import InputSpec
 def shares_batch_axis(specs: Sequence[InputSpec]) -> bool:
     """Whether axis 0 is the batch axis of every input, so that samples may be split and stacked.
 
-    True when every input has a first axis and those axes are all free, all fixed at one size, or
-    fixed at 1 beside free ones. A scalar input, or fixed first sizes that differ (or a fixed size
+    True when every input has a first axis and those axes are all free (under one symbolic name,
+    when named), all fixed at one size, or fixed at 1 beside free ones. A scalar input, or fixed first sizes that differ (or a fixed size
     above 1 beside a free one, e.g. a state [2, N, 128]), means axis 0 is not a batch axis of all.
     """
     if not specs or any(len(s.shape) == 0 for s in specs):
         return False
     fixed = {s.shape[0] for s in specs if s.shape[0] is not None}
     free = any(s.shape[0] is None for s in specs)
+    if len({s.first_dim_name for s in specs if s.shape[0] is None and s.first_dim_name}) > 1:
+        return False  # free first dims named apart (T beside N): not one batch axis
     return len(fixed) == 0 or (len(fixed) == 1 and (not free or fixed == {1}))
 
 

@@ -96,8 +96,9 @@ def remove_nodes(graph: onnx.GraphProto, removed: set[int]) -> int:
 
 
 def drop_unused_initializers(graph: onnx.GraphProto) -> None:
-    """Remove initializers no node or output reads (and their entries in old-IR input lists)."""
-    used = {name for node in graph.node for name in node.input} | {o.name for o in graph.output}
+    """Remove initializers no node or output reads (and their entries in old-IR input lists).
+    Reads from inside If/Loop/Scan bodies (outer-scope names) count."""
+    used = _reads(graph)
     dropped = {t.name for t in graph.initializer if t.name not in used}
     if not dropped:
         return
@@ -107,3 +108,16 @@ def drop_unused_initializers(graph: onnx.GraphProto) -> None:
     inputs = [i for i in graph.input if i.name not in dropped]
     del graph.input[:]
     graph.input.extend(inputs)
+
+
+def _reads(graph: onnx.GraphProto) -> set[str]:
+    """Every name read by a node of `graph` or of a body nested in it, and the graph's outputs."""
+    used = {o.name for o in graph.output}
+    for node in graph.node:
+        used.update(node.input)
+        for attr in node.attribute:
+            if attr.type == onnx.AttributeProto.GRAPH:
+                used |= _reads(attr.g)
+            for sub in attr.graphs:
+                used |= _reads(sub)
+    return used

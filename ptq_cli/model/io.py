@@ -30,6 +30,9 @@ class InputSpec:
     name: str
     dtype: np.dtype
     shape: tuple[int | None, ...]
+    # The symbolic name of a free first dim ("batch", "T", ...): two inputs whose free first dims
+    # have different names do not share a batch axis (a sequence [T, N, F] beside a state [N, H]).
+    first_dim_name: str = ""
 
     @property
     def batch_fixed_at_one(self) -> bool:
@@ -103,10 +106,41 @@ def check_model(model: onnx.ModelProto, what: str = "model") -> None:
     above 2 GB, and which it does not need)."""
     try:
         size = model_size(model)
-        onnx.checker.check_model(model if size.external == 0 and size.fits_in_protobuf else weightless(model))
+        checked = model if size.external == 0 and size.fits_in_protobuf else weightless(model)
+        try:
+            onnx.checker.check_model(checked)
+        except onnx.checker.ValidationError as exc:
+            if _SHAPELESS not in str(exc):
+                raise
+            # Outputs declared without a shape (common in If branches and old exports) are valid
+            # to onnxruntime; the checker wants the field. Check the rest on a copy that has it.
+            onnx.checker.check_model(_with_shape_fields(checked))
     except onnx.checker.ValidationError as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else "validation failed"
         raise ModelError(f"{what} is not a valid ONNX model: {first}") from None
+
+
+_SHAPELESS = "Field 'shape' of 'type' is required but missing"
+
+
+def _with_shape_fields(model: onnx.ModelProto) -> onnx.ModelProto:
+    """A copy where every tensor value info without a shape has an (empty) one, for the checker."""
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)
+
+    def visit(graph: onnx.GraphProto) -> None:
+        for value in [*graph.input, *graph.output, *graph.value_info]:
+            if value.type.HasField("tensor_type") and not value.type.tensor_type.HasField("shape"):
+                value.type.tensor_type.shape.SetInParent()
+        for node in graph.node:
+            for attr in node.attribute:
+                if attr.type == onnx.AttributeProto.GRAPH:
+                    visit(attr.g)
+                for sub in attr.graphs:
+                    visit(sub)
+
+    visit(copy.graph)
+    return copy
 
 
 def check_writable(path: str | os.PathLike, *, force: bool = False,
@@ -150,7 +184,8 @@ def input_specs(model: onnx.ModelProto) -> list[InputSpec]:
         dims = tuple(d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None
                      for d in tensor_type.shape.dim)
         dtype = np.dtype(helper.tensor_dtype_to_np_dtype(tensor_type.elem_type))
-        specs.append(InputSpec(value.name, dtype, dims))
+        first = tensor_type.shape.dim[0].dim_param if len(tensor_type.shape.dim) and dims[0] is None else ""
+        specs.append(InputSpec(value.name, dtype, dims, first))
     return specs
 
 

@@ -26,6 +26,7 @@ from ptq_cli.quantize.equalize import equalization_pairs, equalize
 from ptq_cli.quantize.opsets import all_float, fit_recipe
 from ptq_cli.quantize.plan import QuantPlan, SkipReason, make_plan
 from ptq_cli.quantize.qdq import insert_qdq
+from ptq_cli.quantize.subgraphs import has_bodies, quantize_bodies
 from ptq_cli.quantize.latency import IfSlower, LatencyDecision, Objective, SlowerThanFloat, search_placement
 from ptq_cli.quantize.latency.feeds import timing_feeds
 from ptq_cli.quantize.latency.machine import Machine, OnnxruntimeMachine
@@ -115,7 +116,16 @@ def quantize_model(model: onnx.ModelProto, recipe: Recipe, ranges: Ranges,
         from ptq_cli.quantize.qoperator import rewrite_qoperator
 
         return _with_dynamic_matmuls(rewrite_qoperator(prepared, plan), plan, recipe), plan
-    return _with_dynamic_matmuls(insert_qdq(prepared, plan), plan, recipe), plan
+    out = insert_qdq(prepared, plan)
+    if has_bodies(out):  # If/Loop/Scan: their bodies are quantized as graphs of their own
+        def body(sub: onnx.ModelProto):
+            sub_plan = make_plan(sub, recipe, ranges)
+            return insert_qdq(sub, sub_plan), sub_plan.quantized, sub_plan.skipped
+
+        done, skipped = quantize_bodies(out, body)
+        plan.quantized.extend(done)
+        plan.skipped.extend(skipped)
+    return _with_dynamic_matmuls(out, plan, recipe), plan
 
 
 def _with_dynamic_matmuls(model: onnx.ModelProto, plan: QuantPlan, recipe: Recipe) -> onnx.ModelProto:
@@ -154,6 +164,9 @@ def _dynamic(source: onnx.ModelProto, recipe: Recipe) -> tuple[onnx.ModelProto, 
         return prepared, QuantPlan(skipped=all_float(prepared, notes[0]), notes=notes,
                                    prepare_skipped=prepared_result.skipped)
     quantized, done, skipped = rewrite_dynamic(prepared, fitted)
+    if has_bodies(quantized):
+        more, more_skipped = quantize_bodies(quantized, lambda sub: rewrite_dynamic(sub, fitted))
+        done, skipped = done + more, skipped + more_skipped
     return quantized, QuantPlan(quantized=done, skipped=skipped, notes=notes,
                                 prepare_skipped=prepared_result.skipped)
 

@@ -56,6 +56,8 @@ def test_which_inputs_share_a_batch_axis():
     assert not shares_batch_axis(input_specs(stateful_model()))  # fixed 1 and 2
     assert not shares_batch_axis(input_specs(stateful_model((None, 64), (2, None, 16))))  # state axis 0 is 2
     assert effective_batch_size(input_specs(stateful_model()), 8) == 1
+    assert not shares_batch_axis(input_specs(stateful_model(("N", 64), ("S", 1, 16))))  # named apart
+    assert shares_batch_axis(input_specs(stateful_model(("N", 64), ("N", 1, 16))))
 
 
 @pytest.mark.parametrize("shapes", [((1, 64), (2, 1, 16)), ((None, 64), (2, None, 16))])

@@ -53,7 +53,8 @@ def prefix_candidates(model: onnx.ModelProto, quantized: Sequence[str], costs: C
     index = GraphIndex(model.graph)
     order = {n.name: i for i, n in enumerate(model.graph.node)}
     nodes = {n.name: n for n in model.graph.node}
-    compute = [name for name in quantized if _is_compute(nodes[name])]
+    # Nodes inside If/Loop/Scan bodies are not prefix candidates: only main-graph nodes are.
+    compute = [name for name in quantized if name in nodes and _is_compute(nodes[name])]
     entry = _crossing_us(_boundary(set(), compute, nodes, index), costs)
     out = [Candidate((), _boundary(set(), compute, nodes, index), costs.int8_total_us)]
     for k in range(1, int(len(compute) * max_fraction) + 1):

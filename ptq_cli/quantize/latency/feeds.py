@@ -21,7 +21,10 @@ def timing_feeds(model: onnx.ModelProto, data=None, image=None) -> tuple[list[Fe
         from ptq_cli.data import Dataset, open_dataset
 
         dataset = data if isinstance(data, Dataset) else open_dataset(data, specs, image=image)
-        feeds = [{name: np.ascontiguousarray(array[:1]) for name, array in sample.feeds.items()}
+        # A whole sample (inputs without a shared batch axis, e.g. a recurrent state or a scalar
+        # sample rate) is one feed already: it is timed as given.
+        feeds = [{name: np.ascontiguousarray(array if sample.whole or array.ndim == 0 else array[:1])
+                  for name, array in sample.feeds.items()}
                  for sample in itertools.islice(dataset, TIMING_SAMPLES)]
         if feeds:
             return feeds, f"{len(feeds)} calibration samples, batch 1"
