@@ -86,6 +86,15 @@ class Rounding(enum.Enum):
     STOCHASTIC = "stochastic"  # unbiased random rounding, seeded by Recipe.seed
 
 
+class ExcludedConvInput(enum.Enum):
+    """What a Conv left in float reads when the tensor it reads is quantized (its producer is integer)."""
+
+    FLOAT = "float"  # the float tensor: exact, but the producer loses its output QuantizeLinear and runs float too
+    # A per-channel DequantizeLinear of the integer tensor: the producer keeps its integer kernel, and
+    # onnxruntime (which re-quantizes a float Conv behind a per-tensor DequantizeLinear) leaves it float.
+    DEQUANTIZED = "dequantized"
+
+
 class CalibMethod(enum.Enum):
     """How an activation's float range is chosen from calibration statistics."""
 
@@ -211,6 +220,7 @@ class Recipe:
     weight_only: WeightOnly | None = None  # block-wise weights only, activations stay float
     weight_codebook: WeightCodebook | None = None  # clustered (non-uniform) weights, float runtime
     dynamic_ops: tuple[str, ...] = DEFAULT_DYNAMIC_OPS  # op types --dynamic rewrites (of DYNAMIC_OPS)
+    excluded_conv_input: ExcludedConvInput = ExcludedConvInput.FLOAT  # see ExcludedConvInput
 
     def __post_init__(self) -> None:
         if not isinstance(self.format, Format):
@@ -260,7 +270,8 @@ def _to_plain(value: Any) -> Any:
 
 _NESTED = {"weights": TensorSpec, "activations": TensorSpec, "calibration": CalibrationSpec,
            "weight_only": WeightOnly, "weight_codebook": WeightCodebook}
-_ENUMS = {"dtype": QType, "format": Format, "method": CalibMethod, "rounding": Rounding}
+_ENUMS = {"dtype": QType, "format": Format, "method": CalibMethod, "rounding": Rounding,
+          "excluded_conv_input": ExcludedConvInput}
 
 
 def _from_plain(cls: type, data: dict[str, Any], where: str) -> Any:

@@ -11,7 +11,7 @@ from ptq_cli.cli import echo_json, reported_errors
 from ptq_cli.cli.budget_options import budget_from_options, budget_options, drift_lines, pop_budget_options
 from ptq_cli.cli.data_options import data_options, image_preprocess_from_options, pop_data_options
 from ptq_cli.quantize.latency.search import IfSlower, Objective
-from ptq_cli.recipe import (DEFAULT_DYNAMIC_OPS, CalibMethod, CalibrationSpec, Format, PerChannel, PerTensor, QType,
+from ptq_cli.recipe import (ExcludedConvInput, DEFAULT_DYNAMIC_OPS, CalibMethod, CalibrationSpec, Format, PerChannel, PerTensor, QType,
                             Recipe, Rounding, TensorSpec, WeightCodebook)
 
 _QTYPES = [q.value for q in QType]
@@ -83,6 +83,11 @@ _QTYPES = [q.value for q in QType]
                    "write the fastest, never one slower than FP32; accuracy: of those placements, the one "
                    "with most nodes in float that still beats FP32; size: quantize every node that can be, "
                    "time nothing. Static quantization only; env PTQ_OBJECTIVE.")
+@click.option("--excluded-conv-input", type=click.Choice([e.value for e in ExcludedConvInput]), default="float",
+              show_default=True,
+              help="What a Conv left in float reads when its producer is integer: the float tensor (exact; "
+                   "the producer runs float too) or a per-channel DequantizeLinear (the producer keeps its "
+                   "integer kernel). --objective speed times both when --exclude names nodes.")
 @click.option("--if-slower", type=click.Choice([i.value for i in IfSlower]), default="fail", show_default=True,
               help="With --objective speed, when no INT8 placement beats FP32 here: fail (exit 1, nothing "
                    "written), float (write the float model) or int8 (write the fastest INT8 model anyway).")
@@ -142,7 +147,7 @@ def quantize_command(ctx: click.Context, model: Path, output: Path | None, calib
 def _recipe(recipe_file: Path | None, *, method, percentile, bins, per_channel, weight_type, activation_type,
             symmetric_activations, asymmetric_weights, reduce_range, power_of_two, fmt, dynamic, exclude,
             bias_correction, equalize, rounding, seed, weight_codebook, dynamic_ops, weight_only, block_size,
-            accuracy_level, fmt_given: bool = False) -> Recipe:
+            accuracy_level, excluded_conv_input, fmt_given: bool = False) -> Recipe:
     if recipe_file is not None:
         from ptq_cli.recipe import load_recipe
 
@@ -164,6 +169,7 @@ def _recipe(recipe_file: Path | None, *, method, percentile, bins, per_channel, 
                   weight_codebook=None if weight_codebook is None else WeightCodebook(
                       weight_codebook, PerChannel() if per_channel else PerTensor()),
                   dynamic_ops=tuple(op.strip() for op in dynamic_ops.split(",") if op.strip()),
+                  excluded_conv_input=ExcludedConvInput(excluded_conv_input),
                   calibration=CalibrationSpec(method=CalibMethod(method), percentile=percentile, bins=bins))
 
 

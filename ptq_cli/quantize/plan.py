@@ -26,7 +26,7 @@ from ptq_cli.quantize.placement import (dynamic_matmul_reason, embedding_table, 
                                         glue_reason)
 from ptq_cli.quantize.scheme import QParams, compute_qparams, quantize, weight_range
 from ptq_cli.quantize.stochastic import weight_rng
-from ptq_cli.recipe import PerChannel, QType, Recipe, Rounding, TensorSpec
+from ptq_cli.recipe import ExcludedConvInput, PerChannel, QType, Recipe, Rounding, TensorSpec
 
 
 @dataclass(frozen=True)
@@ -76,6 +76,7 @@ class QuantPlan:
     skipped: list[SkipReason] = field(default_factory=list)
     # What the prepare passes left undone (e.g. tensors whose type could not be inferred).
     prepare_skipped: tuple[str, ...] = ()
+    dequantized_float_convs: bool = False  # float Convs read a per-channel DequantizeLinear (ExcludedConvInput)
     notes: list[str] = field(default_factory=list)  # model-wide changes to the recipe, said to the user
     # MatMuls quantized at run time (DynamicQuantizeLinear + MatMulInteger), after the static pass.
     dynamic: list[str] = field(default_factory=list)
@@ -87,7 +88,7 @@ class QuantPlan:
 
 def make_plan(model: onnx.ModelProto, recipe: Recipe, ranges: Mapping[str, tuple[float, float]]) -> QuantPlan:
     index = GraphIndex(model.graph)
-    plan = QuantPlan()
+    plan = QuantPlan(dequantized_float_convs=recipe.excluded_conv_input is ExcludedConvInput.DEQUANTIZED)
     plan.patterns, plan.floating = float_patterns(model.graph, recipe)
     claimed = _claim_compute_nodes(model.graph, index, recipe, ranges, plan)
     passthrough = _claim_passthrough_nodes(model.graph, index, recipe, claimed, plan)

@@ -21,7 +21,9 @@ import numpy as np
 import onnx
 from onnx import helper
 
-from ptq_cli.model.graph import GraphIndex, drop_unused_initializers
+from ptq_cli.model.graph import GraphIndex, attribute, drop_unused_initializers
+from ptq_cli.model.io import opset_version
+from ptq_cli.model.prepare import QDQ_PER_AXIS_OPSET
 from ptq_cli.quantize.emit import Emitter, typed_constant
 from ptq_cli.quantize.handlers import OutputRule, handler_for
 from ptq_cli.quantize.plan import QuantPlan, WeightPlan
@@ -36,6 +38,7 @@ def insert_qdq(model: onnx.ModelProto, plan: QuantPlan) -> onnx.ModelProto:
     index = GraphIndex(graph)
     emit = Emitter(out)
     rename: dict[str, str] = {}  # activation -> its dequantized tensor, for consumers
+    integer: dict[str, str] = {}  # activation -> its quantized (integer) tensor
     new_nodes: list[onnx.NodeProto] = []
 
     def qdq_after(tensor: str) -> None:
@@ -50,11 +53,13 @@ def insert_qdq(model: onnx.ModelProto, plan: QuantPlan) -> onnx.ModelProto:
                 producer.output[list(producer.output).index(tensor)] = source
                 new_nodes.append(emit.quantize(source, qp, quantized, base))
                 new_nodes.append(emit.dequantize(quantized, qp, tensor, base))
+                integer[tensor] = quantized
                 return
         dequantized = emit.names.new(f"{base}_dequantized")
         new_nodes.append(emit.quantize(tensor, qp, quantized, base))
         new_nodes.append(emit.dequantize(quantized, qp, dequantized, base))
         rename[tensor] = dequantized
+        integer[tensor] = quantized
 
     for value in graph.input:
         if value.name in plan.activations:
@@ -74,6 +79,8 @@ def insert_qdq(model: onnx.ModelProto, plan: QuantPlan) -> onnx.ModelProto:
                 node.input[i] = _bias_input(emit, new_nodes, plan, node.name, index)
             elif name in rename and not reads_float:
                 node.input[i] = rename[name]
+        if reads_float and plan.dequantized_float_convs and node.name not in plan.quantized:
+            _read_per_channel(node, emit, new_nodes, plan, index, integer, float_readers, opset_version(out))
         new_nodes.append(node)
         for tensor in node.output:
             if tensor in plan.activations:
@@ -87,6 +94,31 @@ def insert_qdq(model: onnx.ModelProto, plan: QuantPlan) -> onnx.ModelProto:
 
 
 _REQUANTIZED_BY_ORT = ("Conv", "ConvTranspose", "Gemm")
+
+
+def _read_per_channel(node, emit: Emitter, nodes: list, plan: QuantPlan, index: GraphIndex,
+                      integer: dict[str, str], float_readers: set[str], opset: int) -> None:
+    """A float Conv whose input comes from an integer producer reads it through a per-channel
+    DequantizeLinear (the same scale on every channel): the producer keeps its output
+    QuantizeLinear and its integer kernel, and onnxruntime, which re-quantizes a float Conv
+    behind a per-tensor DequantizeLinear, leaves this one float."""
+    source = node.input[0] if node.op_type == "Conv" and node.input else ""
+    producer = index.producer.get(source)
+    weight = index.constant(node.input[1]) if len(node.input) > 1 else None
+    if source not in integer or (producer is not None and producer.name in float_readers) or weight is None \
+            or opset < QDQ_PER_AXIS_OPSET:
+        return
+    qp = plan.activations[source]
+    if qp.per_channel or qp.qtype.bits != 8:
+        return
+    channels = weight.shape[1] * int(attribute(node, "group", 1))
+    scale = emit.constant(np.full(channels, float(qp.scale), np.float32), f"{source}_channel_scale")
+    zero = emit.constant(np.full(channels, qp.zero_point.reshape(-1)[0], qp.qtype.numpy_type),
+                         f"{source}_channel_zero_point")
+    dequantized = emit.names.new(f"{source}_per_channel_dequantized")
+    nodes.append(helper.make_node("DequantizeLinear", [integer[source], scale, zero], [dequantized],
+                                  name=emit.names.new(f"{source}_per_channel_DequantizeLinear"), axis=1))
+    node.input[0] = dequantized
 
 
 def _float_readers(graph: onnx.GraphProto, index: GraphIndex, plan: QuantPlan) -> set[str]:

@@ -145,3 +145,16 @@ def test_accuracy_keeps_the_largest_float_prefix_that_still_beats_fp32(model_and
     # Timed: (), (stem, dw), (stem,), (stem, dw, pw) at 98, 63, 78 and 93 µs against FP32's 105.
     assert result.recipe.exclude == ("stem", "dw", "pw") and result.latency.pays
     assert result.latency.speedup == pytest.approx(105.0 / 93.0)
+
+
+def test_speed_also_times_per_channel_reads_for_convs_the_user_excluded(model_and_data):
+    from ptq_cli.recipe import ExcludedConvInput, Recipe
+
+    path, data = model_and_data
+    result = ptq_cli.quantize(path, None, data=data, objective=Objective.SPEED, recipe=Recipe(exclude=("pw",)),
+                              machine=TableMachine(MOBILE_TABLE), progress=False)
+    variants = [(t.float_nodes, t.variant) for t in result.latency.trials]
+    assert ((), "excluded_conv_input=dequantized") in variants and ((), "") in variants
+    assert "pw" in result.recipe.exclude
+    chosen = result.latency.chosen  # the table prices both reads alike: the tie keeps the recipe as asked
+    assert chosen.variant == "" and result.recipe.excluded_conv_input is ExcludedConvInput.FLOAT

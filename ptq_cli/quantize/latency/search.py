@@ -22,7 +22,7 @@ from ptq_cli.errors import PtqError
 from ptq_cli.quantize.latency.candidates import Candidate, Costs, prefix_candidates
 from ptq_cli.quantize.latency.cost import CrossingCost, node_costs, tensor_elements
 from ptq_cli.quantize.latency.machine import Feeds, Machine, Timing
-from ptq_cli.recipe import Recipe
+from ptq_cli.recipe import ExcludedConvInput, Recipe
 
 
 class Objective(enum.Enum):
@@ -49,10 +49,11 @@ class Trial:
     estimate_us: float
     timing: Timing
     speedup: float  # FP32 time / this time, median over interleaved rounds
+    variant: str = ""  # what else differs from the recipe asked for
 
     def to_dict(self) -> dict:
         low, high = self.timing.spread_ms
-        return {"float_nodes": list(self.float_nodes), "estimate_ms": self.estimate_us / 1e3,
+        return {"float_nodes": list(self.float_nodes), "variant": self.variant, "estimate_ms": self.estimate_us / 1e3,
                 "median_ms": self.timing.median_ms, "p25_ms": low, "p75_ms": high, "speedup": self.speedup}
 
 
@@ -114,6 +115,13 @@ def search_placement(float_model: onnx.ModelProto, prepared: onnx.ModelProto, re
     # The fully quantized model is always timed; then the best estimated prefixes.
     built: list[tuple[Candidate, Recipe, onnx.ModelProto, object]] = [
         (Candidate((), (), costs.int8_total_us), recipe, full, full_plan)]
+    if objective is Objective.SPEED and recipe.exclude and recipe.excluded_conv_input is ExcludedConvInput.FLOAT:
+        # Convs excluded in the middle of the integer region: reading a per-channel
+        # DequantizeLinear keeps their producers integer (slightly less exact, often faster).
+        variant = recipe.with_(excluded_conv_input=ExcludedConvInput.DEQUANTIZED)
+        model, plan = build(variant)
+        if model.graph != full.graph:
+            built.append((Candidate((), (), costs.int8_total_us), variant, model, plan))
     for candidate in prefix_candidates(prepared, full_plan.quantized, costs):
         if len(built) > timed:
             break
@@ -121,11 +129,17 @@ def search_placement(float_model: onnx.ModelProto, prepared: onnx.ModelProto, re
         if candidate.float_nodes and (accept is None or accept(variant)):
             built.append((candidate, variant, *build(variant)))
     timings = machine.time([float_model.SerializeToString()] + [m.SerializeToString() for _, _, m, _ in built], feeds)
-    trials = [Trial(c.float_nodes, c.estimate_us, t, t.speedup_over(timings[0]))
-              for (c, *_), t in zip(built, timings[1:])]
+    trials = [Trial(c.float_nodes, c.estimate_us, t, t.speedup_over(timings[0]), _variant(r, recipe))
+              for (c, r, *_), t in zip(built, timings[1:])]
     best = _most_float(trials) if objective is Objective.ACCURACY else _choose(trials, tie)
     _, chosen_recipe, model, plan = built[trials.index(best)]
     return LatencyDecision(chosen_recipe, model, plan, timings[0], best, tuple(trials))
+
+
+def _variant(chosen: Recipe, asked: Recipe) -> str:
+    if chosen.excluded_conv_input is not asked.excluded_conv_input:
+        return f"excluded_conv_input={chosen.excluded_conv_input.value}"
+    return ""
 
 
 def _most_float(trials: list[Trial]) -> Trial:
