@@ -28,8 +28,10 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 def _quantize(model: realdata.RealModel, out: Path, recipe, **kwargs) -> tuple[float, int]:
     from ptq_cli.quantize.api import quantize
+    from ptq_cli.quantize.budget import MEASURE_ONLY
 
     kwargs.setdefault("data", str(model.calib_dir))
+    kwargs.setdefault("budget", MEASURE_ONLY)  # measure what each method gives, no fallback to float
     start = time.perf_counter()
     quantize(str(model.model_path), str(out), recipe=recipe, force=True, progress=False, **kwargs)
     return time.perf_counter() - start, out.stat().st_size
@@ -189,8 +191,9 @@ def codebook_attention(args) -> list[dict]:
                 size = uniform_weights(path, out, args.bits, True)
             else:
                 from ptq_cli.quantize.api import quantize
+                from ptq_cli.quantize.budget import MEASURE_ONLY
 
-                quantize(str(path), str(out), data=data, force=True, progress=False,
+                quantize(str(path), str(out), data=data, force=True, progress=False, budget=MEASURE_ONLY,
                          recipe=Recipe(weight_codebook=WeightCodebook(args.bits, PerChannel())))
                 size = out.stat().st_size
             seconds = time.perf_counter() - start

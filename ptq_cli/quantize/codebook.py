@@ -28,6 +28,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from ptq_cli.model.graph import GraphIndex, NameAllocator, attribute
+from ptq_cli.quantize.codebook_gptq import gptq_assign
 from ptq_cli.quantize.kmeans import kmeans_rows
 from ptq_cli.quantize.plan import SkipReason
 from ptq_cli.quantize.stochastic import weight_rng
@@ -61,8 +62,7 @@ def codebook_weights(model: onnx.ModelProto, recipe: Recipe, grams: Mapping | No
         weight = index.constant(site.tensor)
         reason = _refuse(node, weight, recipe)
         if reason is None:
-            importance = _importance(site, weight, index, grams)
-            reason = _expand(site, weight, importance, recipe, names, expanded, out.graph)
+            reason = _expand(site, weight, _gram(site, weight, index, grams), recipe, names, expanded, out.graph)
         if reason is None:
             done.append(node.name)
         else:
@@ -109,45 +109,48 @@ def _refuse(node: onnx.NodeProto, weight: np.ndarray, recipe: Recipe) -> str | N
     return None
 
 
-def _importance(site: _Site, weight: np.ndarray, index: GraphIndex, grams: Mapping | None) -> np.ndarray | None:
-    """diag(H) of the layer's input, laid out like the weight's rows [channels, values]."""
-    if not grams or site.node.op_type not in ("Conv", "Gemm", "MatMul"):
+def _gram(site: _Site, weight: np.ndarray, index: GraphIndex, grams: Mapping | None) -> np.ndarray | None:
+    """The layer's input Gram matrix H [groups, d, d], d = the values of one output channel."""
+    if not grams or site.node.op_type not in ("Conv", "Gemm", "MatMul") or weight.ndim < 2:
         return None
     from ptq_cli.calibrate.gram import gram_key
 
     gram = grams.get(gram_key(site.node, index) or "")
     if gram is None or gram.total is None:
         return None
-    diag = np.diagonal(gram.total, axis1=1, axis2=2)  # [groups, d]
     channels = weight.shape[site.axis]
-    if site.node.op_type == "Conv":
-        if diag.shape[1] * channels != weight.size:
-            return None
-        group = np.arange(channels) // (channels // diag.shape[0])
-        rows = diag[group]
-    else:
-        if diag.shape[0] != 1 or diag.shape[1] * channels != weight.size:
-            return None
-        rows = np.broadcast_to(diag[0], (channels, diag.shape[1]))
+    groups, d = gram.total.shape[0], gram.total.shape[1]
+    if d * channels != weight.size or channels % groups or (site.node.op_type != "Conv" and groups != 1):
+        return None
+    return np.asarray(gram.total, np.float64)
+
+
+def _importance(h: np.ndarray, channels: int) -> np.ndarray:
+    """diag(H) laid out like the weight's rows [channels, d]: the energy of each weight's input."""
+    diag = np.diagonal(h, axis1=1, axis2=2)  # [groups, d]
+    rows = diag[np.arange(channels) // (channels // diag.shape[0])]
     # A little floor so that an input never seen non-zero still pulls its weights a bit.
     return rows + 1e-6 * max(float(rows.mean()), 1e-30)
 
 
-def _expand(site: _Site, weight: np.ndarray, importance: np.ndarray | None, recipe: Recipe,
+def _expand(site: _Site, weight: np.ndarray, h: np.ndarray | None, recipe: Recipe,
             names: NameAllocator, nodes: list, graph: onnx.GraphProto) -> str | None:
     """Cluster the weight, store indices + codebook, and append the nodes that rebuild it."""
     spec = recipe.weight_codebook
     k = 1 << spec.bits
     moved = np.moveaxis(weight, site.axis, 0)
-    rows = moved.reshape(moved.shape[0], -1)
-    if isinstance(spec.granularity, PerChannel):
-        if rows.shape[1] * spec.bits < 16 * k:  # float16 codebook (2k bytes) > the indices (M·bits/8)
-            return (f"{rows.shape[1]} values per output channel: a per-channel {k}-entry codebook would "
-                    "outweigh them (use --per-tensor to cluster it whole)")
-    else:
-        rows = rows.reshape(1, -1)
-        importance = None if importance is None else importance.reshape(1, -1)
-    centroids, assignment = kmeans_rows(rows, k, importance, rng=weight_rng(recipe.seed, site.tensor))
+    channels = moved.reshape(moved.shape[0], -1)  # [output channels, d]
+    per_channel = isinstance(spec.granularity, PerChannel)
+    if per_channel and channels.shape[1] * spec.bits < 16 * k:  # float16 codebook (2k bytes) > indices
+        return (f"{channels.shape[1]} values per output channel: a per-channel {k}-entry codebook would "
+                "outweigh them (use --per-tensor to cluster it whole)")
+    importance = None if h is None else _importance(h, channels.shape[0])
+    rows = channels if per_channel else channels.reshape(1, -1)
+    centroids, assignment = kmeans_rows(rows, k, None if importance is None else importance.reshape(rows.shape),
+                                        rng=weight_rng(recipe.seed, site.tensor))
+    if h is not None:  # then assign for the output error, with GPTQ's error feedback
+        assignment, centroids = gptq_assign(channels, h, centroids)
+        assignment, centroids = assignment.reshape(rows.shape), centroids[: rows.shape[0]]
     indices = names.new(f"{site.tensor}_codebook_indices")
     codebook = names.new(f"{site.tensor}_codebook")
     graph.initializer.append(_index_tensor(assignment, spec.bits, indices))

@@ -140,3 +140,22 @@ def test_cli_writes_a_smaller_reproducible_file_and_refuses_mixing(tmp_path, rng
     assert not (tmp_path / "c.onnx").exists()
     with pytest.raises(UsageError, match="from 1 to 8"):
         WeightCodebook(9)
+
+
+def test_gptq_assignment_lowers_the_output_error_under_the_gram_matrix():
+    from ptq_cli.quantize.codebook_gptq import gptq_assign
+    from ptq_cli.quantize.gptq import output_error
+
+    rng = np.random.default_rng(5)
+    x = rng.normal(size=(512, 32)) @ rng.normal(size=(32, 32))  # correlated inputs
+    h = x.T @ x
+    w = rng.laplace(0, 0.3, (24, 32))
+    centroids, nearest = kmeans_rows(w, 4, rng=rng)
+    plain = np.take_along_axis(centroids, nearest.astype(np.int64), 1)
+    assignment, refitted = gptq_assign(w, h[None], centroids)
+    assert assignment.shape == w.shape and assignment.max() < 4
+    rebuilt = np.take_along_axis(refitted, assignment.astype(np.int64), 1)
+    unfitted = np.take_along_axis(np.sort(centroids, axis=1), assignment.astype(np.int64), 1)
+    # Measured: 235k (nearest centroid) -> 223k (error feedback) -> 181k (refitted centroids).
+    assert output_error(w, unfitted, h) < 0.97 * output_error(w, plain, h)
+    assert output_error(w, rebuilt, h) < 0.85 * output_error(w, plain, h)
