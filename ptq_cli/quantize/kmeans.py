@@ -3,15 +3,16 @@
 Each row's values are clustered to k centroids minimising Σ importance·(x - centroid)². In one
 dimension the clusters are intervals, so assignment is a search among the midpoints of the
 sorted centroids (no k-wide distance matrix), and each update is one bincount over all rows.
-The start is the row's uniform min..max grid, which makes the result deterministic; rows too long
-to fit quickly are fitted on a seeded subsample and then every value is assigned.
+The start is the row's uniform min..max grid, which makes the result deterministic; tensors too
+large to fit quickly (an embedding table) are fitted on a seeded subsample of each row's values
+(~2^19 in all), then every value is assigned.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-_FIT_SAMPLES = 1 << 18  # values per row used to fit the centroids (all are assigned at the end)
+_FIT_VALUES = 1 << 19  # values (all rows together) used to fit the centroids; all are assigned at the end
 _CHUNK = 1 << 23  # comparisons per block when assigning many short rows at once
 
 
@@ -22,8 +23,9 @@ def kmeans_rows(values: np.ndarray, k: int, importance: np.ndarray | None = None
     rows, m = x.shape
     weights = None if importance is None else np.broadcast_to(np.asarray(importance, np.float64), x.shape)
     fit_x, fit_w = x, weights
-    if m > _FIT_SAMPLES:
-        pick = np.sort(rng.choice(m, _FIT_SAMPLES, replace=False))
+    per_row = max(64 * k, _FIT_VALUES // rows)
+    if m > per_row:
+        pick = np.sort(rng.choice(m, per_row, replace=False))
         fit_x, fit_w = x[:, pick], None if weights is None else weights[:, pick]
     # The uniform grid from min to max: Lloyd's steps only lower the error, so the result is never
     # worse than uniform quantization of the row (quantiles, the textbook start, stall on heavy tails).
