@@ -55,7 +55,7 @@ class SearchResult:
     passed: bool
     trials: int
     seconds: float
-    ranked: tuple[str, ...] = ()
+    ranked: tuple[tuple[str, ...], ...] = ()
 
 
 def evaluate(build: Build, probe: DriftProbe, judge: Judge, recipe: Recipe, fallback: tuple[str, ...] = ()) -> Trial:
@@ -80,38 +80,47 @@ def search(build: Build, probe: DriftProbe, judge: Judge, first: Trial, prepared
     return SearchResult(chosen, trials.passing is not None, trials.count, clock() - start, tuple(ranked))
 
 
+Unit = tuple[str, ...]  # node names that go back to float together (a pattern, or one node)
+
+
 class _Trials:
-    """The trials of one search: the best drift seen and the smallest fallback that meets the budget."""
+    """The trials of one search: the best drift seen and the fewest units that meet the budget.
+    A candidate with nothing left quantized meets any budget and is no answer: it never passes."""
 
     def __init__(self, build: Build, probe: DriftProbe, judge: Judge, first: Trial, bar,
                  in_time: Callable[[], bool]) -> None:
         self.build, self.probe, self.judge, self.first, self.bar = build, probe, judge, first, bar
         self.in_time = in_time
-        self.best, self.passing, self.count = first, None, 1
+        self.best, self.passing, self.passing_units, self.count = first, None, (), 1
 
-    def met(self, units: tuple[str, ...]) -> bool:
-        recipe = self.first.recipe.with_(exclude=self.first.recipe.exclude + units)
-        result = evaluate(self.build, self.probe, self.judge, recipe, units)
+    def met(self, units: tuple[Unit, ...]) -> bool:
+        names = tuple(name for unit in units for name in unit)
+        recipe = self.first.recipe.with_(exclude=self.first.recipe.exclude + names)
+        result = evaluate(self.build, self.probe, self.judge, recipe, names)
         self.count += 1
         self.bar.update(1)
-        passed = result.drift.passed
-        self.bar.set_postfix_str(f"{len(units)} node(s) in float, budget {'met' if passed else 'missed'}")
-        if passed and (self.passing is None or len(units) <= len(self.passing.fallback)):
-            self.passing = result
-        if result.drift.score() > self.best.drift.score():
+        passed = result.drift.passed and bool(result.plan.quantized)
+        self.bar.set_postfix_str(f"{len(names)} node(s) in float, budget {'met' if passed else 'missed'}")
+        if passed and (self.passing is None or len(units) <= len(self.passing_units)):
+            self.passing, self.passing_units = result, units
+        if result.plan.quantized and result.drift.score() > self.best.drift.score():
             self.best = result
         return passed
 
 
-def _grow(trials: _Trials, ranked: Sequence[str]) -> None:
-    """The shortest prefix of `ranked` that meets the budget: k = 1, 2, 4, ..., then bisection."""
-    low, high, k = 0, None, 1
-    while k <= len(ranked) and trials.in_time():
+def _grow(trials: _Trials, ranked: Sequence[Unit]) -> None:
+    """The shortest prefix of `ranked` that meets the budget: k = 1, 2, 4, ..., all but one, all;
+    then bisection between the last k that missed and the first that met."""
+    n = len(ranked)
+    sizes = sorted({min(2 ** i, n) for i in range(n.bit_length() + 1)} | ({n - 1} if n > 1 else set()))
+    low, high = 0, None
+    for k in sizes:
+        if not trials.in_time():
+            break
         if trials.met(tuple(ranked[:k])):
             high = k
             break
         low = k
-        k = min(2 * k, len(ranked)) if k < len(ranked) else len(ranked) + 1
     while high is not None and high - low > 1 and trials.in_time():
         middle = (low + high) // 2
         if trials.met(tuple(ranked[:middle])):
@@ -124,42 +133,75 @@ def _prune(trials: _Trials, most: int = PRUNE_AT_MOST) -> None:
     """Give back to INT8 each unit of the passing prefix the budget does not need, least harmful
     first: isolated sensitivity ranks a consumer of a broken tensor beside its producer, and the
     prefix drags along units ranked between them."""
-    if trials.passing is None or len(trials.passing.fallback) > most:
+    if trials.passing is None or len(trials.passing_units) > most:
         return
-    for unit in reversed(trials.passing.fallback):
-        kept = tuple(u for u in trials.passing.fallback if u != unit)
+    for unit in reversed(trials.passing_units):
+        kept = tuple(u for u in trials.passing_units if u != unit)
         if not kept or not trials.in_time():
             break
         trials.met(kept)
 
 
 def rank_units(build: Build, probe: DriftProbe, first: Trial, prepared: onnx.ModelProto, *,
-               progress: bool = False, in_time: Callable[[], bool] | None = None) -> list[str]:
-    """The fallback units of `first`, most harmful alone first (see the module doc). Units left
-    unmeasured when `in_time()` turns false follow, in graph order."""
+               progress: bool = False, in_time: Callable[[], bool] | None = None) -> list[Unit]:
+    """The fallback units of `first`, most harmful alone first (see the module doc): a unit ranks
+    where its most harmful node does. Units left unmeasured when `in_time()` turns false follow,
+    in graph order."""
     candidate = first.model
     if first.recipe.format is not Format.QDQ:  # the switches need DequantizeLinear inputs
         candidate = build(first.recipe.with_(format=Format.QDQ))[0]
-    units = set(fallback_units(prepared, first.plan))
+    units = fallback_units(prepared, first.plan)
+    unit_of = {name: unit for unit in units for name in unit}
     base = FloatBase(prepared, candidate, _by_name(prepared, candidate))
-    picked = [k for k, node in enumerate(base.nodes) if node.name in units]
+    picked = [k for k, node in enumerate(base.nodes) if node.name in unit_of]
     chunks, expected = _smallest(probe, RANKING_SAMPLES)
     rows = isolated_rows(base, chunks, expected, probe.pairs, probe.kinds, nodes=picked, progress=progress,
                          in_time=in_time, literal=True)
-    measured = [row.node for row in rows]
-    return measured + [base.nodes[k].name for k in picked if base.nodes[k].name not in set(measured)]
+    measured = [unit_of[row.node] for row in rows]
+    ranked = [u for unit in measured for u in (unit, *_feeding_units(unit, prepared, unit_of))]
+    ranked += [unit_of[base.nodes[k].name] for k in picked]
+    return list(dict.fromkeys(ranked))  # first place of each unit, in order
 
 
-def fallback_units(prepared: onnx.ModelProto, plan: QuantPlan) -> list[str]:
-    """Quantized nodes that carry a quantization of their own; a data-movement node reuses its
-    input's scale, so returning it alone to float changes nothing."""
+def _feeding_units(unit: Unit, prepared: onnx.ModelProto, unit_of: dict[str, Unit]) -> list[Unit]:
+    """The units whose quantized outputs `unit` reads (through data movement). They rank right
+    after it: a node returned to float still reads its producer's quantized output (a QLinear
+    producer keeps its output Q/DQ), so the harm measured at the reader may belong to them."""
+    producer = {out: node for node in prepared.graph.node for out in node.output}
+    inside = set(unit)
+    found, todo = [], [t for node in prepared.graph.node if node.name in inside for t in node.input]
+    for _ in range(256):  # data-movement chains are short; the bound guards against cycles
+        if not todo:
+            break
+        node = producer.get(todo.pop())
+        if node is None or node.name in inside:
+            continue
+        if node.name in unit_of:
+            found.append(unit_of[node.name])
+        elif node.input:
+            todo.append(node.input[0])
+    return found
+
+
+def fallback_units(prepared: onnx.ModelProto, plan: QuantPlan) -> list[Unit]:
+    """What can go back to float, in graph order: each placement pattern (patterns.py) with a
+    quantized node, whole, and each other quantized node that carries a quantization of its own
+    (with the Relu/Clip folded into it). A data-movement node reuses its input's scale: returning
+    it alone to float changes nothing."""
     by_name = {n.name: n for n in prepared.graph.node if n.name}
-    units = []
+    in_pattern = {name: p for p in plan.patterns for name in p.nodes}
+    units: list[Unit] = []
     for name in plan.quantized:
         node = by_name.get(name)
         handler = handler_for(node) if node is not None else None
-        if handler is not None and handler.output is not OutputRule.PASSTHROUGH:
-            units.append(name)
+        if name in in_pattern:
+            unit = tuple(n for n in in_pattern[name].nodes)
+        elif handler is not None and handler.output is not OutputRule.PASSTHROUGH:
+            unit = (name,)
+        else:
+            continue
+        if unit not in units:
+            units.append(unit)
     return units
 
 
