@@ -28,6 +28,7 @@ from ptq_cli.quantize.plan import QuantPlan, SkipReason, make_plan
 from ptq_cli.quantize.qdq import insert_qdq
 from ptq_cli.quantize.subgraphs import has_bodies, quantize_bodies
 from ptq_cli.quantize.latency import IfSlower, LatencyDecision, Objective, SlowerThanFloat, search_placement
+from ptq_cli.quantize.latency.search import retime
 from ptq_cli.quantize.latency.feeds import timing_feeds
 from ptq_cli.quantize.latency.machine import Machine, OnnxruntimeMachine
 from ptq_cli.recipe import CalibMethod, Format, Recipe, Rounding
@@ -267,6 +268,9 @@ def quantize(model: str | os.PathLike | onnx.ModelProto, output: str | os.PathLi
     outcome = _within_budget(source, floating, build, recipe, samples, budget, progress)
     if outcome is not None:
         quantized, plan, recipe = outcome.trial.model, outcome.trial.plan, outcome.trial.recipe
+        if decision is not None and recipe != decision.recipe:  # a choice must meet both: time it again
+            decision = retime(decision, source, quantized, plan, recipe, timing_feeds(source, data, image)[0],
+                              machine or OnnxruntimeMachine())
     elif decision is not None:
         quantized, plan = decision.model, decision.plan
     else:

@@ -158,3 +158,18 @@ def test_speed_also_times_per_channel_reads_for_convs_the_user_excluded(model_an
     assert "pw" in result.recipe.exclude
     chosen = result.latency.chosen  # the table prices both reads alike: the tie keeps the recipe as asked
     assert chosen.variant == "" and result.recipe.excluded_conv_input is ExcludedConvInput.FLOAT
+
+
+def test_a_model_changed_by_the_drift_budget_is_timed_again(model_and_data):
+    from ptq_cli.quantize.latency.search import retime
+
+    path, data = model_and_data
+    machine = TableMachine(MOBILE_TABLE)
+    result = ptq_cli.quantize(path, None, data=data, objective=Objective.SPEED, machine=machine, progress=False)
+    fallback = result.recipe.with_(exclude=result.recipe.exclude + ("pw", "pw2"))
+    model, plan = ptq_cli.quantize(path, None, data=data, recipe=fallback, progress=False).model, None
+    final = retime(result.latency, onnx.load(str(path)), model, plan, fallback, [{}], machine)
+    # Everything but fc in float: 10 + 10 + 40 + 40 + 3 + one crossing of 20 = 123 µs against 105.
+    assert final.chosen.float_nodes == ("stem", "dw", "pw", "pw2") and final.recipe == fallback
+    assert final.speedup == pytest.approx(105.0 / 123.0) and not final.pays
+    assert final.trials[-1] is final.chosen and "drift budget" in final.chosen.variant

@@ -136,6 +136,18 @@ def search_placement(float_model: onnx.ModelProto, prepared: onnx.ModelProto, re
     return LatencyDecision(chosen_recipe, model, plan, timings[0], best, tuple(trials))
 
 
+def retime(decision: LatencyDecision, float_model: onnx.ModelProto, model: onnx.ModelProto, plan: object,
+           recipe: Recipe, feeds: Sequence[Feeds], machine: Machine) -> LatencyDecision:
+    """The decision after another search changed its model (the drift budget sent nodes back to
+    float): the final model timed against FP32 again, so that the never-slower verdict is about
+    what is written."""
+    fp32, final = machine.time([float_model.SerializeToString(), model.SerializeToString()], feeds)
+    added = tuple(n for n in recipe.exclude if n not in decision.chosen.float_nodes)
+    trial = Trial(decision.chosen.float_nodes + added, 0.0, final, final.speedup_over(fp32),
+                  "after the drift budget's fallback")
+    return LatencyDecision(recipe, model, plan, fp32, trial, decision.trials + (trial,))
+
+
 def _variant(chosen: Recipe, asked: Recipe) -> str:
     if chosen.excluded_conv_input is not asked.excluded_conv_input:
         return f"excluded_conv_input={chosen.excluded_conv_input.value}"
