@@ -13,6 +13,7 @@ from ptq_cli.data import Dataset, iter_batches, open_dataset
 from ptq_cli.data.images import ImagePreprocess
 from ptq_cli.errors import DataError, UsageError
 from ptq_cli.model.io import input_specs, load_model
+from ptq_cli.model.prepare import prepare
 from ptq_cli.recipe import CalibrationSpec
 
 
@@ -22,7 +23,8 @@ def calibrate(model: str | os.PathLike | onnx.ModelProto, data: str | os.PathLik
               shard: tuple[int, int] | None = None, provider: str = "CPUExecutionProvider",
               tensors: Sequence[str] | None = None, progress: bool = True,
               histograms: bool | None = None, channel_axis: int | None = None,
-              overlap: bool | None = None, grams: bool = False) -> CalibrationTable:
+              overlap: bool | None = None, grams: bool = False,
+              model_sha: str | None = None, prepared: bool = False) -> CalibrationTable:
     """Run `model` over `data` and return the statistics and ranges of its float activations.
 
     shard=(k, n) observes every n-th sample from offset k; merging the n tables (table.merge)
@@ -33,15 +35,22 @@ def calibrate(model: str | os.PathLike | onnx.ModelProto, data: str | os.PathLik
     channel_axis also records per-channel min/max along that axis. overlap=None runs onnxruntime
     on the next batch while numpy folds the current one whenever arrays are fetched (histograms):
     about 25 % faster on 2 cores for about 20 MB more memory; False turns it off.
+    The model is calibrated as quantize plans it: prepared (BatchNorm and zero Pads folded, Div
+    by a constant as Mul, ...), unless `prepared` says it already is.
+    model_sha, when the caller knows it (quantize, which loaded the model once), is recorded
+    instead of hashing the model again.
     grams=True also sums x·xᵀ of every MatMul/Gemm/Conv weight's input (GPTQ rounding needs
     them), in a second pass over the data on the prepared model (the graph quantize rewrites).
     """
     if isinstance(model, onnx.ModelProto):
-        proto, sha = model, model_sha256(model)
+        proto, sha = model, model_sha or model_sha256(model)
     else:
         # onnxruntime validates the model when it builds the session (ModelError if it cannot
         # load it); onnx's checker would cost 11 MB of schemas for the rest of the run.
-        proto, sha = load_model(model, check=False), model_sha256(model)
+        proto, sha = load_model(model, check=False), model_sha or model_sha256(model)
+    if not prepared:
+        # The graph quantize plans (min_opset 0: upgrading the opset keeps every tensor's name).
+        proto = prepare(proto, min_opset=0)
     specs = input_specs(proto)
     dataset = data if isinstance(data, Dataset) else open_dataset(data, specs, image=image)
     if shard is not None:
@@ -64,9 +73,8 @@ def calibrate(model: str | os.PathLike | onnx.ModelProto, data: str | os.PathLik
     second_order = None
     if grams:
         from ptq_cli.calibrate.gram import collect_grams
-        from ptq_cli.model.prepare import prepare
 
         batches = iter_batches(dataset, specs, batch_size=batch_size, max_samples=max_samples)
-        second_order = collect_grams(prepare(proto), batches, progress=progress, total=total)
+        second_order = collect_grams(proto, batches, progress=progress, total=total)
     return CalibrationTable.build(sha, spec, stats, data=dataset.description, samples=samples,
                                   shard=shard, grams=second_order)

@@ -74,14 +74,10 @@ def make_session(model: onnx.ModelProto, provider: str, *, numpy_work: bool = Tr
 def bias_correction_inputs(model: onnx.ModelProto) -> set[str]:
     """The activations whose per-channel mean bias correction uses: data inputs of Conv and of
     Gemm (without transA), where axis 1 is the channel the weight's error is summed over."""
-    producer = {out: node for node in model.graph.node for out in node.output}
     names = set()
     for node in model.graph.node:
         if node.op_type == "Conv" or (node.op_type == "Gemm" and not _attr(node, "transA")):
             names.add(node.input[0])
-            pad = producer.get(node.input[0])
-            if pad is not None and pad.op_type == "Pad":
-                names.add(pad.input[0])  # quantization folds a zero Pad into the Conv
     return names
 
 

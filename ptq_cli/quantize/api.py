@@ -18,6 +18,7 @@ from ptq_cli.model.external import model_size
 from ptq_cli.model.sessions import inference_session
 from ptq_cli.model.io import check_model, check_writable, load_model, opset_version, save_model
 from ptq_cli.model.passes.float32 import ToFloat32, float_kinds
+from ptq_cli.model.passes import SequenceResult
 from ptq_cli.model.prepare import QDQ_4_16_BIT_OPSET, QDQ_PER_AXIS_OPSET, prepare, prepare_with_result
 from ptq_cli.quantize.bias_correction import correct_biases
 from ptq_cli.quantize.budget import DEFAULT_THRESHOLDS, Budget, BudgetOutcome, eval_samples, hold_budget
@@ -88,12 +89,14 @@ def default_output(model_path: str | os.PathLike, recipe: Recipe | None = None) 
 
 def quantize_model(model: onnx.ModelProto, recipe: Recipe, ranges: Ranges,
                    channel_means: Mapping[str, np.ndarray] | None = None,
-                   grams: Mapping | None = None) -> tuple[onnx.ModelProto, QuantPlan]:
+                   grams: Mapping | None = None, *, prepared: bool = False) -> tuple[onnx.ModelProto, QuantPlan]:
     """The pure transformation: a float model and activation ranges in, a quantized model out.
+    `prepared` says the model already went through prepare() (it is not prepared again).
 
     `channel_means` (per-channel E[x] of Conv/Gemm inputs) enables bias correction; `grams`
     (Σ x·xᵀ of the weights' inputs, calibrate/gram.py) is what GPTQ rounding needs."""
-    prepared_result = prepare_with_result(model, min_opset=_required_opset(recipe))
+    prepared_result = SequenceResult(model, False) if prepared else \
+        prepare_with_result(model, min_opset=_required_opset(recipe))
     prepared = prepared_result.model
     recipe, notes = fit_recipe(recipe, opset_version(prepared))
     if recipe is None:  # the opset has no QuantizeLinear and cannot be raised
@@ -244,22 +247,24 @@ def quantize(model: str | os.PathLike | onnx.ModelProto, output: str | os.PathLi
             from ptq_cli.quantize.datafree import synthetic_data
 
             data = synthetic_data(source, data, calibration, image, seed=recipe.seed, max_samples=max_samples)
-        # Calibrate the file itself when there is one (its sha256 is what a table records), or the
-        # equalized model, whose activations between the Conv pairs are rescaled.
-        calibrated = (path if not widened else None) or source
+        # One prepared graph, which calibration measures and the plan quantizes (equalized, when
+        # asked: its activations between the Conv pairs are rescaled).
+        prepared = prepare_with_result(source, min_opset=_required_opset(recipe))
+        floating = prepared.model
         if recipe.equalize:
-            floating = calibrated = _equalized(source, data, recipe, image, **collect)
-        table = _calibration_table(calibrated, source_sha, data, calibration, recipe, image, **collect)
+            floating = _equalized(floating, data, recipe, image, **collect)
+        table = _calibration_table(floating, source_sha, data, calibration, recipe, image, **collect)
         means = {name: table.channel_mean(name) for name in table.names if table.channel_mean(name) is not None}
         ranges = _activation_ranges(table, floating)
         if data_free:
             from ptq_cli.quantize.datafree import range_sources, with_batchnorm_ranges
 
-            ranges, sources = with_batchnorm_ranges(source, prepare(floating, min_opset=_required_opset(recipe)),
-                                                    ranges)
+            ranges, sources = with_batchnorm_ranges(source, floating, ranges)
 
         def build(r: Recipe) -> tuple[onnx.ModelProto, QuantPlan]:
-            return quantize_model(floating, r, ranges, means, table.grams)
+            model, plan = quantize_model(floating, r, ranges, means, table.grams, prepared=True)
+            plan.prepare_skipped = prepared.skipped
+            return model, plan
         if objective is not Objective.SIZE:
             decision = _measured(source, floating, recipe, ranges, means, data, image, machine, objective)
             recipe = decision.recipe
@@ -377,8 +382,8 @@ def _input_paths(*given) -> tuple[str | os.PathLike, ...]:
 def _measured(source, floating, recipe, ranges, means, data, image, machine, objective) -> LatencyDecision:
     """The placement of `recipe` chosen by timing on `machine` against the source model."""
     feeds, _ = timing_feeds(source, data, image)
-    prepared = prepare(floating, min_opset=_required_opset(recipe))
-    return search_placement(source, prepared, recipe, lambda r: quantize_model(floating, r, ranges, means),
+    return search_placement(source, floating, recipe,
+                            lambda r: quantize_model(floating, r, ranges, means, prepared=True),
                             feeds, machine or OnnxruntimeMachine(), objective=objective)
 
 
@@ -397,18 +402,18 @@ def _graph_order(model: onnx.ModelProto):
     return lambda name: (order.get(name, len(order)), name)
 
 
-def _equalized(source: onnx.ModelProto, data, recipe: Recipe, image, **collect) -> onnx.ModelProto:
-    """The model with its Conv pairs equalized, from a first pass measuring where each ReLU6 clips."""
+def _equalized(prepared: onnx.ModelProto, data, recipe: Recipe, image, **collect) -> onnx.ModelProto:
+    """The prepared model with its Conv pairs equalized, from a first pass measuring where each
+    ReLU6 clips."""
     if data is None:
         raise UsageError("--equalize needs --data: it measures each channel's peak before ReLU6 "
                          "(a calibration table alone is not enough)")
     from ptq_cli.calibrate.api import calibrate
 
-    prepared = prepare(source, min_opset=_required_opset(recipe))
     peaks = [conv1.output[0] for conv1, _, _ in equalization_pairs(prepared)]
     if not peaks:
         return prepared
-    table = calibrate(prepared, data, image=image, tensors=peaks, channel_axis=1, **collect)
+    table = calibrate(prepared, data, image=image, tensors=peaks, channel_axis=1, prepared=True, **collect)
     channel_max = {name: table.stats[name].channels.max for name in peaks if name in table.stats}
     return equalize(prepared, channel_max)[0]
 
@@ -435,7 +440,7 @@ def _calibration_table(source, source_sha, data, calibration, recipe, image, **c
         from ptq_cli.calibrate.api import calibrate
 
         table = calibrate(source, data, spec=recipe.calibration, image=image,
-                          grams=recipe.rounding is Rounding.GPTQ, **collect)
+                          grams=recipe.rounding is Rounding.GPTQ, model_sha=source_sha, prepared=True, **collect)
     else:
         raise UsageError("static quantization needs calibration data: pass --data DIR or --calibration TABLE "
                          "(or use --dynamic, which needs none)")
