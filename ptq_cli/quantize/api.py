@@ -25,7 +25,7 @@ from ptq_cli.quantize.budget import DEFAULT_THRESHOLDS, Budget, BudgetOutcome, e
 from ptq_cli.quantize.dynamic import DYNAMIC_DATA, check_dynamic_recipe, rewrite_dynamic
 from ptq_cli.quantize.equalize import equalization_pairs, equalize
 from ptq_cli.quantize.opsets import all_float, fit_recipe
-from ptq_cli.quantize.plan import QuantPlan, SkipReason, make_plan
+from ptq_cli.quantize.plan import QuantPlan, SkipReason, make_plan, replan_weights
 from ptq_cli.quantize.qdq import insert_qdq
 from ptq_cli.quantize.subgraphs import has_bodies, quantize_bodies
 from ptq_cli.quantize.latency import IfSlower, LatencyDecision, Objective, SlowerThanFloat, search_placement
@@ -113,7 +113,7 @@ def quantize_model(model: onnx.ModelProto, recipe: Recipe, ranges: Ranges,
             # the biases are new tensors now; bias correction measured the GPTQ integers, keep them
             from ptq_cli.quantize.rounding import carry_rounding
 
-            plan = carry_rounding(plan, make_plan(prepared, recipe, ranges), prepared)
+            plan = carry_rounding(plan, replan_weights(prepared, recipe, plan, corrected), prepared)
     plan.prepare_skipped = prepared_result.skipped
     plan.notes.extend(notes)
     if recipe.format is Format.QOPERATOR:

@@ -55,8 +55,11 @@ def equalize(model: onnx.ModelProto, channel_max: Mapping[str, np.ndarray], *,
     out = onnx.ModelProto()
     out.CopyFrom(model)
     index = GraphIndex(out.graph)
-    weights = {t.name: numpy_helper.to_array(t).astype(np.float64) for t in out.graph.initializer}
     pairs = [p for p in equalization_pairs(out) if p[0].output[0] in channel_max]
+    # float64 copies of the tensors it scales only (not of every weight of the model)
+    scaled_tensors = {name for conv1, _, conv2 in pairs for name in [*conv1.input[1:3], conv2.input[1]] if name}
+    weights = {name: index.constant(name).astype(np.float64) for name in scaled_tensors
+               if name in index.initializers}
     scaled = {conv1.output[0]: np.ones(_channels(weights[conv1.input[1]])) for conv1, _, _ in pairs}
     for _ in range(rounds):  # a Conv can be the second of one pair and the first of the next
         for conv1, act, conv2 in pairs:

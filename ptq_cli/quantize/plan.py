@@ -279,6 +279,21 @@ def _params(lo, hi, spec: TensorSpec, axis: int | None = None) -> QParams:
                            power_of_two=spec.power_of_two, axis=axis)
 
 
+def replan_weights(model: onnx.ModelProto, recipe: Recipe, plan: QuantPlan, nodes) -> QuantPlan:
+    """A copy of `plan` whose weights and biases of `nodes` are planned again on `model`, e.g.
+    after bias correction gave them new biases (the rest of the plan does not depend on them),
+    instead of planning the whole graph a second time."""
+    index = GraphIndex(model.graph)
+    again = set(nodes)
+    updated = replace(plan, weights=dict(plan.weights), biases=dict(plan.biases))
+    for node in model.graph.node:
+        if node.name in again:
+            handler = handler_for(node)
+            if handler is not None and handler.output is not OutputRule.PASSTHROUGH:
+                _plan_node_weights(node, handler, index, recipe, updated)
+    return updated
+
+
 def _plan_weights(graph, index, recipe, plan) -> None:
     """Weights (and activation inputs that are constants) of the quantized compute nodes."""
     quantized = set(plan.quantized)
@@ -286,19 +301,23 @@ def _plan_weights(graph, index, recipe, plan) -> None:
         handler = handler_for(node)
         if node.name not in quantized or handler is None or handler.output is OutputRule.PASSTHROUGH:
             continue
-        for i in sorted(set(activation_inputs(node, handler)) | ({handler.weight} - {None})):
-            if i >= len(node.input) or node.input[i] not in index.initializers:
-                continue
-            value = index.constant(node.input[i])
-            is_weight = i == handler.weight
-            spec = recipe.weights if is_weight else recipe.activations
-            axis = None
-            if is_weight and isinstance(spec.granularity, PerChannel):
-                axis = spec.granularity.axis if spec.granularity.axis is not None else handler.weight_axis(node, value.ndim)
-            lo, hi = weight_range(value, axis, node.input[i], node.name)
-            seed = recipe.seed if is_weight and recipe.rounding is Rounding.STOCHASTIC else None
-            plan.weights[(node.name, node.input[i])] = WeightPlan(node.input[i], _params(lo, hi, spec, axis), seed)
-        _plan_bias(node, handler, index, plan)
+        _plan_node_weights(node, handler, index, recipe, plan)
+
+
+def _plan_node_weights(node, handler, index, recipe, plan) -> None:
+    for i in sorted(set(activation_inputs(node, handler)) | ({handler.weight} - {None})):
+        if i >= len(node.input) or node.input[i] not in index.initializers:
+            continue
+        value = index.constant(node.input[i])
+        is_weight = i == handler.weight
+        spec = recipe.weights if is_weight else recipe.activations
+        axis = None
+        if is_weight and isinstance(spec.granularity, PerChannel):
+            axis = spec.granularity.axis if spec.granularity.axis is not None else handler.weight_axis(node, value.ndim)
+        lo, hi = weight_range(value, axis, node.input[i], node.name)
+        seed = recipe.seed if is_weight and recipe.rounding is Rounding.STOCHASTIC else None
+        plan.weights[(node.name, node.input[i])] = WeightPlan(node.input[i], _params(lo, hi, spec, axis), seed)
+    _plan_bias(node, handler, index, plan)
 
 
 def _plan_bias(node, handler, index, plan) -> None:

@@ -93,3 +93,24 @@ def test_channel_means_stream_and_merge_exactly(rng):
     np.testing.assert_allclose(whole.mean, np.concatenate(parts).mean(axis=(0, 2, 3)), rtol=1e-6)
     np.testing.assert_allclose(left.mean, whole.mean, rtol=1e-12)
     assert ChannelMean.from_dict(whole.to_dict()).count == whole.count
+
+
+def test_replanning_only_the_corrected_nodes_equals_planning_again(rng):
+    from ptq_cli.quantize.plan import replan_weights
+
+    model = prepare(_depthwise_then_gemm(rng))
+    batches = _batches(rng)
+    ranges = minmax_ranges(model, batches)
+    recipe = Recipe()
+    plan = make_plan(model, recipe, ranges)
+    means = {n.input[0]: rng.uniform(0, 2, 6 if n.op_type == "Conv" else 96).astype(np.float32)
+             for n in model.graph.node if n.op_type in ("Conv", "Gemm")}
+    corrected_model, corrected = correct_biases(model, plan, means)
+    assert corrected
+    full = make_plan(corrected_model, recipe, ranges)
+    again = replan_weights(corrected_model, recipe, plan, corrected)
+    assert again.biases.keys() == full.biases.keys() and again.weights.keys() == full.weights.keys()
+    assert all((again.biases[k].tensor, again.biases[k].input_tensor) == (full.biases[k].tensor, full.biases[k].input_tensor)
+               and again.biases[k].weight.params.same_as(full.biases[k].weight.params) for k in full.biases)
+    assert all(again.weights[k].params.same_as(full.weights[k].params) for k in full.weights)
+    assert again.activations.keys() == full.activations.keys() and again.quantized == full.quantized
