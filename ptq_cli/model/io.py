@@ -154,16 +154,17 @@ def check_writable(path: str | os.PathLike, *, force: bool = False,
 
 
 def save_model(model: onnx.ModelProto, path: str | os.PathLike, *, force: bool = False,
-               protect: tuple[str | os.PathLike | None, ...] = ()) -> Path:
+               protect: tuple[str | os.PathLike | None, ...] = (), external: bool = False) -> Path:
     """Write `model` to `path` atomically. Paths in `protect` (the inputs) are never written.
 
-    A model of 2 GB or more is written with its weights in `PATH.data`, streamed one tensor at
-    a time (tensors still on disk are copied from their file, never loaded whole)."""
+    A model of 2 GB or more (or any, with `external`) is written with its weights in
+    `PATH.data`, streamed one tensor at a time (tensors still on disk are copied from their
+    file, never loaded whole)."""
     path = Path(path)
     size = model_size(model)
-    if size.external == 0 and size.fits_in_protobuf:
+    if not external and size.external == 0 and size.fits_in_protobuf:
         return write_bytes(path, model.SerializeToString(deterministic=True), force=force, protect=protect)
-    if size.total < PROTOBUF_LIMIT:  # weights still on disk, but small enough for one file
+    if not external and size.total < PROTOBUF_LIMIT:  # weights still on disk, small enough for one file
         return write_bytes(path, inlined(model).SerializeToString(deterministic=True), force=force, protect=protect)
     data_name = f"{path.name}.data"
     with staged_many([path.parent / data_name, path], force=force, protect=protect) as (tmp_data, tmp):

@@ -16,6 +16,7 @@ from ptq_cli.errors import ModelError, UsageError
 from ptq_cli.failures import is_onnxruntime_error, onnxruntime_message
 from ptq_cli.model.external import model_size
 from ptq_cli.model.sessions import inference_session
+from ptq_cli.model.io import LAZY_ABOVE
 from ptq_cli.model.io import check_model, check_writable, load_model, opset_version, save_model
 from ptq_cli.model.passes.float32 import ToFloat32, float_kinds
 from ptq_cli.model.passes import SequenceResult
@@ -290,7 +291,10 @@ def quantize(model: str | os.PathLike | onnx.ModelProto, output: str | os.PathLi
     if slower and if_slower is IfSlower.FAIL:
         raise SlowerThanFloat(decision)
     written_model = source if slower and if_slower is IfSlower.FLOAT else quantized
-    written = save_model(written_model, output, force=force, protect=inputs) if output else None
+    # A large model given with external data gets its output written the same way: whoever
+    # loads it (compare, onnxruntime) then maps the weights instead of parsing them.
+    external = model_size(source).external > 0 and model_size(written_model).total >= LAZY_ABOVE
+    written = save_model(written_model, output, force=force, protect=inputs, external=external) if output else None
     skipped = tuple(_fallback_reason(s, outcome.trial.fallback if outcome else ()) for s in plan.skipped)
     done = sorted([*plan.quantized, *plan.dynamic, *plan.weight_only], key=_graph_order(source))
     return QuantizeResult(written_model, written, recipe, tuple(done), skipped,

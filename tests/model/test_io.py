@@ -129,3 +129,15 @@ def test_a_model_over_2gb_loads_lazily_is_typed_and_hashed_with_its_data(tmp_pat
     types = {v.name: v.type.tensor_type for v in [*prepared.graph.value_info, *prepared.graph.output]}
     assert types["m"].elem_type == TensorProto.FLOAT and [d.dim_value for d in types["m"].shape.dim] == [1, n]
     assert prepared.graph.initializer[0].data_location == TensorProto.EXTERNAL  # still on disk
+
+
+def test_save_with_external_data_on_request_is_atomic_and_loads(rng, tmp_path):
+    from ptq_cli.model.sessions import inference_session
+
+    model = tiny_conv_relu(rng, channels=32)
+    path = save_model(model, tmp_path / "ext.onnx", external=True)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ext.onnx", "ext.onnx.data"]
+    onnx.checker.check_model(str(path), full_check=True)
+    x = rng.normal(0, 1, (1, 3, 8, 8)).astype(np.float32)
+    lazy = load_model(path, lazy=True)
+    np.testing.assert_array_equal(inference_session(lazy).run(None, {"x": x})[0], run(model, {"x": x})[0])
