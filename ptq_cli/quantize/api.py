@@ -168,12 +168,26 @@ def _dynamic(source: onnx.ModelProto, recipe: Recipe) -> tuple[onnx.ModelProto, 
     if fitted is None:  # below opset 11 there is no DynamicQuantizeLinear
         return prepared, QuantPlan(skipped=all_float(prepared, notes[0]), notes=notes,
                                    prepare_skipped=prepared_result.skipped)
-    quantized, done, skipped = rewrite_dynamic(prepared, fitted)
-    if has_bodies(quantized):
-        more, more_skipped = quantize_bodies(quantized, lambda sub: rewrite_dynamic(sub, fitted))
-        done, skipped = done + more, skipped + more_skipped
+    quantized, done, skipped = _rewrite_dynamic_everywhere(prepared, fitted)
+    if not done and "Conv" not in fitted.dynamic_ops and any(n.op_type == "Conv" for n in prepared.graph.node):
+        # A convolutional model has nothing that gets faster dynamically: rather than refuse it,
+        # store its Conv weights as ConvInteger (4x smaller), and say what that costs.
+        fitted = fitted.with_(dynamic_ops=fitted.dynamic_ops + ("Conv",))
+        quantized, done, skipped = _rewrite_dynamic_everywhere(prepared, fitted)
+        notes = notes + ["no MatMul/Gemm to quantize dynamically: Conv became ConvInteger, 4x smaller "
+                         "but slower than float Conv in onnxruntime; static quantization (--data) "
+                         "makes it faster"]
     return quantized, QuantPlan(quantized=done, skipped=skipped, notes=notes,
                                 prepare_skipped=prepared_result.skipped)
+
+
+def _rewrite_dynamic_everywhere(prepared: onnx.ModelProto, recipe: Recipe):
+    """rewrite_dynamic on the main graph and inside every If/Loop/Scan body."""
+    quantized, done, skipped = rewrite_dynamic(prepared, recipe)
+    if has_bodies(quantized):
+        more, more_skipped = quantize_bodies(quantized, lambda sub: rewrite_dynamic(sub, recipe))
+        done, skipped = done + more, skipped + more_skipped
+    return quantized, done, skipped
 
 
 def _required_opset(recipe: Recipe) -> int:

@@ -54,11 +54,22 @@ def test_matmul_and_gemm_become_matmulinteger_per_column(rng):
 
 
 def test_conv_stays_float_unless_asked(rng):
-    model = tiny_conv_relu(rng)
+    model = tiny_conv_relu(rng)  # its Gemm is what --dynamic rewrites
     result = quantize(model, recipe=DYNAMIC, progress=False)
-    assert "ConvInteger" not in ops(result.model)
+    assert "ConvInteger" not in ops(result.model) and "MatMulInteger" in ops(result.model)
     conv = next(s for s in result.skipped if s.op_type == "Conv")
     assert "slower than float Conv" in conv.reason and "--dynamic-ops MatMul,Gemm,Conv" in conv.reason
+    assert result.notes == ()
+
+
+def test_a_model_of_convs_only_gets_convinteger_with_a_note(rng):
+    w = numpy_helper.from_array(rng.normal(0, 0.5, (4, 3, 3, 3)).astype(np.float32), "w")
+    model = make_model([helper.make_node("Conv", ["x", "w"], ["y"], name="conv", pads=[1, 1, 1, 1])],
+                       [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 6, 6])],
+                       [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 6, 6])], [w])
+    result = quantize(model, recipe=DYNAMIC, progress=False)
+    assert result.quantized == ("conv",) and "ConvInteger" in ops(result.model)
+    assert "slower than float Conv" in result.notes[0]
 
 
 def test_conv_becomes_convinteger_with_bias_and_groups(rng):
