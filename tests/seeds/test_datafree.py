@@ -93,6 +93,8 @@ def test_data_free_quantization_reports_each_range_source(rng):
     assert result.model.SerializeToString() == again.model.SerializeToString()
     assert result.range_sources["r"] == BATCHNORM and result.range_sources["x"] == SYNTHETIC
     assert result.range_sources["s"] == SYNTHETIC
+    # The graph output (class scores) gets no synthetic range: the layer writing it stays float.
+    assert "y" not in result.range_sources and "gap" in {s.node for s in result.skipped}
     # The Relu output's scale is the BN-derived range over 255 levels, not a measured one.
     inits = {t.name: numpy_helper.to_array(t) for t in result.model.graph.initializer}
     q = next(n for n in result.model.graph.node if n.op_type == "QuantizeLinear" and n.input[0] == "r")
