@@ -310,6 +310,8 @@ def quantize(model: str | os.PathLike | onnx.ModelProto, output: str | os.PathLi
     external = model_size(source).external > 0 and model_size(written_model).total >= LAZY_ABOVE
     written = save_model(written_model, output, force=force, protect=inputs, external=external) if output else None
     skipped = tuple(_fallback_reason(s, outcome.trial.fallback if outcome else ()) for s in plan.skipped)
+    if decision is not None:
+        skipped = tuple(_latency_reason(s, asked, decision) for s in skipped)
     done = sorted([*plan.quantized, *plan.dynamic, *plan.weight_only], key=_graph_order(source))
     return QuantizeResult(written_model, written, recipe, tuple(done), skipped,
                           dict(plan.fused), model_size(source).total, model_size(written_model).total, source_sha,
@@ -318,6 +320,13 @@ def quantize(model: str | os.PathLike | onnx.ModelProto, output: str | os.PathLi
                           fallback_trials=outcome.trials if outcome else 0,
                           fallback_seconds=outcome.seconds if outcome else 0.0,
                           range_sources=range_sources(plan, sources) if data_free else {})
+
+
+def _latency_reason(skip: SkipReason, asked: Recipe, decision: LatencyDecision) -> SkipReason:
+    if skip.node not in decision.chosen.float_nodes or asked.excludes(skip.node, skip.op_type) or \
+            not skip.reason.startswith("excluded by"):
+        return skip
+    return SkipReason(skip.node, skip.op_type, "kept in float by --objective speed: faster in FP32 on this machine")
 
 
 def _fallback_reason(skip: SkipReason, fallback: tuple[str, ...]) -> SkipReason:

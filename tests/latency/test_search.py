@@ -43,6 +43,8 @@ def test_speed_keeps_the_slow_stem_in_float_and_records_it(model_and_data, tmp_p
     result = ptq_cli.quantize(path, tmp_path / "fast.onnx", data=data, objective=Objective.SPEED,
                               machine=machine, progress=False)
     assert result.recipe.exclude == ("stem", "dw")
+    assert {s.node: s.reason for s in result.skipped if s.op_type == "Conv"} == dict.fromkeys(
+        ("stem", "dw"), "kept in float by --objective speed: faster in FP32 on this machine")
     assert result.latency.speedup == pytest.approx(105.0 / 63.0)
     trials = [t.float_nodes for t in result.latency.trials]
     assert trials[0] == () and ("stem", "dw") in trials and ("stem",) in trials and len(trials) == 4
