@@ -56,12 +56,12 @@ def check_feeds(raw: dict[str, np.ndarray], specs: Sequence[InputSpec],
 def check_array(array: np.ndarray, spec: InputSpec, source: str, *, batched: bool = True) -> np.ndarray:
     """The array cast as `spec` wants it; `batched`: axis 0 is regrouped later, so not checked here."""
     array = np.asarray(array)
-    rank = len(spec.shape)
-    if rank > 0 and array.ndim == rank - 1:
+    rank = len(spec.shape) if spec.rank_known else array.ndim
+    if spec.rank_known and rank > 0 and array.ndim == rank - 1:
         array = array[np.newaxis]  # one sample saved without its batch axis
     first = 1 if batched else 0
-    if array.ndim != rank or any(want is not None and want != got
-                                 for want, got in zip(spec.shape[first:], array.shape[first:])):
+    if spec.rank_known and (array.ndim != rank or any(want is not None and want != got
+                                                      for want, got in zip(spec.shape[first:], array.shape[first:]))):
         raise DataError(f"{source}: input {spec.name!r} expects shape {format_spec_shape(spec)}, "
                         f"got {format_shape(array.shape)}")
     array = _check_dtype(array, spec, source)

@@ -33,6 +33,8 @@ class InputSpec:
     # The symbolic name of a free first dim ("batch", "T", ...): two inputs whose free first dims
     # have different names do not share a batch axis (a sequence [T, N, F] beside a state [N, H]).
     first_dim_name: str = ""
+    # An input declared without a shape has an unknown rank (not rank 0): data of any shape fits.
+    rank_known: bool = True
 
     @property
     def batch_fixed_at_one(self) -> bool:
@@ -187,7 +189,7 @@ def input_specs(model: onnx.ModelProto) -> list[InputSpec]:
                      for d in tensor_type.shape.dim)
         dtype = np.dtype(helper.tensor_dtype_to_np_dtype(tensor_type.elem_type))
         first = tensor_type.shape.dim[0].dim_param if len(tensor_type.shape.dim) and dims[0] is None else ""
-        specs.append(InputSpec(value.name, dtype, dims, first))
+        specs.append(InputSpec(value.name, dtype, dims, first, rank_known=tensor_type.HasField("shape")))
     return specs
 
 

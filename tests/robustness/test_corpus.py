@@ -84,3 +84,17 @@ def test_reruns_give_byte_identical_outputs(work):
                       "-o", work / f"t{i}.json", "-q").code == 0
     assert (work / "q1.onnx").read_bytes() == (work / "q2.onnx").read_bytes()
     assert (work / "t1.json").read_bytes() == (work / "t2.json").read_bytes()
+
+
+def test_an_input_declared_without_a_shape_takes_data_of_any_rank(work):
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    w = numpy_helper.from_array(np.random.default_rng(0).normal(size=(4, 3)).astype(np.float32), "w")
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, None)   # no shape at all: rank unknown
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, None)
+    graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"], name="mm")], "g", [x], [y], [w])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), work / "free.onnx")
+    np.save(work / "x.npy", np.ones((2, 4), np.float32))
+    run = invoke(work, "calibrate", work / "free.onnx", "--data", work / "x.npy", "-q")
+    assert run.code == 0, run.result.stderr
