@@ -196,8 +196,8 @@ class WeightCodebook:
 
 # What --dynamic rewrites. Only ops whose integer kernel is faster than float by default:
 # onnxruntime's ConvInteger runs slower than its float Conv (4.3x on PP-OCR's recognizer).
-DYNAMIC_OPS = ("MatMul", "Gemm", "Conv")
-DEFAULT_DYNAMIC_OPS = ("MatMul", "Gemm")
+DYNAMIC_OPS = ("MatMul", "Gemm", "Conv", "LSTM")
+DEFAULT_DYNAMIC_OPS = ("MatMul", "Gemm", "LSTM")
 
 DEFAULT_WEIGHTS = TensorSpec(dtype=QType.INT8, symmetric=True, granularity=PerChannel())
 DEFAULT_ACTIVATIONS = TensorSpec(dtype=QType.UINT8, symmetric=False, granularity=PerTensor())

@@ -73,7 +73,7 @@ _QTYPES = [q.value for q in QType]
 @click.option("--dynamic", is_flag=True,
               help="Weights now, activation ranges at run time (no data needed; best for MatMul-heavy models).")
 @click.option("--dynamic-ops", metavar="OPS", default=",".join(DEFAULT_DYNAMIC_OPS), show_default=True,
-              help="Op types --dynamic rewrites, comma-separated, of MatMul, Gemm, Conv (ConvInteger is "
+              help="Op types --dynamic rewrites, comma-separated, of MatMul, Gemm, Conv, LSTM (ConvInteger is "
                    "slower than float Conv in onnxruntime, so Conv is left out by default).")
 @click.option("--exclude", multiple=True, metavar="NODE_OR_OP",
               help="Leave a node (by name) or every node of an op type in float. Repeatable.")

@@ -22,12 +22,13 @@ from onnx import helper, numpy_helper
 from ptq_cli.errors import UsageError
 from ptq_cli.model.graph import GraphIndex, NameAllocator, attribute, drop_unused_initializers
 from ptq_cli.quantize.plan import SkipReason
+from ptq_cli.quantize.dynamic_lstm import MS_DOMAIN, dynamic_lstm, refuse_lstm
 from ptq_cli.quantize.scheme import QParams, compute_qparams, quantize, weight_range
 from ptq_cli.quantize.stochastic import weight_rng
 from ptq_cli.recipe import PerChannel, QType, Recipe, Rounding, TensorSpec
 
 DYNAMIC_DATA = "none: dynamic quantization measures activation ranges at run time"
-_REWRITTEN = ("MatMul", "Gemm", "Conv")
+_REWRITTEN = ("MatMul", "Gemm", "Conv", "LSTM")
 _CONV_ATTRIBUTES = ("auto_pad", "dilations", "group", "kernel_shape", "pads", "strides")
 
 
@@ -60,6 +61,9 @@ def rewrite_dynamic(prepared: onnx.ModelProto, recipe: Recipe,
     out.graph.node.extend(rewriter.nodes)
     out.graph.initializer.extend(rewriter.initializers)
     drop_unused_initializers(out.graph)
+    if any(n.domain == MS_DOMAIN for n in rewriter.nodes) and \
+            not any(o.domain == MS_DOMAIN for o in out.opset_import):
+        out.opset_import.append(helper.make_opsetid(MS_DOMAIN, 1))
     return out, rewriter.done, rewriter.skipped
 
 
@@ -82,19 +86,25 @@ class _DynamicRewriter:
             return
         if node.op_type == "Conv":
             self._conv(node)
+        elif node.op_type == "LSTM":
+            lstm, initializers = dynamic_lstm(node, self.index, self.names)
+            self.nodes.append(lstm)
+            self.initializers.extend(initializers)
         else:
             self._matmul(node)
         self.done.append(node.name)
 
     def _refuse(self, node: onnx.NodeProto) -> str | None:
         if node.op_type not in _REWRITTEN or node.domain not in ("", "ai.onnx"):
-            return "dynamic quantization rewrites only MatMul, Gemm and Conv; this runs in float"
+            return "dynamic quantization rewrites only MatMul, Gemm, Conv and LSTM; this runs in float"
         if node.op_type not in self.recipe.dynamic_ops:
             return (f"dynamic quantization leaves {node.op_type} in float by default (onnxruntime's "
                     f"{node.op_type}Integer is slower than float {node.op_type}); "
                     f"--dynamic-ops {','.join(self.recipe.dynamic_ops + (node.op_type,))} rewrites it")
         if self.recipe.excludes(node.name, node.op_type):
             return "excluded by --exclude"
+        if node.op_type == "LSTM":
+            return refuse_lstm(node, self.index)
         if not self.index.is_float(node.input[0]):
             return "its input is not float"
         weight = self.index.constant(node.input[1])

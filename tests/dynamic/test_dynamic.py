@@ -58,7 +58,7 @@ def test_conv_stays_float_unless_asked(rng):
     result = quantize(model, recipe=DYNAMIC, progress=False)
     assert "ConvInteger" not in ops(result.model) and "MatMulInteger" in ops(result.model)
     conv = next(s for s in result.skipped if s.op_type == "Conv")
-    assert "slower than float Conv" in conv.reason and "--dynamic-ops MatMul,Gemm,Conv" in conv.reason
+    assert "slower than float Conv" in conv.reason and "--dynamic-ops MatMul,Gemm,LSTM,Conv" in conv.reason
     assert result.notes == ()
 
 
@@ -130,6 +130,32 @@ def test_cli_dynamic_needs_no_data(tmp_path, rng):
     assert result.exit_code == 0, result.output
     assert "ConvInteger" in ops(onnx.load(tmp_path / "m.int8.onnx"))
     result = CliRunner().invoke(main, ["quantize", str(source), "--dynamic", "--dynamic-ops", "Relu", "-f"])
-    assert result.exit_code == 2 and "dynamic ops must be among MatMul, Gemm, Conv" in result.output
+    assert result.exit_code == 2 and "dynamic ops must be among MatMul, Gemm, Conv, LSTM" in result.output
     result = CliRunner().invoke(main, ["quantize", str(source), "--dynamic", "--activation-type", "int8", "-f"])
     assert result.exit_code == 2 and "uint8 activations" in result.output
+
+
+def _lstm_model(rng, gru=False):
+    hidden, features = 8, 5
+    gates = 3 if gru else 4
+    w = numpy_helper.from_array(rng.normal(0, 0.4, (1, gates * hidden, features)).astype(np.float32), "W")
+    r = numpy_helper.from_array(rng.normal(0, 0.3, (1, gates * hidden, hidden)).astype(np.float32), "R")
+    b = numpy_helper.from_array(rng.normal(0, 0.1, (1, 2 * gates * hidden)).astype(np.float32), "B")
+    attrs = {"hidden_size": hidden}
+    node = helper.make_node("GRU" if gru else "LSTM", ["x", "W", "R", "B"], ["y", "y_h"], name="rnn", **attrs)
+    seq = [6, "N", features]
+    return make_model([node], [helper.make_tensor_value_info("x", TensorProto.FLOAT, seq)],
+                      [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["a", "b", "c", "d"]),
+                       helper.make_tensor_value_info("y_h", TensorProto.FLOAT, ["e", "f", "g"])], [w, b, r], opset=14)
+
+
+def test_lstm_becomes_dynamic_quantize_lstm_and_gru_stays_float(rng):
+    model = _lstm_model(rng)
+    result = quantize(model, recipe=DYNAMIC, progress=False)
+    onnx.checker.check_model(result.model, full_check=True)
+    assert ops(result.model) == ["DynamicQuantizeLSTM"] and result.quantized == ("rnn",)
+    x = {"x": rng.normal(0, 1, (6, 2, 5)).astype(np.float32)}
+    for want, got in zip(run(model, x), run(result.model, x)):
+        assert sqnr_db(want, got) > 30
+    gru = quantize(_lstm_model(rng, gru=True), recipe=DYNAMIC.with_(dynamic_ops=("Conv",)), progress=False)
+    assert "rewrites only MatMul, Gemm, Conv and LSTM" in gru.skipped[0].reason and "ConvInteger" not in ops(gru.model)
