@@ -4,7 +4,8 @@
 - experimental ops of old exports (ImageScaler, ...) become the standard ops they stand for;
 - the opset is raised to one with per-axis QuantizeLinear/DequantizeLinear (13), or 21 for
   4- and 16-bit types (or as high as onnx's version converter gets), and the IR version with it;
-- BatchNormalization after a Conv is folded into the Conv's weights and bias;
+- BatchNormalization after a Conv is folded into the Conv's weights and bias, and so is a
+  constant Mul (and Add) after it (learnable affine blocks);
 - a zero Pad before a Conv becomes the Conv's own padding;
 - a Div by a constant becomes a Mul by its reciprocal;
 - GlobalMaxPool becomes ReduceMax and a ReduceMean over H, W GlobalAveragePool (integer kernels);
@@ -20,7 +21,7 @@ import logging
 
 import onnx
 
-from ptq_cli.model.passes import (DivToMul, FoldBatchNorm, FoldPad, GlobalPools, InferTypes, LiftConstants, ModernIr,
+from ptq_cli.model.passes import (DivToMul, FoldAffineIntoConv, FoldBatchNorm, FoldPad, GlobalPools, InferTypes, LiftConstants, ModernIr,
                                   NameNodes, RewriteDeprecatedOps, SequenceResult, Sequential, UpgradeOpset)
 from ptq_cli.model.passes.upgrade_opset import DYNAMIC_OPSET, QDQ_PER_TENSOR_OPSET  # noqa: F401 (re-exported)
 
@@ -33,7 +34,7 @@ QDQ_4_16_BIT_OPSET = 21
 def prepare_passes(min_opset: int = QDQ_PER_AXIS_OPSET) -> Sequential:
     # ModernIr before the upgrade too: the version converter needs initializers that are not inputs.
     return Sequential([LiftConstants(), RewriteDeprecatedOps(), ModernIr(), UpgradeOpset(min_opset), ModernIr(),
-                       FoldBatchNorm(), FoldPad(),
+                       FoldBatchNorm(), FoldAffineIntoConv(), FoldPad(),
                        DivToMul(), NameNodes(), InferTypes(), GlobalPools()])
 
 

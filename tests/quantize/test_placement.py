@@ -231,3 +231,23 @@ def test_cnn_without_patterns_is_placed_as_before(rng):
     assert find_patterns(prepare(model).graph) == []
     _, plan = quantize_model(model, Recipe(), minmax_ranges(model, image_batches(rng)))
     assert plan.dynamic == [] and plan.weight_only == {} and plan.skipped == []
+
+
+def test_constant_scale_and_shift_after_a_conv_fold_into_it(rng):
+    """Conv -> Mul(a) -> Add(c) (a learnable affine block) becomes one Conv with W·a, b·a + c."""
+    from ptq_cli.model.passes import FoldAffineIntoConv
+
+    body = [helper.make_node("Mul", ["scale", "c"], ["scaled"], name="lab_scale"),
+            helper.make_node("Add", ["scaled", "shift"], ["hs"], name="lab_shift")]
+    model = _conv_model(rng, body, [_const("scale", [1.7]), _const("shift", [-0.4])], "hs")
+    before = model.SerializeToString()
+    prepared = prepare(model)
+    assert model.SerializeToString() == before
+    assert ops(prepared) == ["Conv", "Conv"] and prepared.graph.node[0].output[0] == "hs"
+    x = {"x": rng.normal(0, 1, (2, 3, 8, 8)).astype(np.float32)}
+    np.testing.assert_allclose(run(prepared, x)[0], run(model, x)[0], rtol=1e-4, atol=1e-4)
+    # a Mul whose operand is not one value per output channel is left alone
+    odd = _conv_model(rng, body, [_const("scale", np.ones((1, 1, 8, 1))), _const("shift", [0.1])], "hs")
+    assert not FoldAffineIntoConv()(prepare(odd)).modified
+    _, plan, sqnr = _quantize(model, rng, shape=(2, 3, 8, 8))
+    assert plan.quantized == ["conv1", "conv2"] and sqnr > 25
