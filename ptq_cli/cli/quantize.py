@@ -203,7 +203,7 @@ def _summary(result) -> str:
 def _latency_lines(result) -> list[str]:
     decision = result.latency
     prefix = decision.chosen.float_nodes
-    lines = [f"  latency here (batch 1, {len(decision.trials)} placements timed, interleaved medians): "
+    lines = [f"  latency here ({decision.timed_on}; {len(decision.trials)} placements timed, interleaved medians): "
              f"FP32 {decision.fp32.median_ms:.3f} ms, INT8 {decision.chosen.timing.median_ms:.3f} ms, "
              f"{decision.speedup:.2f}x"]
     if prefix:

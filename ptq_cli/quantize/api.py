@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -408,10 +408,11 @@ def _input_paths(*given) -> tuple[str | os.PathLike, ...]:
 
 def _measured(source, floating, recipe, ranges, means, data, image, machine, objective) -> LatencyDecision:
     """The placement of `recipe` chosen by timing on `machine` against the source model."""
-    feeds, _ = timing_feeds(source, data, image)
-    return search_placement(source, floating, recipe,
-                            lambda r: quantize_model(floating, r, ranges, means, prepared=True),
-                            feeds, machine or OnnxruntimeMachine(), objective=objective)
+    feeds, described = timing_feeds(source, data, image)
+    decision = search_placement(source, floating, recipe,
+                                lambda r: quantize_model(floating, r, ranges, means, prepared=True),
+                                feeds, machine or OnnxruntimeMachine(), objective=objective)
+    return replace(decision, timed_on=described)
 
 
 def _float32(source: onnx.ModelProto) -> tuple[onnx.ModelProto, tuple[str, ...]]:

@@ -67,6 +67,7 @@ class LatencyDecision:
     fp32: Timing
     chosen: Trial
     trials: tuple[Trial, ...]
+    timed_on: str = ""  # the inputs the models were timed on
 
     @property
     def speedup(self) -> float:
@@ -78,7 +79,7 @@ class LatencyDecision:
 
     def to_dict(self) -> dict:
         low, high = self.fp32.spread_ms
-        return {"fp32_ms": self.fp32.median_ms, "fp32_p25_ms": low, "fp32_p75_ms": high,
+        return {"timed_on": self.timed_on, "fp32_ms": self.fp32.median_ms, "fp32_p25_ms": low, "fp32_p75_ms": high,
                 "int8_ms": self.chosen.timing.median_ms, "speedup": self.speedup, "pays": self.pays,
                 "float_prefix": list(self.chosen.float_nodes), "trials": [t.to_dict() for t in self.trials]}
 
@@ -145,7 +146,7 @@ def retime(decision: LatencyDecision, float_model: onnx.ModelProto, model: onnx.
     added = tuple(n for n in recipe.exclude if n not in decision.chosen.float_nodes)
     trial = Trial(decision.chosen.float_nodes + added, 0.0, final, final.speedup_over(fp32),
                   "after the drift budget's fallback")
-    return LatencyDecision(recipe, model, plan, fp32, trial, decision.trials + (trial,))
+    return LatencyDecision(recipe, model, plan, fp32, trial, decision.trials + (trial,), decision.timed_on)
 
 
 def _variant(chosen: Recipe, asked: Recipe) -> str:
