@@ -79,11 +79,16 @@ def drift_lines(result) -> list[str]:
     if drift["fallback"]:
         lines.append(f"  fallback: {len(drift['fallback'])} node(s) returned to float "
                      f"({result.fallback_trials} trials, {result.fallback_seconds:.0f} s; recorded in the recipe's "
-                     f"exclude): {', '.join(drift['fallback'])}")
+                     f"exclude): {_names(drift['fallback'])}")
     if drift["budget"] and not drift["met"]:
         failures = "; ".join(r["detail"] for r in drift["budget"] if not r["passed"])
         lines.append(f"  WARNING: BEST EFFORT: this model does NOT meet the drift budget: {failures}")
     return lines
+
+
+def _names(names: list[str], shown: int = 8) -> str:
+    more = f", ... ({len(names) - shown} more; all in --json and the metadata)" if len(names) > shown else ""
+    return ", ".join(names[:shown]) + more
 
 
 def _limits(thresholds: dict) -> str:
