@@ -159,10 +159,18 @@ def _is_inside_or_same(path: Path, protected: Path) -> bool:
     if protected.is_dir():
         # An existing file inside a data folder is an input too; a new file there is not.
         return path.exists() and protected.resolve() in path.resolve().parents
+    if not path.exists():
+        return False
     try:
-        return path.exists() and os.path.samefile(path, protected)  # also hard links and symlinks
+        if os.path.samefile(path, protected):  # also hard links and symlinks
+            return True
     except OSError:
         return False
+    if protected.suffix.lower() == ".onnx":  # a model's external data files are inputs too
+        from ptq_cli.model.io import external_data_files
+
+        return any(f.exists() and os.path.samefile(path, f) for f in external_data_files(protected))
+    return False
 
 
 def _existing_ancestor(folder: Path) -> Path:

@@ -125,3 +125,15 @@ def test_replacing_is_atomic_and_needs_force(tmp_path):
     assert target.read_text() == "one" and [p.name for p in tmp_path.iterdir()] == ["t.txt"]
     write_text(target, "two", force=True)
     assert target.read_text() == "two"
+
+
+def test_the_external_data_of_an_input_model_is_an_input_too(work):
+    import copy
+
+    import onnx
+
+    model = onnx.load(work / "model.onnx")
+    onnx.save_model(copy.deepcopy(model), work / "ext.onnx", save_as_external_data=True, location="weights.bin",
+                    size_threshold=0)
+    run = invoke(work, "quantize", work / "ext.onnx", "--dynamic", "-o", work / "weights.bin", "--force", "-q")
+    run.refused(2, "refusing to write over the input", "weights.bin")
