@@ -192,12 +192,19 @@ def _summary(result) -> str:
     if result.skipped:
         reasons = Counter((s.op_type, s.reason) for s in result.skipped)
         lines.append(f"  left in float: {len(result.skipped)} nodes")
-        for (op_type, reason), count in sorted(reasons.items(), key=lambda kv: -kv[1]):
+        ranked = sorted(reasons.items(), key=lambda kv: -kv[1])
+        for (op_type, reason), count in ranked[:_REASON_LINES]:
             lines.append(f"    {count:4d} x {op_type}: {reason}")
+        if len(ranked) > _REASON_LINES:  # a transformer names each normalization, GELU, ... by its tensor
+            rest = sum(count for _, count in ranked[_REASON_LINES:])
+            lines.append(f"    ... {rest} more nodes for {len(ranked) - _REASON_LINES} more reasons (--json lists every node)")
     for reason in getattr(result, "prepare_skipped", ()):
         lines.append(f"  warning: {reason}")
     lines += drift_lines(result)
     return "\n".join(lines)
+
+
+_REASON_LINES = 25
 
 
 def _latency_lines(result) -> list[str]:
