@@ -39,3 +39,40 @@ def test_a_conv_output_read_elsewhere_is_left_alone(rng):
     model = _conv_bn(rng, conv_out_read_twice=True)
     result = FoldBatchNorm()(model)
     assert not result.modified and [n.op_type for n in model.graph.node] == ["Conv", "BatchNormalization"]
+
+
+def _bn_after(rng, node, c, x_shape, y_shape, inits):
+    inits = inits + [numpy_helper.from_array(rng.uniform(0.5, 2, c).astype(np.float32), "gamma"),
+                     numpy_helper.from_array(rng.standard_normal(c).astype(np.float32), "beta"),
+                     numpy_helper.from_array(rng.standard_normal(c).astype(np.float32), "mean"),
+                     numpy_helper.from_array(rng.uniform(0.1, 1, c).astype(np.float32), "var")]
+    bn = helper.make_node("BatchNormalization", ["c", "gamma", "beta", "mean", "var"], ["y"], name="bn")
+    graph = helper.make_graph([node, bn], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, x_shape)],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, y_shape)], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+
+
+def test_batch_norm_folds_into_grouped_conv_transpose_and_gemm(rng):
+    deconv = _bn_after(rng, helper.make_node("ConvTranspose", ["x", "w", "b"], ["c"], name="deconv", group=2,
+                                             strides=[2, 2]),
+                       6, [1, 4, 3, 3], [1, 6, 7, 7],
+                       [numpy_helper.from_array(rng.standard_normal((4, 3, 3, 3)).astype(np.float32), "w"),
+                        numpy_helper.from_array(rng.standard_normal(6).astype(np.float32), "b")])
+    for trans_b, w_shape in ((0, (5, 3)), (1, (3, 5))):
+        gemm = _bn_after(rng, helper.make_node("Gemm", ["x", "w", "b"], ["c"], name="fc", transB=trans_b),
+                         3, [2, 5], [2, 3],
+                         [numpy_helper.from_array(rng.standard_normal(w_shape).astype(np.float32), "w"),
+                          numpy_helper.from_array(rng.standard_normal(3).astype(np.float32), "b")])
+        result = apply(FoldBatchNorm(), gemm)
+        assert [n.op_type for n in result.model.graph.node] == ["Gemm"]
+        assert result.changes == ("folded 1 BatchNormalization into Gemm",)
+        same_outputs(gemm, result.model, {"x": rng.standard_normal((2, 5)).astype(np.float32)})
+    result = apply(FoldBatchNorm(), deconv)
+    assert [n.op_type for n in result.model.graph.node] == ["ConvTranspose"]
+    same_outputs(deconv, result.model, {"x": rng.standard_normal((1, 4, 3, 3)).astype(np.float32)})
+
+
+def test_a_scaled_gemm_is_left_alone(rng):
+    gemm = _bn_after(rng, helper.make_node("Gemm", ["x", "w"], ["c"], name="fc", alpha=0.5), 3, [2, 5], [2, 3],
+                     [numpy_helper.from_array(rng.standard_normal((5, 3)).astype(np.float32), "w")])
+    assert not FoldBatchNorm()(gemm).modified
