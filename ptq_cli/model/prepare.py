@@ -1,6 +1,7 @@
 """Put an FP32 model in the shape the quantizer expects: one sequence of passes (see passes/).
 
 - Constant nodes become initializers (weights stored in Constant nodes count as weights);
+- an If on a constant becomes the branch it takes;
 - experimental ops of old exports (ImageScaler, ...) become the standard ops they stand for;
 - the opset is raised to one with per-axis QuantizeLinear/DequantizeLinear (13), or 21 for
   4- and 16-bit types (or as high as onnx's version converter gets), and the IR version with it;
@@ -21,8 +22,9 @@ import logging
 
 import onnx
 
-from ptq_cli.model.passes import (DivToMul, FoldAffineIntoConv, FoldBatchNorm, FoldPad, GlobalPools, InferTypes, LiftConstants, ModernIr,
-                                  NameNodes, RewriteDeprecatedOps, SequenceResult, Sequential, UpgradeOpset)
+from ptq_cli.model.passes import (DivToMul, FoldAffineIntoConv, FoldBatchNorm, FoldConstantIf, FoldPad, GlobalPools,
+                                  InferTypes, LiftConstants, ModernIr, NameNodes, RewriteDeprecatedOps,
+                                  SequenceResult, Sequential, UpgradeOpset)
 from ptq_cli.model.passes.upgrade_opset import DYNAMIC_OPSET, QDQ_PER_TENSOR_OPSET  # noqa: F401 (re-exported)
 
 log = logging.getLogger(__name__)
@@ -33,7 +35,9 @@ QDQ_4_16_BIT_OPSET = 21
 
 def prepare_passes(min_opset: int = QDQ_PER_AXIS_OPSET) -> Sequential:
     # ModernIr before the upgrade too: the version converter needs initializers that are not inputs.
-    return Sequential([LiftConstants(), RewriteDeprecatedOps(), ModernIr(), UpgradeOpset(min_opset), ModernIr(),
+    # LiftConstants again after FoldConstantIf: the branch taken may hold Constant nodes.
+    return Sequential([LiftConstants(), FoldConstantIf(), LiftConstants(), RewriteDeprecatedOps(), ModernIr(),
+                       UpgradeOpset(min_opset), ModernIr(),
                        FoldBatchNorm(), FoldAffineIntoConv(), FoldPad(),
                        DivToMul(), NameNodes(), InferTypes(), GlobalPools()])
 
