@@ -37,7 +37,7 @@ from ptq_cli.recipe import Format, Recipe
 Build = Callable[[Recipe], tuple[onnx.ModelProto, QuantPlan]]
 RANKING_SAMPLES = 4  # isolated runs per unit: enough to order units, cheap enough for every unit
 RANKING_SHARE = 0.5  # of the search's time, at most, for ranking; the trials get the rest
-PRUNE_AT_MOST = 16  # units a passing fallback may hold for each to be tried back in INT8
+PRUNE_AT_MOST = 32  # units a passing fallback may hold for each to be tried back in INT8
 
 
 @dataclass(frozen=True)
