@@ -46,6 +46,7 @@ class GramSite:
     conv: onnx.NodeProto | None  # the Conv whose patches are the rows; None: rows of the last axis
     width: int  # d: columns of the weight per group (K for a MatMul)
     groups: int = 1
+    kernel: tuple[int, int] | None = None  # a Conv's kH, kW from its weight (kernel_shape is optional)
 
 
 def gram_key(node: onnx.NodeProto, index: GraphIndex) -> str | None:
@@ -69,7 +70,7 @@ def gram_site(node: onnx.NodeProto, index: GraphIndex) -> GramSite | None:
         geometry = " ".join(f"{a.name}={_plain(helper.get_attribute_value(a))}"
                             for a in sorted(node.attribute, key=lambda a: a.name) if a.name != "kernel_shape")
         key = f"{node.input[0]}|conv k={dims[2]}x{dims[3]} {geometry}".rstrip()
-        return GramSite(key, node.input[0], node, dims[1] * dims[2] * dims[3], groups)
+        return GramSite(key, node.input[0], node, dims[1] * dims[2] * dims[3], groups, (dims[2], dims[3]))
     return None
 
 
@@ -188,6 +189,8 @@ def _kernel(site: GramSite) -> tuple[int, int]:
     shape = attribute(site.conv, "kernel_shape", None)
     if shape:
         return int(shape[0]), int(shape[1])
+    if site.kernel is not None:  # kernel_shape is optional: the weight's spatial dims
+        return site.kernel
     raise ValueError("Conv without kernel_shape")  # gram_sites only builds sites it can read
 
 

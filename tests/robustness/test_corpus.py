@@ -98,3 +98,19 @@ def test_an_input_declared_without_a_shape_takes_data_of_any_rank(work):
     np.save(work / "x.npy", np.ones((2, 4), np.float32))
     run = invoke(work, "calibrate", work / "free.onnx", "--data", work / "x.npy", "-q")
     assert run.code == 0, run.result.stderr
+
+
+def test_conv_without_kernel_shape_attribute_in_gptq(work):
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    w = numpy_helper.from_array(rng.normal(size=(4, 3, 3, 3)).astype(np.float32), "w")
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 8, 8])
+    conv = helper.make_node("Conv", ["x", "w"], ["y"], name="conv", pads=[1, 1, 1, 1])   # kernel_shape is optional
+    onnx.save(helper.make_model(helper.make_graph([conv], "g", [x], [y], [w]),
+                                opset_imports=[helper.make_opsetid("", 13)]), work / "k.onnx")
+    run = invoke(work, "quantize", work / "k.onnx", "--data", work / "data", "--rounding", "gptq", "--objective",
+                 "size", "-q", "-o", work / "k.int8.onnx")
+    assert run.code == 0, run.result.stderr
