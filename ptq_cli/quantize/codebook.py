@@ -93,10 +93,10 @@ def _site(node: onnx.NodeProto, index: GraphIndex) -> _Site | None:
         axis = 1 if attribute(node, "group", 1) == 1 else 0
     elif op == "Gemm":
         axis = 0 if attribute(node, "transB", 0) else 1
-    elif op == "Gather":
-        axis = 0  # a codebook per row (token): 1.2 dB better than per column on MiniLM's table
     else:
-        axis = ndim - 1  # MatMul [K, N]: N
+        # MatMul [K, N]: N. Gather table [rows, width]: a codebook per column. Per row (token) is
+        # 1.2 dB closer on MiniLM's table, yet the embeddings drift more (mean cosine 0.964 vs 0.986).
+        axis = ndim - 1
     return _Site(node, tensor, axis) if ndim >= 2 else None
 
 
