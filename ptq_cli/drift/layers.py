@@ -33,6 +33,7 @@ import onnx
 from onnx import TensorProto, numpy_helper
 
 from ptq_cli.drift.metrics import sqnr_db
+from ptq_cli.model.external import tensor_array
 
 _CONST = "<const>"
 _FUSABLE = ("Relu", "Clip")
@@ -88,7 +89,7 @@ class GraphView:
 
     def const_value(self, name: str) -> np.ndarray | None:
         if name in self.initializers:
-            return numpy_helper.to_array(self.initializers[name])
+            return tensor_array(self.initializers[name])  # external (lazy) weights too
         node = self.producer.get(name)
         if node is not None and node.op_type == "Constant":
             for attr in node.attribute:

@@ -213,7 +213,8 @@ def inlined(model: onnx.ModelProto) -> onnx.ModelProto:
 
 
 def _data_tensor(tensor: onnx.TensorProto, raw: bytes) -> onnx.TensorProto:
-    out = onnx.TensorProto(name=tensor.name, data_type=tensor.data_type, dims=tensor.dims, raw_data=raw)
+    out = onnx.TensorProto(name=tensor.name, data_type=tensor.data_type, dims=tensor.dims, raw_data=raw,
+                           data_location=onnx.TensorProto.DEFAULT)  # as onnx.load sets it
     if tensor.doc_string:
         out.doc_string = tensor.doc_string
     return out

@@ -13,6 +13,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from ptq_cli.model.external import tensor_array
 from ptq_cli.model.graph import NameAllocator
 from ptq_cli.model.passes.base import Pass, PassResult
 
@@ -84,7 +85,7 @@ def _retype(type_proto: onnx.TypeProto) -> None:
 
 
 def _as_float32(tensor: onnx.TensorProto) -> onnx.TensorProto:
-    array = numpy_helper.to_array(tensor).astype(np.float32)
+    array = tensor_array(tensor).astype(np.float32)  # external (lazy) weights too
     return numpy_helper.from_array(array, tensor.name)
 
 
