@@ -43,9 +43,13 @@ def _visit(model, graph, scope, weights, transform, done, skipped) -> None:
         for attr in node.attribute:
             if attr.type != onnx.AttributeProto.GRAPH:
                 continue
+            for i, inner in enumerate(attr.g.node):  # names for reports and --exclude
+                if not inner.name:
+                    inner.name = f"{node.name}/{attr.name}/{inner.op_type}_{i}"
             standalone = _standalone(model, attr.g, scope, weights)
             quantized, d, s = transform(standalone)
             _write_back(attr.g, quantized, len(attr.g.input))
+            _import_domains(model, quantized)  # e.g. com.microsoft for a DynamicQuantizeLSTM
             done += d
             skipped += s
             inner = {**weights, **{t.name: t for t in attr.g.initializer}}
@@ -83,6 +87,11 @@ def _write_back(body: onnx.GraphProto, quantized: onnx.ModelProto, own_inputs: i
     body.value_info.extend(v for v in graph.value_info if v.name not in outer)
     del body.output[:]
     body.output.extend(graph.output)
+
+
+def _import_domains(model: onnx.ModelProto, body: onnx.ModelProto) -> None:
+    known = {o.domain for o in model.opset_import}
+    model.opset_import.extend(o for o in body.opset_import if o.domain not in known)
 
 
 def _defined(graph: onnx.GraphProto) -> set[str]:

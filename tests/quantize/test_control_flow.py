@@ -156,3 +156,29 @@ def test_loop_body_is_quantized(tmp_path, rng):
         # three chained 8-bit layers: a few percent at worst, well under one on average
         assert np.abs(got - want).max() < 0.1 * np.abs(want).max()
         assert np.abs(got - want).mean() < 0.02 * np.abs(want).max()
+
+
+def test_lstm_inside_an_if_becomes_dynamic_quantize_lstm(rng):
+    hidden = 6
+    weights = [numpy_helper.from_array((rng.standard_normal((1, 4 * hidden, 16)) * 0.3).astype(np.float32), "lw"),
+               numpy_helper.from_array((rng.standard_normal((1, 4 * hidden, hidden)) * 0.3).astype(np.float32), "lr")]
+    body = helper.make_graph([helper.make_node("LSTM", ["seq", "lw", "lr"], ["", "h"], name="lstm", hidden_size=hidden)],
+                             "then", [], [helper.make_tensor_value_info("h", F, ["d", "n", "k"])], weights)
+    other = helper.make_graph([helper.make_node("ReduceMean", ["seq"], ["m"], name="mean", axes=[0], keepdims=0),
+                               helper.make_node("Slice", ["m", "z", "six", "one"], ["h2"], name="cut"),
+                               helper.make_node("Unsqueeze", ["h2", "z"], ["h3"], name="lift")],
+                              "else", [], [helper.make_tensor_value_info("h3", F, ["d", "n", "k"])])
+    graph = helper.make_graph(
+        [helper.make_node("If", ["flag"], ["y"], name="if", then_branch=body, else_branch=other)], "g",
+        [helper.make_tensor_value_info("seq", F, [5, "N", 16]), helper.make_tensor_value_info("flag", TensorProto.BOOL, [])],
+        [helper.make_tensor_value_info("y", F, ["d", "n", "k"])],
+        [numpy_helper.from_array(np.array([0], np.int64), "z"), numpy_helper.from_array(np.array([6], np.int64), "six"),
+         numpy_helper.from_array(np.array([1], np.int64), "one")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    result = ptq_cli.quantize(model, None, recipe=Recipe(dynamic=True), progress=False)
+    onnx.checker.check_model(result.model, full_check=True)
+    assert "lstm" in result.quantized and "DynamicQuantizeLSTM" in _body_ops(result.model, "if")["then_branch"]
+    feeds = {"seq": rng.standard_normal((5, 2, 16)).astype(np.float32), "flag": np.array(True)}
+    want, got = run(model, feeds)[0], run(result.model, feeds)[0]
+    np.testing.assert_allclose(got, want, atol=0.05)
