@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import numpy as np
 
-DAMPENING = 0.001  # of the mean diagonal of H (MobileNetV1-0.25 per tensor: 0.001 > 0.01 > 0.1)
+DAMPENING = 0.0001  # of the mean diagonal of H (MobileNetV1-0.25 per tensor, top-1: 1e-5 56.8, 1e-4 58.0, 1e-3 57.0, 1e-2 56.4, 1e-1 55.8 %)
 LAZY_BLOCK = 128
 
 
