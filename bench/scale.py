@@ -4,7 +4,7 @@ Builds a transformer-like stack (per layer: LayerNorm -> MatMul D x 4D -> Add ->
 MatMul 4D x D -> Add -> residual Add) with random weights in external data, > 3 GB by default,
 then runs, each in its own process under /usr/bin/time (peak RSS, wall time):
 
-    ptq calibrate | ptq quantize --calibration (static QDQ) | ptq quantize --dynamic
+    ptq calibrate | ptq quantize --calibration (static QDQ) | ptq quantize --dynamic | --weight-only int4
     onnxruntime quantize_static (QDQ, MinMax, per-channel) | onnxruntime quantize_dynamic
     ptq compare FP32 vs each of the four outputs (SQNR of the output)
 
@@ -123,7 +123,7 @@ MATMULS = textwrap.dedent("""
     import sys, onnx
     m = onnx.load(sys.argv[1], load_external_data=False)
     producer = {o: n.op_type for n in m.graph.node for o in n.output}
-    integer = ("MatMulInteger", "DynamicQuantizeMatMul", "QLinearMatMul", "MatMulIntegerToFloat")
+    integer = ("MatMulInteger", "DynamicQuantizeMatMul", "QLinearMatMul", "MatMulIntegerToFloat", "MatMulNBits")
     print(sum(1 for n in m.graph.node if n.op_type in integer or (n.op_type == "MatMul" and
               producer.get(n.input[1]) == "DequantizeLinear")))
 """)
@@ -163,6 +163,7 @@ def run(args, work: Path) -> None:
     logs.mkdir()
     table = work / "model.calib.json"
     outputs = {"ptq static": work / "ptq_static.onnx", "ptq dynamic": work / "ptq_dynamic.onnx",
+               "ptq int4": work / "ptq_int4.onnx",
                "ort static": work / "ort_static.onnx", "ort dynamic": work / "ort_dynamic.onnx"}
     steps = [
         ("ptq calibrate", PTQ + ["calibrate", str(model), "--data", str(work / "calib"), "-o", str(table), "--quiet"]),
@@ -170,6 +171,8 @@ def run(args, work: Path) -> None:
                                        "-o", str(outputs["ptq static"]), "--quiet"]),
         ("ptq quantize --dynamic", PTQ + ["quantize", str(model), "--dynamic", "--objective", "size",
                                           "-o", str(outputs["ptq dynamic"]), "--quiet"]),
+        ("ptq quantize --weight-only int4", PTQ + ["quantize", str(model), "--weight-only", "int4", "--objective",
+                                                   "size", "-o", str(outputs["ptq int4"]), "--quiet"]),
     ]
     if not args.skip_ort:
         steps += [("ort quantize_static", [PYTHON, "-c", ORT_STATIC, str(model), str(outputs["ort static"]),

@@ -15,9 +15,9 @@ MatMul P·Pᵀ, so only H (d×d per group, never the rows) leaves the session, a
 intermediate is freed as in plain inference.
 
 Each batch's H comes out in float32 and is summed in float64, in the order of the batches.
-A float32 has 24 significant bits and a float64 53: the sum is exact (hence independent of
-order, and shards merge bit for bit) until the total exceeds 2^29 times its smallest
-contribution's last bit, far beyond the calibration sets this is meant for.
+A float32 has 24 significant bits and a float64 53: the sum is exact (hence independent of the
+order, and shards merge bit for bit) as long as no term is below 2^-29 of the running sum of its
+entry; a smaller term can round differently in another order, by at most 2^-53 of the entry.
 """
 
 from __future__ import annotations

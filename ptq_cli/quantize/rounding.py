@@ -53,7 +53,9 @@ def _gptq_plan(model, plan, grams, spec) -> tuple[QuantPlan, list[str]]:
             continue
         w = index.constant(tensor)
         layout = _Rows(node, w.shape, gram.total.shape[0])
-        if spec.symmetric:
+        # Per tensor only, where one channel's outlier sets every channel's step (MobileNetV1-0.25
+        # with --equalize: 57.0 % with the search, 56.6 without); per channel GPTQ alone reaches FP32.
+        if spec.symmetric and not weight.params.per_channel:
             weight = _fitted(replace(weight, params=searched_scale(layout, w, weight.params, gram.total, qmin, qmax)),
                              node, plan, index)
         rounded = gptq_weight(layout, w, weight.params, gram.total, qmin, qmax)
@@ -94,25 +96,17 @@ SCALE_GRID = np.linspace(0.5, 1.0, 26)
 
 
 def searched_scale(layout: _Rows, w: np.ndarray, qp: QParams, h: np.ndarray, qmin: int, qmax: int) -> QParams:
-    """The symmetric scale (per tensor, or per row when per channel) shrunk by the factor in
-    SCALE_GRID that minimises the output error of nearest rounding, Σ δ·H·δᵀ: clipping a few
-    outlying weights buys resolution for all the others, and the output error, not the weight
-    error, says when that pays."""
+    """The per-tensor symmetric scale shrunk by the factor of SCALE_GRID that minimises the
+    output error of nearest rounding, Σ δ·H·δᵀ: clipping a few outlying weights buys resolution
+    for all the others, and the output error, not the weight error, says when that pays."""
     scale, zero = _along(qp.scale, w.ndim, qp.axis), _along(qp.zero_point, w.ndim, qp.axis)
     wg, sg, zg = layout.grouped(w.astype(np.float64)), layout.grouped(scale), layout.grouped(zero)
     errors = []
     for factor in SCALE_GRID:
         q = np.clip(np.rint(wg / (sg * factor)) + zg, qmin, qmax)
         delta = (q - zg) * (sg * factor) - wg
-        errors.append(((delta @ h) * delta).sum(axis=2).reshape(-1))
-    errors = np.array(errors)  # [factors, rows]
-    if not qp.per_channel:
-        best = SCALE_GRID[int(np.argmin(errors.sum(axis=1)))]
-        return replace(qp, scale=(qp.scale * best).astype(np.float32))
-    rows_per_channel = layout.view(scale).shape[0]
-    if qp.scale.shape != (rows_per_channel,) or layout.transposed != (qp.axis == w.ndim - 1):
-        return qp  # channels that are not the rows: keep the nearest-rounding scale
-    best = SCALE_GRID[np.argmin(errors, axis=0)]
+        errors.append(float(((delta @ h) * delta).sum()))
+    best = SCALE_GRID[int(np.argmin(errors))]
     return replace(qp, scale=(qp.scale * best).astype(np.float32))
 
 
