@@ -60,6 +60,10 @@ def stochastic(args) -> list[dict]:
                 suffix = f"{gran}{'' if bc else ', no bias corr.'}"
                 out = out_dir / f"{name}.nearest.onnx"
                 rows.append(_row(name, f"nearest, {suffix}", fp32, model, out, *_quantize(model, out, base)))
+                if bc:  # GPTQ (the rounding issue), which needs the Gram matrices of the data
+                    out = out_dir / f"{name}.gptq.onnx"
+                    rows.append(_row(name, f"gptq, {suffix}", fp32, model, out,
+                                     *_quantize(model, out, base.with_(rounding=Rounding.GPTQ))))
                 for seed in [int(s) for s in args.seeds.split(",")]:
                     recipe = base.with_(rounding=Rounding.STOCHASTIC, seed=seed)
                     out = out_dir / f"{name}.stochastic.onnx"
