@@ -68,7 +68,7 @@ def test_bad_array_labels(tmp_path):
             read_labels(tmp_path / name)
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=60, deadline=None, derandomize=True)
 @given(st.binary(max_size=40))
 def test_any_bytes_as_labels_read_or_refused_cleanly(tmp_path_factory, content):
     folder = tmp_path_factory.mktemp("labels")
