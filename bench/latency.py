@@ -219,12 +219,13 @@ def measure(paths: list[Path], inputs: list[dict[str, np.ndarray]], threads: int
     while time.perf_counter() < deadline or round_no < 10:
         for k in np.roll(np.arange(len(sessions)), round_no):  # rotate: no model always goes first
             s, (lead, size) = sessions[k], sizes[k]
+            first = round_no * size  # every round goes on through the inputs (text and OCR lengths vary)
             for r in range(lead):
-                s.run(None, inputs[r % len(inputs)])
+                s.run(None, inputs[(first + r) % len(inputs)])
             block = []
             for r in range(size):
                 t0 = time.perf_counter()
-                s.run(None, inputs[r % len(inputs)])
+                s.run(None, inputs[(first + r) % len(inputs)])
                 block.append(time.perf_counter() - t0)
             runs_of[k] += block
             blocks_of[k].append(float(np.median(block)))

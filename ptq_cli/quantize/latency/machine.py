@@ -82,12 +82,13 @@ class OnnxruntimeMachine:
         while time.perf_counter() < deadline or round_no < self.min_rounds:
             for k in np.roll(np.arange(len(sessions)), round_no):  # no model always goes first
                 # Two untimed runs let the previous session's spinning threads go idle.
+                first = round_no * sizes[k]  # every round goes on through the feeds: all of them get timed
                 for r in range(2):
-                    sessions[k].run(None, feeds[r % len(feeds)])
+                    sessions[k].run(None, feeds[(first + r) % len(feeds)])
                 block = []
                 for r in range(sizes[k]):
                     start = time.perf_counter()
-                    sessions[k].run(None, feeds[r % len(feeds)])
+                    sessions[k].run(None, feeds[(first + r) % len(feeds)])
                     block.append(time.perf_counter() - start)
                 rounds[k].append(float(np.median(block)))
             round_no += 1
