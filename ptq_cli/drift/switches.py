@@ -21,6 +21,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from ptq_cli.drift.layers import GraphView, Matching
+from ptq_cli.model.external import serialized
 
 _PREFIX = "__ptq_float/"
 _QDQ = ("QuantizeLinear", "DequantizeLinear")
@@ -101,7 +102,7 @@ class FloatBase:
         for position, dq_output in node.quantized_inputs:
             target.input[position] = dq_output
         try:
-            return self.model.SerializeToString()
+            return serialized(self.model)
         finally:  # restore the base: one copy of the model serves every variant
             for position, name in floats:
                 target.input[position] = name

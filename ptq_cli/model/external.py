@@ -248,3 +248,16 @@ def write_with_external_data(model: onnx.ModelProto, data_path: Path, data_name:
             offset += length
             del data
     return structure
+
+
+def serialized(model: onnx.ModelProto) -> bytes:
+    """The model as one self-contained message, for code that hands onnxruntime bytes (weights
+    still on disk are read in). Above 2 GB there is no such message: use sessions.inference_session."""
+    if not any(is_external(t) for t in model.graph.initializer):
+        return model.SerializeToString()
+    if model_size(model).total >= PROTOBUF_LIMIT:
+        from ptq_cli.errors import ModelError
+
+        raise ModelError("this step needs the model as one protobuf message, and it is 2 GB or more; "
+                         "use --objective size (no latency timing) for models this large")
+    return inlined(model).SerializeToString()

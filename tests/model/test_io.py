@@ -90,6 +90,9 @@ def test_lazy_external_weights_round_trip_and_stream_to_external_data(rng, tmp_p
     x = rng.normal(0, 1, (1, 3, 8, 8)).astype(np.float32)
     want = run(model, {"x": x})[0]
     np.testing.assert_array_equal(inference_session(loaded).run(None, {"x": x})[0], want)
+    from ptq_cli.model.external import serialized
+
+    np.testing.assert_array_equal(run(onnx.load_from_string(serialized(loaded)), {"x": x})[0], want)
     inline = save_model(loaded, tmp_path / "inline.onnx")  # small enough: one self-contained file
     np.testing.assert_array_equal(run(onnx.load(str(inline)), {"x": x})[0], want)
     structure = write_with_external_data(loaded, tmp_path / "out.onnx.data", "out.onnx.data")

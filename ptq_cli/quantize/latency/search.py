@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import onnx
 
 from ptq_cli.errors import PtqError
+from ptq_cli.model.external import serialized
 from ptq_cli.quantize.latency.candidates import Candidate, Costs, prefix_candidates
 from ptq_cli.quantize.latency.cost import CrossingCost, node_costs, tensor_elements
 from ptq_cli.quantize.latency.machine import Feeds, Machine, Timing
@@ -109,8 +110,8 @@ def search_placement(float_model: onnx.ModelProto, prepared: onnx.ModelProto, re
     (returns the model and its plan); `prepared` is the float graph whose node names plans use;
     `float_model` is the reference timed as FP32."""
     full, full_plan = build(recipe)
-    fp32_profile = machine.profile(prepared.SerializeToString(), feeds)
-    int8_profile = machine.profile(full.SerializeToString(), feeds)
+    fp32_profile = machine.profile(serialized(prepared), feeds)
+    int8_profile = machine.profile(serialized(full), feeds)
     costs = Costs(node_costs(fp32_profile, prepared), node_costs(int8_profile, prepared),
                   sum(us for _, us in int8_profile.values()), tensor_elements(prepared, feeds), crossing)
     # The fully quantized model is always timed; then the best estimated prefixes.
@@ -129,7 +130,7 @@ def search_placement(float_model: onnx.ModelProto, prepared: onnx.ModelProto, re
         variant = recipe.with_(exclude=recipe.exclude + candidate.float_nodes)
         if candidate.float_nodes and (accept is None or accept(variant)):
             built.append((candidate, variant, *build(variant)))
-    timings = machine.time([float_model.SerializeToString()] + [m.SerializeToString() for _, _, m, _ in built], feeds)
+    timings = machine.time([serialized(float_model)] + [serialized(m) for _, _, m, _ in built], feeds)
     trials = [Trial(c.float_nodes, c.estimate_us, t, t.speedup_over(timings[0]), _variant(r, recipe))
               for (c, r, *_), t in zip(built, timings[1:])]
     best = _most_float(trials) if objective is Objective.ACCURACY else _choose(trials, tie)
@@ -142,7 +143,7 @@ def retime(decision: LatencyDecision, float_model: onnx.ModelProto, model: onnx.
     """The decision after another search changed its model (the drift budget sent nodes back to
     float): the final model timed against FP32 again, so that the never-slower verdict is about
     what is written."""
-    fp32, final = machine.time([float_model.SerializeToString(), model.SerializeToString()], feeds)
+    fp32, final = machine.time([serialized(float_model), serialized(model)], feeds)
     added = tuple(n for n in recipe.exclude if n not in decision.chosen.float_nodes)
     trial = Trial(decision.chosen.float_nodes + added, 0.0, final, final.speedup_over(fp32),
                   "after the drift budget's fallback")
