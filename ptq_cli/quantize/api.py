@@ -28,7 +28,7 @@ from ptq_cli.quantize.equalize import equalization_pairs, equalize
 from ptq_cli.quantize.opsets import all_float, fit_recipe
 from ptq_cli.quantize.plan import QuantPlan, SkipReason, make_plan, replan_weights
 from ptq_cli.quantize.qdq import insert_qdq
-from ptq_cli.quantize.subgraphs import has_bodies, quantize_bodies
+from ptq_cli.quantize.subgraphs import has_bodies, quantize_bodies, without_owners
 from ptq_cli.quantize.latency import IfSlower, LatencyDecision, Objective, SlowerThanFloat, search_placement
 from ptq_cli.quantize.latency.search import retime
 from ptq_cli.quantize.latency.feeds import timing_feeds
@@ -129,7 +129,7 @@ def quantize_model(model: onnx.ModelProto, recipe: Recipe, ranges: Ranges,
 
         done, skipped = quantize_bodies(out, body)
         plan.quantized.extend(done)
-        plan.skipped.extend(skipped)
+        plan.skipped = without_owners(plan.skipped, out, done) + skipped
     return _with_dynamic_matmuls(out, plan, recipe), plan
 
 
@@ -186,7 +186,7 @@ def _rewrite_dynamic_everywhere(prepared: onnx.ModelProto, recipe: Recipe):
     quantized, done, skipped = rewrite_dynamic(prepared, recipe)
     if has_bodies(quantized):
         more, more_skipped = quantize_bodies(quantized, lambda sub: rewrite_dynamic(sub, recipe))
-        done, skipped = done + more, skipped + more_skipped
+        done, skipped = done + more, without_owners(skipped, quantized, more) + more_skipped
     return quantized, done, skipped
 
 

@@ -36,6 +36,15 @@ def quantize_bodies(model: onnx.ModelProto, transform: Transform) -> tuple[list[
     return done, skipped
 
 
+def without_owners(skipped: list[SkipReason], model: onnx.ModelProto, done: list[str]) -> list[SkipReason]:
+    """`skipped` without the If/Loop/Scan nodes whose bodies were quantized (the node itself has
+    no integer form, but saying it "runs in float" would be wrong)."""
+    if not done:
+        return skipped
+    owners = {n.name for n in model.graph.node if n.op_type in _BODY_OPS}
+    return [s for s in skipped if s.node not in owners]
+
+
 def _visit(model, graph, scope, weights, transform, done, skipped) -> None:
     for node in graph.node:
         if node.op_type not in _BODY_OPS or node.domain not in ("", "ai.onnx"):

@@ -115,6 +115,7 @@ def test_if_on_the_sample_rate_is_quantized_in_both_branches(tmp_path, rng):
                for sr in (16000, 8000, 16000, 8000, 16000, 8000)]
     result = _quantize(model, _write(tmp_path / "d", samples), tmp_path)
     assert {"then_mm", "else_mm", "then_add", "else_add"} <= set(result.quantized)
+    assert "if" not in {s.node for s in result.skipped}  # its bodies are quantized
     for ops in _body_ops(result.model, "if").values():
         assert ops.count("QuantizeLinear") >= 2 and "MatMul" in ops
     for sample in samples[:2]:  # one per branch
