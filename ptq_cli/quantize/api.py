@@ -281,7 +281,8 @@ def quantize(model: str | os.PathLike | onnx.ModelProto, output: str | os.PathLi
             plan.prepare_skipped = prepared.skipped
             return model, plan
         if objective is not Objective.SIZE:
-            decision = _measured(source, floating, recipe, ranges, means, data, image, machine, objective)
+            decision = _measured(source, floating, recipe, ranges, means, data, image, machine, objective,
+                                 table.grams)
             recipe = decision.recipe
         data_description = table.data
     samples = eval_samples(source, user_data, eval_data, image, labels)
@@ -406,11 +407,12 @@ def _input_paths(*given) -> tuple[str | os.PathLike, ...]:
     return tuple(p for p in given if isinstance(p, (str, os.PathLike)))
 
 
-def _measured(source, floating, recipe, ranges, means, data, image, machine, objective) -> LatencyDecision:
+def _measured(source, floating, recipe, ranges, means, data, image, machine, objective,
+              grams=None) -> LatencyDecision:
     """The placement of `recipe` chosen by timing on `machine` against the source model."""
     feeds, described = timing_feeds(source, data, image)
     decision = search_placement(source, floating, recipe,
-                                lambda r: quantize_model(floating, r, ranges, means, prepared=True),
+                                lambda r: quantize_model(floating, r, ranges, means, grams, prepared=True),
                                 feeds, machine or OnnxruntimeMachine(), objective=objective)
     return replace(decision, timed_on=described)
 
