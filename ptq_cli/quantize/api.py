@@ -353,6 +353,8 @@ def _with_codebook(source, path, source_sha, data, calibration, recipe, image, *
     from ptq_cli.quantize.codebook import codebook_weights
 
     grams, description = None, "none: codebook weights cluster the weights alone"
+    bits = recipe.weight_codebook.bits
+    prepared = prepare(source, min_opset=QDQ_4_16_BIT_OPSET if bits <= 4 else QDQ_PER_AXIS_OPSET)
     if data is not None or calibration is not None:
         from ptq_cli.calibrate.table import CalibrationTable
 
@@ -364,10 +366,9 @@ def _with_codebook(source, path, source_sha, data, calibration, recipe, image, *
         else:
             from ptq_cli.calibrate.api import calibrate
 
-            table = calibrate(path or source, data, image=image, grams=True, histograms=False, **collect)
+            # The prepared graph (opset >= 13) is the one whose layers the Gram keys name.
+            table = calibrate(prepared, data, image=image, grams=True, histograms=False, **collect)
         grams, description = table.grams, table.data
-    bits = recipe.weight_codebook.bits
-    prepared = prepare(source, min_opset=QDQ_4_16_BIT_OPSET if bits <= 4 else QDQ_PER_AXIS_OPSET)
     quantized, done, skipped = codebook_weights(prepared, recipe, grams)
     return quantized, QuantPlan(quantized=done, skipped=skipped), description
 
