@@ -96,3 +96,16 @@ def test_ctrl_c_while_importing_is_one_line_and_exit_130(work):
     assert proc.returncode == 130, proc.stderr
     assert [l for l in proc.stderr.splitlines() if l.strip()] == ["ptq: interrupted; no output was written"]
     assert not (work / "model.int8.onnx").exists()
+
+
+@pytest.mark.parametrize("command", ["quantize", "calibrate"])
+def test_ctrl_c_during_calibration_leaves_nothing(work, monkeypatch, command):
+    import importlib
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(importlib.import_module("ptq_cli.calibrate.api"), "collect", interrupted)
+    extra = ("--objective", "size") if command == "quantize" else ()
+    run = invoke(work, command, work / "model.onnx", "--data", work / "data", *extra, "-q")
+    run.refused(130, "interrupted")
