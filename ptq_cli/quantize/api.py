@@ -14,7 +14,7 @@ import onnx
 from ptq_cli import __version__
 from ptq_cli.errors import ModelError, UsageError
 from ptq_cli.failures import is_onnxruntime_error, onnxruntime_message
-from ptq_cli.model.external import model_size
+from ptq_cli.model.external import PROTOBUF_LIMIT, model_size
 from ptq_cli.model.sessions import inference_session
 from ptq_cli.model.io import LAZY_ABOVE
 from ptq_cli.model.io import check_model, check_writable, load_model, opset_version, save_model
@@ -224,6 +224,10 @@ def quantize(model: str | os.PathLike | onnx.ModelProto, output: str | os.PathLi
         raise UsageError("--data-free is for static quantization; --dynamic and --weight-codebook need no data")
     source, source_sha, path = _load_source(model)
     source, widened = _float32(source)
+    if objective is not Objective.SIZE and not model_size(source).total < PROTOBUF_LIMIT:
+        # Timing placements hands onnxruntime the model as bytes, which protobuf cannot hold here.
+        objective = Objective.SIZE
+        widened += ("latency timing skipped: the model is 2 GB or more (as with --objective size)",)
     asked = recipe
     inputs = _input_paths(path, data, calibration)
     decision = None
