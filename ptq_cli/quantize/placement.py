@@ -73,17 +73,17 @@ def float_source(tensor: str, index: GraphIndex, quantized: set[str]) -> onnx.No
 
 
 def dynamic_matmul_reason(node: onnx.NodeProto, index: GraphIndex, quantized: set[str],
-                          floating: dict[str, str]) -> str | None:
+                          placed: set[str]) -> str | None:
     """Why `node` (a MatMul on a constant 2-D weight) is quantized at run time, or None when it
-    is quantized statically: its input comes from code that placement keeps float."""
+    is quantized statically: its input comes from code that placement keeps float (`placed`:
+    patterns, other dynamic MatMuls, float glue) or from an embedding lookup."""
     if node.op_type != "MatMul" or node.domain not in ("", "ai.onnx") or len(node.input) != 2:
         return None
     weight = index.constant(node.input[1])
     if weight is None or weight.ndim != 2 or not index.is_float(node.input[0]):
         return None
     source = float_source(node.input[0], index, quantized)
-    if source is None or (source.name not in floating and source.op_type != "MatMul"
-                          and not (source.op_type == "Gather" and source.input[0] in index.initializers)):
+    if source is None or (source.name not in placed and embedding_table(source, index) is None):
         return None
     return (f"quantized at run time (dynamic MatMul): its input {node.input[0]!r} comes from float code, "
             "so its range follows each sample")

@@ -175,7 +175,7 @@ def _claim_compute_nodes(graph, index, recipe, ranges, plan) -> set[str]:
 def _placement_reason(node, index, recipe, plan, done: set[str], placed: set[str]) -> str | None:
     """Why placement (placement.py) does not quantize `node` statically, given the decisions so far."""
     if recipe.activations.dtype is QType.UINT8 and recipe.weights.dtype in (QType.INT8, QType.UINT8):
-        reason = dynamic_matmul_reason(node, index, done, plan.floating)
+        reason = dynamic_matmul_reason(node, index, done, placed)
         if reason is not None:
             return reason
     return glue_reason(node, index, done, placed)

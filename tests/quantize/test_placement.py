@@ -251,3 +251,15 @@ def test_constant_scale_and_shift_after_a_conv_fold_into_it(rng):
     assert not FoldAffineIntoConv()(prepare(odd)).modified
     _, plan, sqnr = _quantize(model, rng, shape=(2, 3, 8, 8))
     assert plan.quantized == ["conv1", "conv2"] and sqnr > 25
+
+
+def test_a_node_excluded_by_the_user_does_not_move_its_neighbours(rng):
+    """Only placement's own float code makes a MatMul dynamic or an Add float: with proj_in
+    excluded, the Add and proj_out after it stay statically quantized (one-node sensitivity
+    measurements rely on this)."""
+    body = [helper.make_node("Add", ["h", "bias"], ["n"], name="bias_add")]
+    model = _seq_model(rng, body, [_init(rng, "bias", (D,))])
+    batches = [{"x": rng.normal(0, 1, (2, 5, D)).astype(np.float32)} for _ in range(4)]
+    _, plan = quantize_model(model, Recipe(exclude=("proj_in",)), minmax_ranges(model, batches))
+    assert plan.quantized == ["bias_add", "proj_out"] and plan.dynamic == []
+    assert _reasons(plan) == {"proj_in": "excluded by --exclude"}
