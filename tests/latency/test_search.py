@@ -175,3 +175,17 @@ def test_a_model_changed_by_the_drift_budget_is_timed_again(model_and_data):
     assert final.chosen.float_nodes == ("stem", "dw", "pw", "pw2") and final.recipe == fallback
     assert final.speedup == pytest.approx(105.0 / 123.0) and not final.pays
     assert final.trials[-1] is final.chosen and "drift budget" in final.chosen.variant
+
+
+def test_a_prefix_must_beat_the_fully_quantized_model_in_most_rounds():
+    from ptq_cli.quantize.latency.machine import Timing
+    from ptq_cli.quantize.latency.search import Trial, _choose
+
+    fp32 = Timing((10.0,) * 8)
+    full = Timing((8.0,) * 8)
+    noisy = Timing((5.0, 5.0, 5.0, 5.0, 9.0, 9.0, 9.0, 9.0))  # a better median, 4 wins in 8 rounds
+    steady = Timing((7.0,) * 7 + (9.0,))  # 7 wins in 8
+    trials = [Trial((), 0.0, full, full.speedup_over(fp32)), Trial(("stem",), 0.0, noisy, noisy.speedup_over(fp32))]
+    assert _choose(trials, 0.03).float_nodes == ()
+    trials[1] = Trial(("stem",), 0.0, steady, steady.speedup_over(fp32))
+    assert _choose(trials, 0.03).float_nodes == ("stem",)

@@ -4,8 +4,9 @@
 2. estimate every float prefix with the cost model (candidates.py) and keep the best few that
    the caller accepts (e.g. a drift budget);
 3. time them end to end, interleaved with the FP32 model, and take the fastest; a candidate
-   within `tie` (3 %) of the fastest that leaves fewer nodes in float wins, so that noise does not
-   flip the choice between two equal placements;
+   within `tie` (3 %) of the fastest that leaves fewer nodes in float wins, and a placement
+   other than the fully quantized one must beat it in 3 of 4 interleaved rounds, so that noise
+   does not flip the choice between two equal placements;
 4. the choice is a Recipe (its `exclude` lists the float prefix): written into the output's
    metadata, `--recipe` reproduces the model without timing anything.
 """
@@ -165,7 +166,20 @@ def _most_float(trials: list[Trial]) -> Trial:
     return max(paying, key=lambda t: (len(t.float_nodes), t.speedup))
 
 
-def _choose(trials: list[Trial], tie: float) -> Trial:
+def _choose(trials: list[Trial], tie: float, steady: float = 0.75) -> Trial:
+    """The fastest; within `tie` of it, the one with fewer float nodes. A placement other than
+    the first (the recipe as asked, fully quantized) must also beat it in `steady` of the
+    interleaved rounds: a win the noise could have made is not worth a different model."""
     fastest = max(t.speedup for t in trials)
     close = [t for t in trials if t.speedup >= fastest * (1.0 - tie)]
-    return min(close, key=lambda t: (len(t.float_nodes), -t.speedup))
+    pick = min(close, key=lambda t: (len(t.float_nodes), -t.speedup))
+    baseline = trials[0]
+    if pick is not baseline and _wins(pick.timing, baseline.timing) < steady:
+        return baseline
+    return pick
+
+
+def _wins(a: Timing, b: Timing) -> float:
+    """The share of interleaved rounds in which `a` ran faster than `b`."""
+    n = min(len(a.rounds), len(b.rounds))
+    return sum(x < y for x, y in zip(a.rounds[:n], b.rounds[:n])) / max(n, 1)
