@@ -52,6 +52,31 @@ def _validate(data: Any) -> None:
         check_range(name, float(entry["min"]), float(entry["max"]), f"key tensors.{name} (min/max)")
         lo, hi = entry["range"]
         check_range(name, float(lo), float(hi), f"key tensors.{name}.range")
+        if "histogram" in entry:
+            _check_histogram_geometry(name, entry["histogram"], entry)
+
+
+def _check_histogram_geometry(name: str, hist: dict, entry: dict) -> None:
+    """The histogram must cover the tensor's min/max on its grid, as one collected by ptq does."""
+    where = f"key tensors.{name}.histogram"
+    counts, exp, origin = hist["counts"], hist["width_exponent"], hist["origin_bin"]
+    problem = None
+    if hist.get("min", entry["min"]) != entry["min"] or hist.get("max", entry["max"]) != entry["max"]:
+        problem = "has a min/max other than the tensor's"
+    elif len(counts) > hist["bins"]:
+        problem = f"holds {len(counts)} counts for {hist['bins']} bins"
+    elif exp is None:
+        if entry["min"] != 0 or entry["max"] != 0:
+            problem = "has no bin width although the tensor is not all zeros"
+    elif not -1100 < exp < 1100:
+        problem = f"has a bin width of 2**{exp}"
+    else:
+        width = math.ldexp(1.0, exp)
+        low, high = origin * width, (origin + len(counts)) * width
+        if not counts or entry["min"] < low or entry["max"] > high:
+            problem = f"covers [{low:g}, {high:g}], not the tensor's [{entry['min']:g}, {entry['max']:g}]"
+    if problem:
+        raise CalibrationError(f"{where} {problem}: it was edited or damaged; recalibrate with ptq calibrate")
 
 
 # --- the building blocks -------------------------------------------------------------------

@@ -132,7 +132,7 @@ class CalibrationTable:
 
     def with_method(self, spec: CalibrationSpec) -> "CalibrationTable":
         """The same statistics with ranges recomputed for `spec` (no data is read again)."""
-        stats = {name: _rebinned(s, spec.bins) for name, s in self.stats.items()}
+        stats = {name: _rebinned(name, s, spec.bins) for name, s in self.stats.items()}
         collected = replace(spec, bins=min(spec.bins, self.spec.bins),
                             moving_average=self.spec.moving_average)
         return CalibrationTable.build(self.model_sha256, collected, stats, data=self.data,
@@ -213,10 +213,14 @@ def merge(tables: Sequence[CalibrationTable]) -> CalibrationTable:
     stats: dict[str, TensorStats] = {}
     for table in tables:
         for name, s in table.stats.items():
-            if name in stats:
-                stats[name].merge(s)
-            else:
-                stats[name] = s.copy()
+            try:
+                if name in stats:
+                    stats[name].merge(s)
+                else:
+                    stats[name] = s.copy()
+            except (ValueError, IndexError, TypeError, ArithmeticError) as exc:  # not from a calibration run
+                raise CalibrationError(f"tensor {name!r}: its statistics do not merge ({exc}); a table was "
+                                       "edited or damaged: recalibrate it with ptq calibrate") from None
     grams = {key: Gram() for key in first.grams}
     for table in tables:
         for key, gram in table.grams.items():
@@ -273,11 +277,19 @@ def _range(spec: CalibrationSpec, name: str, stats: TensorStats) -> Range:
         lo, hi = compute_range(spec, mn, mx, stats.histogram)
     except CalibrationError as exc:
         raise CalibrationError(f"tensor {name!r}: {exc}") from None
+    except (ValueError, IndexError, ArithmeticError) as exc:  # statistics no calibration run produces
+        raise CalibrationError(f"tensor {name!r}: its statistics are inconsistent ({exc}); the table was "
+                               "edited or damaged: recalibrate with ptq calibrate") from None
     check_range(name, lo, hi)  # every range passes here: fresh calibration, merges, --method switches
     return lo, hi
 
 
-def _rebinned(stats: TensorStats, bins: int) -> TensorStats:
+def _rebinned(name: str, stats: TensorStats, bins: int) -> TensorStats:
     if stats.histogram is None or bins >= stats.histogram.bins:
         return stats
-    return TensorStats(stats.minmax, stats.histogram.coarsened(bins), stats.ema, stats.channels, stats.mean)
+    try:
+        coarse = stats.histogram.coarsened(bins)
+    except (ValueError, IndexError, ArithmeticError) as exc:  # a histogram no calibration run produces
+        raise CalibrationError(f"tensor {name!r}: its histogram is inconsistent ({exc}); the table was edited "
+                               "or damaged: recalibrate with ptq calibrate") from None
+    return TensorStats(stats.minmax, coarse, stats.ema, stats.channels, stats.mean)

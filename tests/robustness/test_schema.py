@@ -122,3 +122,22 @@ def test_recipes_that_round_trip_still_load():
     assert Recipe.from_dict(json.loads(json.dumps(recipe.to_dict()))) == recipe
     with pytest.raises(UsageError, match="seed"):
         Recipe.from_dict({"seed": True})
+
+
+@settings(max_examples=60, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_edited_histograms_are_refused_or_recompute_and_merge(table_dict, data):
+    from ptq_cli.calibrate.table import merge
+    from ptq_cli.recipe import CalibMethod, CalibrationSpec
+
+    name = data.draw(st.sampled_from(sorted(table_dict["tensors"])))
+    key = data.draw(st.sampled_from(["bins", "width_exponent", "origin_bin", "counts", "min", "max", "width"]))
+    value = data.draw(st.integers(-70, 5000) | st.lists(st.integers(0, 10**6), max_size=20) | st.floats(-1e6, 1e6))
+    edited = copy.deepcopy(table_dict)
+    edited["tensors"][name]["histogram"][key] = value
+    try:
+        table = CalibrationTable.from_dict(edited, "t.json")
+        table.with_method(CalibrationSpec(method=data.draw(st.sampled_from(list(CalibMethod))), bins=512))
+        merge([table, CalibrationTable.from_dict(table_dict, "u.json")])
+    except CalibrationError as exc:
+        assert "\n" not in str(exc)
