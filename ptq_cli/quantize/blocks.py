@@ -67,7 +67,7 @@ class Blocks:
 
 
 # Shrink factors of a block's range tried by the clipping search (1.0: the full range, as onnxruntime).
-CLIP_GRID = np.linspace(1.0, 0.6, 21, dtype=np.float32)
+CLIP_GRID = np.linspace(1.0, 0.6, 11, dtype=np.float32)
 
 
 def block_params(w: np.ndarray, bits: int, block: int, symmetric: bool, *, search: bool = True,
@@ -85,8 +85,9 @@ def block_params(w: np.ndarray, bits: int, block: int, symmetric: bool, *, searc
     factors = CLIP_GRID if search else CLIP_GRID[:1]
     scale = np.empty(padded.shape[:2], np.float32)
     zero = None if symmetric else np.empty(padded.shape[:2], np.int16)
-    for start in range(0, rows, _CHUNK):  # a few thousand rows at a time: the candidates stay in cache
-        part = padded[start:start + _CHUNK]
+    chunk = max(1, _CHUNK_VALUES // padded[0].size)  # ~64k values at a time: the candidates stay in cache
+    for start in range(0, rows, chunk):
+        part = padded[start:start + chunk]
         lo, hi = part.min(axis=2), part.max(axis=2)
         best_error = None
         for factor in factors:
@@ -99,22 +100,22 @@ def block_params(w: np.ndarray, bits: int, block: int, symmetric: bool, *, searc
                 q -= z[..., None]
             q *= s[..., None]
             q -= part
-            error = np.einsum("rbj,bj,rbj->rb", q, weights, q)
+            error = np.einsum("rbj,rbj->rb", q, q) if importance is None else np.einsum("rbj,bj,rbj->rb", q, weights, q)
             if best_error is None:
                 best_error = error
-                scale[start:start + _CHUNK] = s
+                scale[start:start + chunk] = s
                 if zero is not None:
-                    zero[start:start + _CHUNK] = z
+                    zero[start:start + chunk] = z
                 continue
             better = error < best_error
             best_error = np.where(better, error, best_error)
-            scale[start:start + _CHUNK] = np.where(better, s, scale[start:start + _CHUNK])
+            scale[start:start + chunk] = np.where(better, s, scale[start:start + chunk])
             if zero is not None:
-                zero[start:start + _CHUNK] = np.where(better, z, zero[start:start + _CHUNK])
+                zero[start:start + chunk] = np.where(better, z, zero[start:start + chunk])
     return Blocks(bits, block, k, scale, zero)
 
 
-_CHUNK = 2048
+_CHUNK_VALUES = 1 << 16
 
 
 def _limits(bits: int, symmetric: bool) -> tuple[int, int]:
