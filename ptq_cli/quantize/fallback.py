@@ -159,7 +159,7 @@ def rank_units(build: Build, probe: DriftProbe, first: Trial, prepared: onnx.Mod
                          in_time=in_time, literal=True)
     measured = [unit_of[row.node] for row in rows]
     ranked = [u for unit in measured for u in (unit, *_feeding_units(unit, prepared, unit_of))]
-    ranked += [unit_of[base.nodes[k].name] for k in picked]
+    ranked += [unit_of[base.nodes[k].name] for k in picked] + units
     return list(dict.fromkeys(ranked))  # first place of each unit, in order
 
 
@@ -184,10 +184,10 @@ def _feeding_units(unit: Unit, prepared: onnx.ModelProto, unit_of: dict[str, Uni
 
 
 def fallback_units(prepared: onnx.ModelProto, plan: QuantPlan) -> list[Unit]:
-    """What can go back to float, in graph order: each placement pattern (patterns.py) with a
-    quantized node, whole, and each other quantized node that carries a quantization of its own
-    (with the Relu/Clip folded into it). A data-movement node reuses its input's scale: returning
-    it alone to float changes nothing."""
+    """What can go back to float: each placement pattern (patterns.py) with a quantized node,
+    whole, and each other quantized node that carries a quantization of its own (with the
+    Relu/Clip folded into it), in graph order; then the run-time MatMuls and int8 tables. A
+    data-movement node reuses its input's scale: returning it alone to float changes nothing."""
     by_name = {n.name: n for n in prepared.graph.node if n.name}
     in_pattern = {name: p for p in plan.patterns for name in p.nodes}
     units: list[Unit] = []
@@ -202,7 +202,11 @@ def fallback_units(prepared: onnx.ModelProto, plan: QuantPlan) -> list[Unit]:
             continue
         if unit not in units:
             units.append(unit)
-    return units
+    # MatMuls quantized at run time and int8 embedding tables: the isolated switches cannot
+    # measure them (no DequantizeLinear feeds them), so they rank last, but they can go back too.
+    order = {n.name: i for i, n in enumerate(prepared.graph.node)}
+    others = sorted(set(plan.dynamic) | set(plan.weight_only), key=lambda name: order.get(name, len(order)))
+    return units + [(name,) for name in others if name not in in_pattern]
 
 
 def _by_name(reference: onnx.ModelProto, candidate: onnx.ModelProto) -> Matching:
