@@ -150,8 +150,8 @@ class CalibrationSpec:
             raise UsageError(f"method must be one of {[m.value for m in CalibMethod]}, got {self.method!r}")
         if not 0.0 < self.percentile <= 100.0:
             raise UsageError(f"percentile must be in (0, 100], got {self.percentile}")
-        if self.bins < 16:
-            raise UsageError(f"bins must be at least 16, got {self.bins}")
+        if not 16 <= self.bins <= 1 << 20:  # beyond a million bins is memory, not precision
+            raise UsageError(f"bins must be between 16 and {1 << 20}, got {self.bins}")
         if self.moving_average is not None and not 0.0 < self.moving_average <= 1.0:
             raise UsageError(f"moving_average must be in (0, 1], got {self.moving_average}")
 

@@ -106,6 +106,7 @@ def test_merging_a_shard_twice_is_refused(work):
     (b'{"exclude": "conv1"}', ("recipe.exclude", "a list of strings", "str")),
     (b'{"dynamic": "false"}', ("recipe.dynamic", "true or false")),
     (b'{"calibration": {"bins": 1e3}}', ("recipe.calibration.bins", "an integer")),
+    (b'{"calibration": {"bins": 100000000000000000000}}', ("bins must be between 16 and",)),
     (b'{"weights": {"granularity": {"kind": "per_channel", "axis": "0"}}}', ("axis", "integer")),
     (b'\xff\xfe{"dynamic": true}', ("not UTF-8", "0xff")),
     (b'{"dynamic": tru', ("not valid JSON",)),
