@@ -66,6 +66,9 @@ def drift_lines(result) -> list[str]:
         return ["  drift not measured: no data (pass --eval-data DIR to measure it)"]
     lines = [f"  drift on {drift['data']}:"]
     for out in drift["outputs"]:
+        if out["kind"] == "other":  # a sequence or a map (ZipMap's): no figures, not "SQNR inf"
+            lines.append(f"    {out['name']} (other): not measured (not a tensor: a sequence or a map)")
+            continue
         figures = [f"SQNR {_fmt(out['sqnr_db'], '.1f')} dB"] if out["kind"] != "integer" else []
         if out["kind"] != "integer":
             figures.append(f"cosine {_fmt(out['cosine_mean'], '.5f')}")
