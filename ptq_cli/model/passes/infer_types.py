@@ -43,6 +43,9 @@ def _untyped_reasons(model: onnx.ModelProto, why: str) -> tuple[str, ...]:
     graph = model.graph
     typed = {v.name for v in [*graph.value_info, *graph.input, *graph.output] if v.type.HasField("tensor_type")
              and v.type.tensor_type.elem_type}
+    # A sequence or a map (ZipMap's output) is typed too: no node quantizes it, nothing is missing.
+    typed.update(v.name for v in [*graph.value_info, *graph.input, *graph.output]
+                 if v.type.WhichOneof("value") in ("sequence_type", "map_type", "optional_type"))
     typed.update(t.name for t in graph.initializer)
     untyped = [(node, out) for node in graph.node for out in node.output if out and out not in typed]
     if not untyped:
