@@ -9,7 +9,8 @@ makes the output, looked for through data movement) and the output's element typ
 - STEP_SCORES  rank 3 made by a Softmax/LogSoftmax over the last axis ([N, T, C], e.g. a CTC
                head): judged per step, top-1 agreement of every step's class.
 - EMBEDDING    a float vector made by pooling or normalization (ReduceMean/ReduceSum, Div,
-               LayerNormalization, LpNormalization, ...): SQNR and cosine, no classes.
+               LayerNormalization, LpNormalization, ...) or by a Tanh (BERT's pooler_output):
+               SQNR and cosine, no classes.
 - INTEGER      not a float tensor (ids, masks, argmax indices): exact agreement per sample.
 - TENSOR       any other float output: SQNR and cosine.
 - OTHER        not a tensor (a sequence or a map, e.g. ZipMap's): not measured.
@@ -42,6 +43,9 @@ _SCORE_OPS = {"Softmax", "LogSoftmax", "Sigmoid"}
 _LOGIT_OPS = {"Gemm", "MatMul", "Conv", "MatMulInteger", "QLinearMatMul", "QLinearConv", "QGemm"}
 _POOLING_OPS = {"ReduceMean", "ReduceSum", "ReduceL2", "Div", "LayerNormalization", "LpNormalization",
                 "Normalizer", "GlobalAveragePool", "ReduceMax"}
+# BERT-style pooler outputs end in Tanh: a bounded feature vector whose saturated columns (many
+# near +1) make top-1 "agreement" a coin toss; no classifier head ends in Tanh.
+_FEATURE_OPS = {"Tanh"}
 _FLOATS = {TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.DOUBLE, TensorProto.BFLOAT16}
 
 
@@ -70,7 +74,7 @@ def kind_of(name: str, elem_type: int, rank: int | None, columns: int | None, pr
         return OutputKind.STEP_SCORES
     if rank != 2 or columns == 1:
         return OutputKind.TENSOR
-    if op in _POOLING_OPS:
+    if op in _POOLING_OPS or op in _FEATURE_OPS:
         return OutputKind.EMBEDDING
     if op == "Add" and _any_pooling(node, producer):  # a residual or offset after the pooling
         return OutputKind.EMBEDDING

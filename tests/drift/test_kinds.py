@@ -77,3 +77,27 @@ def test_step_scores_agree_per_step_and_integers_exactly():
     assert "'ids'" in results["min_agreement"].detail
     # min_sqnr judges the float outputs only: the int ids have no SQNR worth a verdict.
     assert "'ids'" not in results["min_sqnr"].detail
+
+
+def test_a_tanh_pooler_output_is_an_embedding_not_scores():
+    """BERT exports: pooler_output = Tanh(Gemm(hidden[:, 0])) is [N, d]; its saturated columns
+    would make top-1 agreement meaningless, so it is judged by SQNR/cosine as an embedding."""
+    rng = np.random.default_rng(1)
+    inits = [numpy_helper.from_array(rng.normal(size=(6, 4)).astype(np.float32), "w"),
+             numpy_helper.from_array(rng.normal(size=(4,)).astype(np.float32), "b"),
+             numpy_helper.from_array(np.array(0, np.int64), "first")]
+    nodes = [helper.make_node("Gather", ["hidden", "first"], ["cls"], axis=1),
+             helper.make_node("Gemm", ["cls", "w", "b"], ["dense"]),
+             helper.make_node("Tanh", ["dense"], ["pooler_output"]),
+             helper.make_node("MatMul", ["cls", "w"], ["logits"])]
+    graph = helper.make_graph(nodes, "pooler", [helper.make_tensor_value_info("hidden", TensorProto.FLOAT, ["N", 3, 6])],
+                              [helper.make_tensor_value_info("pooler_output", TensorProto.FLOAT, ["N", 4]),
+                               helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 4])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    onnx.checker.check_model(model, full_check=True)
+    before = model.SerializeToString()
+    assert output_kinds(model) == {"pooler_output": OutputKind.EMBEDDING, "logits": OutputKind.SCORES}
+    assert model.SerializeToString() == before
+    pooled = ort.InferenceSession(before, providers=["CPUExecutionProvider"]).run(
+        ["pooler_output"], {"hidden": rng.normal(size=(2, 3, 6)).astype(np.float32)})[0]
+    assert pooled.shape == (2, 4) and np.abs(pooled).max() <= 1.0
