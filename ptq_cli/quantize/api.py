@@ -117,15 +117,16 @@ def quantize_model(model: onnx.ModelProto, recipe: Recipe, ranges: Ranges,
             plan = carry_rounding(plan, replan_weights(prepared, recipe, plan, corrected), prepared)
     plan.prepare_skipped = prepared_result.skipped
     plan.notes.extend(notes)
+    rewrite = insert_qdq
     if recipe.format is Format.QOPERATOR:
         from ptq_cli.quantize.qoperator import rewrite_qoperator
 
-        return _with_dynamic_matmuls(rewrite_qoperator(prepared, plan), plan, recipe), plan
-    out = insert_qdq(prepared, plan)
-    if has_bodies(out):  # If/Loop/Scan: their bodies are quantized as graphs of their own
+        rewrite = rewrite_qoperator
+    out = rewrite(prepared, plan)
+    if has_bodies(out):  # If/Loop/Scan: their bodies are quantized as graphs of their own, same format
         def body(sub: onnx.ModelProto):
             sub_plan = make_plan(sub, recipe, ranges)
-            return insert_qdq(sub, sub_plan), sub_plan.quantized, sub_plan.skipped
+            return rewrite(sub, sub_plan), sub_plan.quantized, sub_plan.skipped
 
         done, skipped = quantize_bodies(out, body)
         plan.quantized.extend(done)

@@ -182,3 +182,20 @@ def test_lstm_inside_an_if_becomes_dynamic_quantize_lstm(rng):
     feeds = {"seq": rng.standard_normal((5, 2, 16)).astype(np.float32), "flag": np.array(True)}
     want, got = run(model, feeds)[0], run(result.model, feeds)[0]
     np.testing.assert_allclose(got, want, atol=0.05)
+
+
+def test_qoperator_format_reaches_if_bodies(tmp_path, rng):
+    """--format qoperator rewrote only the main graph: a model whose whole graph sits inside an
+    If (a voice-activity detector's sample-rate switch) came out with 0 nodes quantized."""
+    from ptq_cli.recipe import Format
+
+    model = if_model()
+    samples = [{"x": rng.standard_normal((1, 16)).astype(np.float32), "sr": np.array(sr, np.int64)}
+               for sr in (16000, 8000, 16000, 8000, 16000, 8000)]
+    result = _quantize(model, _write(tmp_path / "d", samples), tmp_path, Recipe(format=Format.QOPERATOR))
+    assert {"then_mm", "else_mm"} <= set(result.quantized)
+    for ops in _body_ops(result.model, "if").values():
+        assert "QLinearMatMul" in ops and "MatMul" not in ops and "DequantizeLinear" in ops
+    for sample in samples[:2]:  # one per branch
+        want, got = run(model, sample)[0], run(result.model, sample)[0]
+        np.testing.assert_allclose(got, want, atol=0.03 * float(np.abs(want).max()))
