@@ -62,7 +62,8 @@ def check_array(array: np.ndarray, spec: InputSpec, source: str, *, batched: boo
     first = 1 if batched else 0
     if spec.rank_known and (array.ndim != rank or any(want is not None and want != got
                                                       for want, got in zip(spec.shape[first:], array.shape[first:]))):
-        raise DataError(f"{source}: input {spec.name!r} expects shape {format_spec_shape(spec)}, "
+        scalar = " (a scalar: save it as a 0-d array, np.array(value))" if rank == 0 else ""
+        raise DataError(f"{source}: input {spec.name!r} expects shape {format_spec_shape(spec)}{scalar}, "
                         f"got {format_shape(array.shape)}")
     array = _check_dtype(array, spec, source)
     if array.dtype.kind in "fc":

@@ -100,3 +100,25 @@ def test_stateful_model_quantizes(tmp_path, rng):
     for w, g in zip(want, got):
         assert g.shape == w.shape
         np.testing.assert_allclose(g, w, atol=0.05 * float(np.abs(w).max()))
+
+
+def test_a_scalar_input_given_as_a_one_element_array_says_how_to_save_it(tmp_path):
+    """onnxruntime refuses a [1] array for a scalar (the sample rate of a voice-activity
+    detector); the error says to save a 0-d array, and a 0-d array is accepted."""
+    nodes = [helper.make_node("Cast", ["sr"], ["srf"], to=TensorProto.FLOAT),
+             helper.make_node("Mul", ["audio", "srf"], ["y"])]
+    graph = helper.make_graph(nodes, "sr", [helper.make_tensor_value_info("audio", TensorProto.FLOAT, [1, 8]),
+                                            helper.make_tensor_value_info("sr", TensorProto.INT64, [])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    onnx.checker.check_model(model, full_check=True)
+    audio = np.ones((1, 8), np.float32)
+    bad, good = tmp_path / "bad", tmp_path / "good"
+    bad.mkdir(), good.mkdir()
+    np.savez(bad / "0.npz", audio=audio, sr=np.array([16000], np.int64))
+    np.savez(good / "0.npz", audio=audio, sr=np.array(16000, np.int64))
+    with pytest.raises(DataError, match=r"input 'sr' expects shape \[\] \(a scalar: save it as a 0-d array, "
+                                        r"np\.array\(value\)\), got \(1\)"):
+        list(open_dataset(bad, input_specs(model)))
+    feeds = next(iter_batches(open_dataset(good, input_specs(model)), batch_size=1)).feeds
+    assert feeds["sr"].shape == () and run(model, feeds)[0][0, 0] == 16000.0
