@@ -79,7 +79,7 @@ class _CalibrateCommand(click.Command):
               help="onnxruntime execution provider.")
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path),
               help="Table path [default: MODEL.calib.json, MODEL.calib.shard-K-of-N.json with --shard].")
-@click.option("--force", is_flag=True, help="Replace an existing output.")
+@click.option("-f", "--force", is_flag=True, help="Replace an existing output.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary on stdout.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar and no summary on stderr.")
 @click.pass_context
@@ -120,7 +120,7 @@ def calibrate_command(ctx: click.Context, model: Path, **kwargs: Any) -> None:
                 type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), required=True,
               help="The merged table.")
-@click.option("--force", is_flag=True, help="Replace an existing output.")
+@click.option("-f", "--force", is_flag=True, help="Replace an existing output.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary on stdout.")
 @click.pass_context
 def merge_command(ctx: click.Context, tables: tuple[Path, ...], output: Path, force: bool,

@@ -44,7 +44,7 @@ _FILE = click.Path(dir_okay=False, writable=True, path_type=Path)
 @click.option("--max-samples", type=click.IntRange(min=1), metavar="N", help="Use at most N samples.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=1, show_default=True, metavar="N",
               help="Samples per run (models with a batch fixed at 1 are fed one at a time).")
-@click.option("--force", is_flag=True, help="Replace report files (--markdown, --junit, --html) that exist.")
+@click.option("-f", "--force", is_flag=True, help="Replace report files (--markdown, --junit, --html) that exist.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 @click.pass_context
 def compare_command(ctx: click.Context, reference: Path, candidate: Path, **kwargs) -> None:

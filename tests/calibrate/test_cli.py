@@ -27,6 +27,7 @@ def test_calibrate_writes_default_table_and_json_summary(model_path, data_dir, s
     again = _run("calibrate", model_path, "--data", data_dir)
     assert again.exit_code == 2 and "already exists; pass --force" in again.stderr
     assert _run("calibrate", model_path, "--data", data_dir, "--force").exit_code == 0
+    assert _run("calibrate", model_path, "--data", data_dir, "-f").exit_code == 0  # as quantize -f
 
 
 def test_shards_then_merge(model_path, data_dir, tmp_path):
