@@ -86,6 +86,8 @@ def test_nothing_slower_than_fp32_is_written_by_default(model_and_data, tmp_path
     with pytest.raises(SlowerThanFloat, match="INT8 does not pay on this machine") as info:
         ptq_cli.quantize(path, out, data=data, objective=Objective.SPEED, machine=TableMachine(slow), progress=False)
     assert info.value.exit_code == 1 and not out.exists()
+    # the inputs timed on are named: synthetic ones (a --calibration table, no --data) can mislead
+    assert info.value.decision.timed_on and f"timed on {info.value.decision.timed_on});" in str(info.value)
     result = ptq_cli.quantize(path, out, data=data, objective=Objective.SPEED, machine=TableMachine(slow),
                               if_slower=IfSlower.FLOAT, progress=False)
     assert result.float_written and onnx.load(str(out)).graph == onnx.load(str(path)).graph

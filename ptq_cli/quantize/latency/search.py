@@ -95,7 +95,8 @@ class SlowerThanFloat(PtqError):
         self.decision = decision
         super().__init__(
             f"INT8 does not pay on this machine: FP32 {decision.fp32.median_ms:.3f} ms, fastest INT8 "
-            f"{decision.chosen.timing.median_ms:.3f} ms ({decision.speedup:.2f}x); nothing written. "
+            f"{decision.chosen.timing.median_ms:.3f} ms ({decision.speedup:.2f}x"
+            f"{', timed on ' + decision.timed_on if decision.timed_on else ''}); nothing written. "
             "--if-slower float writes the float model, --if-slower int8 the INT8 one all the same, "
             "--objective size quantizes without timing")
 
