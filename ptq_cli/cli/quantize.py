@@ -88,9 +88,10 @@ _QTYPES = [q.value for q in QType]
               help="What a Conv left in float reads when its producer is integer: the float tensor (exact; "
                    "the producer runs float too) or a per-channel DequantizeLinear (the producer keeps its "
                    "integer kernel). --objective speed times both when --exclude names nodes.")
-@click.option("--if-slower", type=click.Choice([i.value for i in IfSlower]), default="fail", show_default=True,
-              help="With --objective speed, when no INT8 placement beats FP32 here: fail (exit 1, nothing "
-                   "written), float (write the float model) or int8 (write the fastest INT8 model anyway).")
+@click.option("--if-slower", type=click.Choice([i.value for i in IfSlower]), default="int8", show_default=True,
+              help="With --objective speed, when no INT8 placement beats FP32 here: int8 (write the fastest "
+                   "INT8 model and warn: it may be for a smaller file or another machine), fail (exit 1, "
+                   "nothing written: a gate for CI on the deployment machine) or float (write the float model).")
 @click.option("--recipe", "recipe_file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="A recipe JSON (as recorded in an output's metadata); flags are then ignored and nothing "
                    "is timed: the recorded placement is reproduced byte for byte.")
@@ -219,5 +220,6 @@ def _latency_lines(result) -> list[str]:
     if result.float_written:
         lines.append("  INT8 does not pay on this machine: the float model was written (--if-slower float)")
     elif not decision.pays:
-        lines.append("  INT8 does not pay on this machine: written anyway (--if-slower int8)")
+        lines.append(f"  warning: INT8 is slower than FP32 on this machine ({decision.speedup:.2f}x); written "
+                     "anyway for its size (--if-slower fail refuses, --if-slower float writes the float model)")
     return lines

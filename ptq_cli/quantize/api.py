@@ -199,7 +199,7 @@ def _required_opset(recipe: Recipe) -> int:
 def quantize(model: str | os.PathLike | onnx.ModelProto, output: str | os.PathLike | None = None, *,
              data=None, calibration=None, recipe: Recipe = Recipe(), image=None, force: bool = False,
              progress: bool = True, batch_size: int = 1, max_samples: int | None = None,
-             objective: Objective = Objective.SIZE, if_slower: IfSlower = IfSlower.FAIL,
+             objective: Objective = Objective.SIZE, if_slower: IfSlower = IfSlower.INT8,
              machine: Machine | None = None,
              eval_data=None, labels=None, budget: Budget = Budget(), data_free: bool = False) -> QuantizeResult:
     """Quantize `model` (a path or a ModelProto) and write it to `output` (when given).
@@ -211,7 +211,8 @@ def quantize(model: str | os.PathLike | onnx.ModelProto, output: str | os.PathLi
     this machine unless given) and keeps the fastest; the returned recipe records it (its
     `exclude` names the float prefix); Objective.ACCURACY keeps, of the placements timed, the
     one with the most nodes in float that still beats FP32. When no INT8 placement beats FP32, `if_slower` decides:
-    raise SlowerThanFloat (FAIL), write the float model (FLOAT) or the INT8 one (INT8).
+    write the INT8 one (INT8, the default: the result says it does not pay), raise SlowerThanFloat (FAIL)
+    or write the float model (FLOAT).
     Objective.SIZE (the API's default) times nothing: same inputs and recipe, same bytes.
     The drift is measured on `eval_data` (or on part of `data`) and must meet `budget`; the most
     sensitive nodes go back to float until it does (DriftBudgetError when it cannot be met,

@@ -38,9 +38,11 @@ class Objective(enum.Enum):
 class IfSlower(enum.Enum):
     """What to write when no INT8 placement beats FP32 on this machine."""
 
-    FAIL = "fail"  # nothing; exit 1
+    # The default is INT8: timing on a loaded machine is noisy near 1x, a model is often quantized
+    # for its size or for another machine, and an exit status that flips with load is no gate.
+    INT8 = "int8"  # the fastest INT8 model all the same, with a warning
+    FAIL = "fail"  # nothing; exit 1 (for a CI gate on the deployment machine)
     FLOAT = "float"  # the float model, unchanged
-    INT8 = "int8"  # the fastest INT8 model all the same
 
 
 @dataclass(frozen=True)
