@@ -34,7 +34,7 @@ from onnx import helper, numpy_helper
 from tqdm import tqdm
 
 from ptq_cli.data import Batch
-from ptq_cli.model.graph import GraphIndex, attribute
+from ptq_cli.model.graph import GraphIndex, NameAllocator, attribute
 
 
 @dataclass(frozen=True)
@@ -130,15 +130,7 @@ def augment_grams(model: onnx.ModelProto, sites: list[GramSite]) -> tuple[onnx.M
     out = onnx.ModelProto()
     out.CopyFrom(model)
     graph = out.graph
-    taken = {t.name for t in graph.initializer} | {i.name for i in graph.input}
-    taken |= {o for n in graph.node for o in [*n.input, *n.output]}
-
-    def fresh(base: str) -> str:
-        name, k = base, 0
-        while name in taken:
-            k, name = k + 1, f"{base}_{k + 1}"
-        taken.add(name)
-        return name
+    fresh = NameAllocator(graph).new
 
     def const(array: np.ndarray, base: str) -> str:
         name = fresh(base)

@@ -31,6 +31,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from ptq_cli.model.external import weightless
+from ptq_cli.model.graph import NameAllocator
 from ptq_cli.model.io import opset_version
 
 FLOAT_TYPES = {TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.DOUBLE}
@@ -178,7 +179,7 @@ def augment(model: onnx.ModelProto, reduced: Sequence[str], channel_sums: Iterab
     out = onnx.ModelProto()
     out.CopyFrom(model)
     graph = out.graph
-    names = _Names(out)
+    names = NameAllocator(out.graph)
     present = {o.name for o in graph.output}
     outputs = list(fetched)
     for name in fetched:
@@ -187,7 +188,7 @@ def augment(model: onnx.ModelProto, reduced: Sequence[str], channel_sums: Iterab
     per_channel = set(channel_sums)
     safe = {o for node in graph.node if node.op_type in _CANNOT_MAKE_NAN and node.domain in ("", "ai.onnx")
             for o in node.output}
-    axes, flat = names.fresh("ptq_axes_0_2"), names.fresh("ptq_shape_n_c_rest")
+    axes, flat = names.new("ptq_axes_0_2"), names.new("ptq_shape_n_c_rest")
     if per_channel & set(reduced):
         constants = [numpy_helper.from_array(np.array([0, 2], np.int64), axes),
                      numpy_helper.from_array(np.array([0, 0, -1], np.int64), flat)]
@@ -200,12 +201,12 @@ def augment(model: onnx.ModelProto, reduced: Sequence[str], channel_sums: Iterab
     extra: dict[str, list[onnx.NodeProto]] = {}
     for name in reduced:
         base = len(outputs)
-        mn, mx, total, size = (names.fresh(f"{name}/ptq_{k}") for k in ("min", "max", "sum", "size"))
+        mn, mx, total, size = (names.new(f"{name}/ptq_{k}") for k in ("min", "max", "sum", "size"))
         nodes = [helper.make_node("ReduceMin", [name], [mn], keepdims=0),
                  helper.make_node("ReduceMax", [name], [mx], keepdims=0),
                  helper.make_node("Size", [name], [size])]
         if name in per_channel:
-            rows = names.fresh(f"{name}/ptq_rows")
+            rows = names.new(f"{name}/ptq_rows")
             nodes.append(helper.make_node("Reshape", [name, flat], [rows]))
             nodes.append(helper.make_node("ReduceSum", [rows, axes], [total], keepdims=0) if new_axes
                          else helper.make_node("ReduceSum", [rows], [total], keepdims=0, axes=[0, 2]))
@@ -231,18 +232,3 @@ def _interleave(graph: onnx.GraphProto, extra: dict[str, list[onnx.NodeProto]]) 
     nodes += [n for rest in extra.values() for n in rest]  # of tensors no node makes: none so far
     del graph.node[:]
     graph.node.extend(nodes)
-
-
-class _Names:
-    def __init__(self, model: onnx.ModelProto) -> None:
-        graph = model.graph
-        self.used = {t.name for t in graph.initializer} | {v.name for v in graph.input}
-        self.used.update(o for n in graph.node for o in [*n.input, *n.output])
-
-    def fresh(self, base: str) -> str:
-        name, k = base, 0
-        while name in self.used:
-            k += 1
-            name = f"{base}_{k}"
-        self.used.add(name)
-        return name

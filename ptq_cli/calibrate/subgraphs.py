@@ -15,6 +15,8 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper
 
+from ptq_cli.model.graph import NameAllocator
+
 _OBSERVED = {TensorProto.FLOAT, TensorProto.DOUBLE}
 _BODIES = {"If": ("then_branch", "else_branch"), "Loop": ("body",), "Scan": ("body",)}
 
@@ -47,7 +49,7 @@ def expose_bodies(model: onnx.ModelProto) -> tuple[onnx.ModelProto, list[SubProb
     out = onnx.ModelProto()
     out.CopyFrom(model)
     types = _all_types(out)
-    names = _Names(out.graph)
+    names = NameAllocator(out.graph)
     triples = _process(out.graph, True, types, names)
     for t in triples:
         out.graph.output.extend([helper.make_tensor_value_info(t.min, t.elem, []),
@@ -56,7 +58,7 @@ def expose_bodies(model: onnx.ModelProto) -> tuple[onnx.ModelProto, list[SubProb
     return out, [SubProbe(t.tensor, t.min, t.max, t.size) for t in triples]
 
 
-def _process(graph: onnx.GraphProto, main: bool, types: dict[str, int], names: "_Names") -> list[_Triple]:
+def _process(graph: onnx.GraphProto, main: bool, types: dict[str, int], names: NameAllocator) -> list[_Triple]:
     triples: list[_Triple] = []
     if not main:
         own = [v.name for v in graph.input] + [o for n in graph.node for o in n.output if o]
@@ -146,26 +148,3 @@ def _all_types(model: onnx.ModelProto) -> dict[str, int]:
 
     visit(inferred.graph)
     return types
-
-
-class _Names:
-    def __init__(self, graph: onnx.GraphProto) -> None:
-        self.used: set[str] = set()
-        self._collect(graph)
-
-    def _collect(self, graph: onnx.GraphProto) -> None:
-        self.used.update(v.name for v in [*graph.input, *graph.output, *graph.value_info])
-        self.used.update(t.name for t in graph.initializer)
-        for node in graph.node:
-            self.used.update([*node.input, *node.output])
-            for attr in node.attribute:
-                if attr.type == onnx.AttributeProto.GRAPH:
-                    self._collect(attr.g)
-
-    def new(self, base: str) -> str:
-        name, k = base, 0
-        while name in self.used:
-            k += 1
-            name = f"{base}_{k}"
-        self.used.add(name)
-        return name

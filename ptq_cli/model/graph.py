@@ -52,15 +52,24 @@ class GraphIndex:
 
 
 class NameAllocator:
-    """Hands out names that collide with nothing in the graph (nor with each other)."""
+    """Hands out names that collide with nothing in the graph, its If/Loop/Scan bodies included
+    (a body sees the outer scope, so a new outer name must not shadow one of its tensors), nor
+    with each other."""
 
     def __init__(self, graph: onnx.GraphProto) -> None:
-        self._taken = {t.name for t in graph.initializer}
+        self._taken: set[str] = set()
+        self._collect(graph)
+
+    def _collect(self, graph: onnx.GraphProto) -> None:
+        self._taken.update(t.name for t in graph.initializer)
         self._taken.update(v.name for v in list(graph.input) + list(graph.output) + list(graph.value_info))
         for node in graph.node:
             self._taken.update(node.output)
             self._taken.update(node.input)
             self._taken.add(node.name)
+            for attr in node.attribute:
+                for body in [attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs):
+                    self._collect(body)
 
     def new(self, base: str) -> str:
         name, k = base, 1
