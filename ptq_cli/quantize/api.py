@@ -289,19 +289,23 @@ def quantize(model: str | os.PathLike | onnx.ModelProto, output: str | os.PathLi
         if objective is not Objective.SIZE:
             decision = _measured(source, floating, recipe, ranges, means, data, image, machine, objective,
                                  table.grams)
-            recipe = decision.recipe
+            # When nothing pays and INT8 is written all the same, it is written for its size: every
+            # node quantized, not the fastest placement (whose float prefix only made it bigger).
+            if decision.pays or if_slower is not IfSlower.INT8:
+                recipe = decision.recipe
         data_description = table.data
     samples = eval_samples(source, user_data, eval_data, image, labels)
     outcome = _within_budget(source, floating, build, recipe, samples, budget, progress)
     if outcome is not None:
         quantized, plan, recipe = outcome.trial.model, outcome.trial.plan, outcome.trial.recipe
-        if decision is not None and recipe != decision.recipe:  # a choice must meet both: time it again
-            decision = retime(decision, source, quantized, plan, recipe, timing_feeds(source, data, image)[0],
-                              machine or OnnxruntimeMachine())
-    elif decision is not None:
+    elif decision is not None and recipe == decision.recipe:
         quantized, plan = decision.model, decision.plan
     else:
         quantized, plan = build(recipe)
+    if decision is not None and recipe != decision.recipe:  # the verdict is about what is written: time it
+        why = "after the drift budget's fallback" if outcome and outcome.trial.fallback else "every node quantized"
+        decision = retime(decision, source, quantized, plan, recipe, timing_feeds(source, data, image)[0],
+                          machine or OnnxruntimeMachine(), why)
     _check_excludes(asked, source, plan)
     if not plan.quantized and decision is None and not (outcome and outcome.searched) and output is not None:
         raise ModelError(_nothing_quantized(plan))  # (without an output, the result says why)

@@ -143,14 +143,15 @@ def search_placement(float_model: onnx.ModelProto, prepared: onnx.ModelProto, re
 
 
 def retime(decision: LatencyDecision, float_model: onnx.ModelProto, model: onnx.ModelProto, plan: object,
-           recipe: Recipe, feeds: Sequence[Feeds], machine: Machine) -> LatencyDecision:
-    """The decision after another search changed its model (the drift budget sent nodes back to
-    float): the final model timed against FP32 again, so that the never-slower verdict is about
-    what is written."""
+           recipe: Recipe, feeds: Sequence[Feeds], machine: Machine,
+           why: str = "after the drift budget's fallback") -> LatencyDecision:
+    """The decision after its model was changed (the drift budget sent nodes back to float, or
+    INT8 is written for its size though it does not pay): the model written timed against FP32
+    again, so that the never-slower verdict is about what is written."""
     fp32, final = machine.time([serialized(float_model), serialized(model)], feeds)
+    kept = tuple(n for n in decision.chosen.float_nodes if n in recipe.exclude)
     added = tuple(n for n in recipe.exclude if n not in decision.chosen.float_nodes)
-    trial = Trial(decision.chosen.float_nodes + added, 0.0, final, final.speedup_over(fp32),
-                  "after the drift budget's fallback")
+    trial = Trial(kept + added, 0.0, final, final.speedup_over(fp32), why)
     return LatencyDecision(recipe, model, plan, fp32, trial, decision.trials + (trial,), decision.timed_on)
 
 
