@@ -170,10 +170,12 @@ def _rows_nodes(site: GramSite, graph: onnx.GraphProto, fresh, const) -> str:
         graph.node.append(helper.make_node("Transpose", [split], [moved], perm=[1, 2, 0, 3]))
         graph.node.append(helper.make_node("Reshape", [moved, const(np.array([g, d, -1], np.int64), "ptq_shape")], [rows]))
         return rows
-    flat, rows = fresh(f"{x}/ptq_flat"), fresh(f"{x}/ptq_rows")  # [..., K] -> [1, K, R]
+    # [..., K] -> [1, K, R] with Reshape/Transpose only: they read the same at every opset
+    # (Unsqueeze took its axes as an attribute before opset 13).
+    flat, columns, rows = fresh(f"{x}/ptq_flat"), fresh(f"{x}/ptq_columns"), fresh(f"{x}/ptq_rows")
     graph.node.append(helper.make_node("Reshape", [x, const(np.array([-1, d], np.int64), "ptq_shape")], [flat]))
-    graph.node.append(helper.make_node("Transpose", [flat], [rows + "_2d"], perm=[1, 0]))
-    graph.node.append(helper.make_node("Unsqueeze", [rows + "_2d", const(np.array([0], np.int64), "ptq_axes")], [rows]))
+    graph.node.append(helper.make_node("Transpose", [flat], [columns], perm=[1, 0]))
+    graph.node.append(helper.make_node("Reshape", [columns, const(np.array([1, d, -1], np.int64), "ptq_shape")], [rows]))
     return rows
 
 

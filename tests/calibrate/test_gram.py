@@ -126,3 +126,22 @@ def test_gram_adds_in_float64():
     gram.add(np.array([[1e8, 1.0], [1.0, 1.0]], np.float32))
     gram.add(np.array([[1.0, 0.0], [0.0, 1.0]], np.float32))
     assert gram.total.dtype == np.float64 and gram.total[0, 0, 0] == 1e8 + 1
+
+
+def test_gram_of_an_opset_12_matmul(tmp_path):
+    """Models below opset 13 (PP-OCRv4 is at 12) are calibrated at their own opset: the rows
+    are laid out without Unsqueeze, whose axes were an attribute there."""
+    graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"], name="mm")], "mm12",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 5, 2])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 5, 3])],
+                              [numpy_helper.from_array(W_MM.T.copy(), "w")])
+    path = tmp_path / "mm12.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 12)], ir_version=7), str(path))
+    xs = [RNG.standard_normal((1, 5, 2)).astype(np.float32) for _ in range(3)]
+    folder = tmp_path / "calib"
+    folder.mkdir()
+    for i, x in enumerate(xs):
+        np.save(folder / f"{i}.npy", x)
+    (gram,) = calibrate(path, folder, grams=True, progress=False).grams.values()
+    rows = np.concatenate([x.reshape(-1, 2) for x in xs]).astype(np.float64)
+    np.testing.assert_allclose(gram.total[0], rows.T @ rows, rtol=1e-5)
