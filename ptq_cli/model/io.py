@@ -7,8 +7,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -103,6 +105,29 @@ def _check_external_files(model: onnx.ModelProto, folder: Path) -> None:
                                  "copy it next to the model")
 
 
+@contextlib.contextmanager
+def _native_stdout_silenced():
+    """onnx's C++ checker prints "Warning: Model contains experimental ops: ImageScaler" (opset-7
+    Keras exports) straight to file descriptor 1, which broke `--json` on stdout. Its verdicts
+    are exceptions, so nothing is lost by muting the descriptor while it runs."""
+    try:
+        fd = sys.stdout.fileno()
+    except (AttributeError, OSError, ValueError):  # a captured stream (tests, notebooks)
+        fd = None
+    if fd is None:
+        yield
+        return
+    sys.stdout.flush()
+    saved = os.dup(fd)
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), fd)
+            yield
+    finally:
+        os.dup2(saved, fd)
+        os.close(saved)
+
+
 def check_model(model: onnx.ModelProto, what: str = "model") -> None:
     """onnx's checker, on the graph without its weights (which it cannot read, or serialize
     above 2 GB, and which it does not need)."""
@@ -111,13 +136,15 @@ def check_model(model: onnx.ModelProto, what: str = "model") -> None:
         whole = size.external == 0 and size.inline < LAZY_ABOVE  # else the checker would copy the weights
         checked = model if whole else weightless(model)
         try:
-            onnx.checker.check_model(checked)
+            with _native_stdout_silenced():
+                onnx.checker.check_model(checked)
         except onnx.checker.ValidationError as exc:
             if _SHAPELESS not in str(exc):
                 raise
             # Outputs declared without a shape (common in If branches and old exports) are valid
             # to onnxruntime; the checker wants the field. Check the rest on a copy that has it.
-            onnx.checker.check_model(_with_shape_fields(checked))
+            with _native_stdout_silenced():
+                onnx.checker.check_model(_with_shape_fields(checked))
     except onnx.checker.ValidationError as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else "validation failed"
         raise ModelError(f"{what} is not a valid ONNX model: {first}") from None
