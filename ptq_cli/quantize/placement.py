@@ -10,11 +10,16 @@ by following the graph (`patterns.py`), never by reading names:
   its input's range follows each sample (sequence, line) instead of the calibration's extremes;
 - an elementwise op whose inputs are all float stays float: an integer Add between float ops
   only adds a requantization on each side;
+- a Concat whose inputs span ranges far apart stays float: its one output scale would leave the
+  small input a few integer levels (a ViT's class token beside its patch embeddings), and what
+  reads it only (the position Add) stays float with it;
 - an embedding table read by Gather is stored as int8 and the gathered rows dequantized
   (weight-only: the file shrinks, the arithmetic stays float).
 """
 
 from __future__ import annotations
+
+from collections.abc import Mapping
 
 import numpy as np
 import onnx
@@ -87,6 +92,31 @@ def dynamic_matmul_reason(node: onnx.NodeProto, index: GraphIndex, quantized: se
         return None
     return (f"quantized at run time (dynamic MatMul): its input {node.input[0]!r} comes from float code, "
             "so its range follows each sample")
+
+
+# A Concat input spanning less than this fraction of the widest input's range gets fewer than
+# 256 / 32 = 8 levels of a uint8 output scale.
+_CONCAT_SPAN_RATIO = 32.0
+
+
+def concat_span_reason(node: onnx.NodeProto, index: GraphIndex,
+                       ranges: Mapping[str, tuple[float, float]]) -> str | None:
+    """Why a Concat stays float: one input's calibrated span is a sliver of another's."""
+    if node.op_type != "Concat" or node.domain not in ("", "ai.onnx"):
+        return None
+    spans = {}
+    for name in (i for i in node.input if i and index.is_float(i)):
+        value = index.constant(name) if name in index.initializers else None
+        lo, hi = (float(value.min()), float(value.max())) if value is not None and value.size else \
+            ranges.get(name, (0.0, 0.0))
+        spans[name] = max(hi, 0.0) - min(lo, 0.0)  # the span a scale must cover (0 included)
+    if len(spans) < 2 or min(spans.values()) <= 0.0:
+        return None
+    small, wide = min(spans, key=spans.get), max(spans, key=spans.get)
+    if spans[wide] < _CONCAT_SPAN_RATIO * spans[small]:
+        return None
+    return (f"its input {small!r} spans 1/{spans[wide] / spans[small]:.0f} of {wide!r}'s range: one output "
+            "scale would leave it a few integer levels")
 
 
 def glue_reason(node: onnx.NodeProto, index: GraphIndex, quantized: set[str], placed: set[str]) -> str | None:

@@ -22,8 +22,8 @@ from ptq_cli.model.graph import GraphIndex, attribute
 from ptq_cli.quantize.handlers import (FUSED_ACTIVATIONS, OpHandler, OutputRule, activation_inputs,
                                        handler_for)
 from ptq_cli.quantize.patterns import Pattern
-from ptq_cli.quantize.placement import (dynamic_matmul_reason, embedding_table, float_patterns,
-                                        glue_reason)
+from ptq_cli.quantize.placement import (concat_span_reason, dynamic_matmul_reason, embedding_table,
+                                        float_patterns, glue_reason)
 from ptq_cli.quantize.scheme import QParams, compute_qparams, quantize, weight_range
 from ptq_cli.quantize.stochastic import weight_rng
 from ptq_cli.recipe import ExcludedConvInput, PerChannel, QType, Recipe, Rounding, TensorSpec
@@ -133,7 +133,7 @@ def _claim_compute_nodes(graph, index, recipe, ranges, plan) -> set[str]:
             continue
         reason = _skip_reason(node, handler, index, recipe, plan.floating)
         if reason is None:
-            reason = _placement_reason(node, index, recipe, plan, done, placed)
+            reason = _placement_reason(node, index, recipe, ranges, done, placed)
             if reason is not None:
                 placed.add(node.name)
             if reason is not None and reason.startswith("quantized at run time"):
@@ -172,13 +172,13 @@ def _claim_compute_nodes(graph, index, recipe, ranges, plan) -> set[str]:
     return claimed
 
 
-def _placement_reason(node, index, recipe, plan, done: set[str], placed: set[str]) -> str | None:
+def _placement_reason(node, index, recipe, ranges, done: set[str], placed: set[str]) -> str | None:
     """Why placement (placement.py) does not quantize `node` statically, given the decisions so far."""
     if recipe.activations.dtype is QType.UINT8 and recipe.weights.dtype in (QType.INT8, QType.UINT8):
         reason = dynamic_matmul_reason(node, index, done, placed)
         if reason is not None:
             return reason
-    return glue_reason(node, index, done, placed)
+    return concat_span_reason(node, index, ranges) or glue_reason(node, index, done, placed)
 
 
 def _output_and_fusion(node, handler, index, recipe, ranges, floating):

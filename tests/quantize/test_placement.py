@@ -263,3 +263,31 @@ def test_a_node_excluded_by_the_user_does_not_move_its_neighbours(rng):
     _, plan = quantize_model(model, Recipe(exclude=("proj_in",)), minmax_ranges(model, batches))
     assert plan.quantized == ["bias_add", "proj_out"] and plan.dynamic == []
     assert _reasons(plan) == {"proj_in": "excluded by --exclude"}
+
+
+def test_a_class_token_beside_patch_embeddings_keeps_its_concat_float(rng):
+    """A ViT prepends a class token (~0.02) to patch embeddings (~1): one Concat scale would round
+    the token to a level or two, and LayerNorm then blows that error up over its whole row."""
+    body = [helper.make_node("Concat", ["cls", "h"], ["tokens"], name="prepend_cls", axis=1),
+            helper.make_node("Add", ["tokens", "pos"], ["embedded"], name="add_pos"),
+            helper.make_node("LayerNormalization", ["embedded", "ln_scale", "ln_bias"], ["n"], name="ln",
+                             axis=-1)]
+    inits = [_init(rng, "cls", (2, 1, D), 0.02), _init(rng, "pos", (1, 6, D), 0.02),
+             _const("ln_scale", np.ones(D)), _const("ln_bias", np.zeros(D))]
+    model = _seq_model(rng, body, inits, out_shape=(2, 6, D))
+    quantized, plan, _ = _quantize(model, rng, shape=(2, 5, D))
+    reasons = _reasons(plan)
+    assert reasons["prepend_cls"].startswith("its input 'cls' spans 1/")
+    assert "come from float nodes" in reasons["add_pos"]
+    feeds = {"x": rng.normal(0, 1.0, (2, 5, D)).astype(np.float32)}
+    cls_row = (run(model, feeds)[0][:, 0], run(quantized, feeds)[0][:, 0])
+    assert sqnr_db(*cls_row) > 25.0
+
+
+def test_a_concat_of_alike_ranges_is_still_quantized(rng):
+    body = [helper.make_node("Concat", ["h", "h2"], ["n"], name="join", axis=1),
+            helper.make_node("Mul", ["h", "two"], ["h2"], name="double")]
+    body = body[::-1]
+    model = _seq_model(rng, body, [_const("two", 2.0)], out_shape=("N", 10, D))
+    _, plan, sqnr = _quantize(model, rng)
+    assert "join" in plan.quantized and sqnr > 25.0
