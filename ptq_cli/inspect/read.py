@@ -50,9 +50,27 @@ def inspect_model(model: onnx.ModelProto, ranges: Mapping[str, tuple[float, floa
     for node in model.graph.node:
         reader.visit(node)
     kinds = {n.op_type for n in model.graph.node}
+    for body in _bodies(model.graph):  # If/Loop/Scan bodies are quantized as graphs of their own
+        inner = inspect_model(_as_model(model, body), ranges, name)
+        reader.tensors.extend(inner.tensors)
+        reader.requant.extend(inner.requantization)
+        kinds |= {n.op_type for n in body.node}
     fmt = ("qoperator" if kinds & set(_LAYOUTS) else "dynamic" if "DynamicQuantizeLinear" in kinds
            else "qdq" if kinds & {"QuantizeLinear", "DequantizeLinear"} else "float")
     return InspectReport(name or model.graph.name, fmt, tuple(reader.tensors), tuple(reader.requant))
+
+
+def _bodies(graph: onnx.GraphProto) -> list[onnx.GraphProto]:
+    """The graphs held by the nodes of `graph` (one level; inspect_model recurses)."""
+    return [a.g for node in graph.node for a in node.attribute if a.type == onnx.AttributeProto.GRAPH]
+
+
+def _as_model(model: onnx.ModelProto, body: onnx.GraphProto) -> onnx.ModelProto:
+    """`body` as a model of its own, with the metadata (QOperator records) of `model`."""
+    wrapped = onnx.ModelProto()
+    wrapped.graph.CopyFrom(body)
+    wrapped.metadata_props.extend(model.metadata_props)
+    return wrapped
 
 
 class _Reader:
