@@ -47,8 +47,8 @@ _WHY = {
     PatternKind.HARD_SWISH: "hard-swish of {t}: written out, each step would be requantized; onnxruntime "
                             "runs it in float",
     PatternKind.HARD_SIGMOID: "hard-sigmoid gate of {t}: onnxruntime has no integer HardSigmoid",
-    PatternKind.ATTENTION: "attention scores of {t}: Q·Kᵀ, the mask and the Softmax need more than 8 bits "
-                           "(a masked score is -10000 beside scores near 0)",
+    PatternKind.ATTENTION: "attention scores of {t}: Q·Kᵀ (with its scale and any mask) and the Softmax need "
+                           "more than 8 bits: the few largest scores set the scale and the rest round away",
     PatternKind.RESIDUAL: "residual sum {t} feeds a normalization: its outlier channels would take the "
                           "whole 8-bit range",
     PatternKind.SOFTMAX_HEAD: "output probabilities {t}: 8 bits (steps of 1/255) tie the argmax of close "
