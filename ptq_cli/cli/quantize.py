@@ -213,7 +213,7 @@ def _latency_lines(result) -> list[str]:
     prefix = decision.chosen.float_nodes
     lines = [f"  latency here ({decision.timed_on}; {len(decision.trials)} placements timed, interleaved medians): "
              f"FP32 {decision.fp32.median_ms:.3f} ms, INT8 {decision.chosen.timing.median_ms:.3f} ms, "
-             f"{decision.speedup:.2f}x"]
+             f"{decision.speedup:.2f}x (median of the per-round ratios)"]
     if prefix:
         lines.append(f"  float prefix (faster in FP32 here, in the recipe's exclude): {len(prefix)} nodes, "
                      f"{', '.join(prefix[:3])}{' ...' if len(prefix) > 3 else ''}")
