@@ -80,7 +80,7 @@ _QTYPES = [q.value for q in QType]
 @click.option("--objective", type=click.Choice([o.value for o in Objective]), default="speed", show_default=True,
               envvar="PTQ_OBJECTIVE",
               help="speed: time placements on this machine (float stem/prefix, integer region after it) and "
-                   "write the fastest, never one slower than FP32; accuracy: of those placements, the one "
+                   "write the fastest (if none beats FP32, see --if-slower); accuracy: of those placements, the one "
                    "with most nodes in float that still beats FP32; size: quantize every node that can be, "
                    "time nothing. Static quantization only; env PTQ_OBJECTIVE.")
 @click.option("--excluded-conv-input", type=click.Choice([e.value for e in ExcludedConvInput]), default="float",
