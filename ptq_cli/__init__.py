@@ -30,8 +30,8 @@ _PUBLIC = {
     "ImagePreprocess": "ptq_cli.data.images",
     "open_dataset": "ptq_cli.data",
     "PtqError": "ptq_cli.errors",
-    "Objective": "ptq_cli.quantize.latency.search",
-    "IfSlower": "ptq_cli.quantize.latency.search",
+    "Objective": "ptq_cli.quantize.placement.latency.search",
+    "IfSlower": "ptq_cli.quantize.placement.latency.search",
 }
 
 __all__ = sorted(_PUBLIC) + ["__version__", "quantize", "calibrate", "compare"]

@@ -47,7 +47,7 @@ def budget_from_options(*, eval_data, min_sqnr, min_cosine, min_agreement, max_t
                         best_effort, budget_time):
     from ptq_cli.drift.thresholds import Thresholds
     from ptq_cli.errors import UsageError
-    from ptq_cli.quantize.budget import MEASURE_ONLY, Budget
+    from ptq_cli.quantize.placement.budget import MEASURE_ONLY, Budget
 
     given = Thresholds(min_sqnr, max_top1_drop, min_cosine, min_agreement)
     if no_budget:

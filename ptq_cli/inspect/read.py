@@ -28,9 +28,9 @@ import onnx
 
 from ptq_cli.inspect.report import InspectReport, RequantInfo, TensorInfo
 from ptq_cli.model.graph import GraphIndex, attribute
-from ptq_cli.quantize.handlers import HANDLERS, Layout, OutputRule
-from ptq_cli.quantize.qoperator import INTEGER_TENSORS_KEY
-from ptq_cli.quantize.scheme import fixed_point_multiplier
+from ptq_cli.quantize.placement.handlers import HANDLERS, Layout, OutputRule
+from ptq_cli.quantize.emitters.qoperator import INTEGER_TENSORS_KEY
+from ptq_cli.quantize.arithmetic.scheme import fixed_point_multiplier
 from ptq_cli.recipe import QType
 
 Range = tuple[float | None, float | None]

@@ -21,18 +21,18 @@ from ptq_cli.model.io import check_model, check_writable, load_model, opset_vers
 from ptq_cli.model.passes.float32 import ToFloat32, float_kinds
 from ptq_cli.model.passes import SequenceResult
 from ptq_cli.model.prepare import QDQ_4_16_BIT_OPSET, QDQ_PER_AXIS_OPSET, prepare, prepare_with_result
-from ptq_cli.quantize.bias_correction import correct_biases
-from ptq_cli.quantize.budget import DEFAULT_THRESHOLDS, Budget, BudgetOutcome, eval_samples, hold_budget
-from ptq_cli.quantize.dynamic import DYNAMIC_DATA, check_dynamic_recipe, rewrite_dynamic
-from ptq_cli.quantize.equalize import equalization_pairs, equalize
-from ptq_cli.quantize.opsets import all_float, fit_recipe
-from ptq_cli.quantize.plan import QuantPlan, SkipReason, make_plan, replan_weights
-from ptq_cli.quantize.qdq import insert_qdq
-from ptq_cli.quantize.subgraphs import has_bodies, quantize_bodies, without_owners
-from ptq_cli.quantize.latency import IfSlower, LatencyDecision, Objective, SlowerThanFloat, search_placement
-from ptq_cli.quantize.latency.search import retime
-from ptq_cli.quantize.latency.feeds import timing_feeds
-from ptq_cli.quantize.latency.machine import Machine, OnnxruntimeMachine
+from ptq_cli.quantize.arithmetic.bias_correction import correct_biases
+from ptq_cli.quantize.placement.budget import DEFAULT_THRESHOLDS, Budget, BudgetOutcome, eval_samples, hold_budget
+from ptq_cli.quantize.emitters.dynamic import DYNAMIC_DATA, check_dynamic_recipe, rewrite_dynamic
+from ptq_cli.quantize.arithmetic.equalize import equalization_pairs, equalize
+from ptq_cli.quantize.placement.opsets import all_float, fit_recipe
+from ptq_cli.quantize.placement.plan import QuantPlan, SkipReason, make_plan, replan_weights
+from ptq_cli.quantize.emitters.qdq import insert_qdq
+from ptq_cli.quantize.emitters.subgraphs import has_bodies, quantize_bodies, without_owners
+from ptq_cli.quantize.placement.latency import IfSlower, LatencyDecision, Objective, SlowerThanFloat, search_placement
+from ptq_cli.quantize.placement.latency.search import retime
+from ptq_cli.quantize.placement.latency.feeds import timing_feeds
+from ptq_cli.quantize.placement.latency.machine import Machine, OnnxruntimeMachine
 from ptq_cli.recipe import CalibMethod, Format, Recipe, Rounding
 
 Ranges = Mapping[str, tuple[float, float]]
@@ -56,7 +56,7 @@ class QuantizeResult:
     latency: LatencyDecision | None = None  # what was measured to choose the placement (--objective speed)
     float_written: bool = False  # INT8 did not pay and the float model was written instead (--if-slower float)
     # The drift measured on the evaluation samples, the budget and the fallback decisions
-    # (see quantize/budget.py); None when there was no data to measure it on.
+    # (see quantize/placement/budget.py); None when there was no data to measure it on.
     drift: dict | None = None
     fallback_trials: int = 0
     fallback_seconds: float = 0.0
@@ -105,21 +105,21 @@ def quantize_model(model: onnx.ModelProto, recipe: Recipe, ranges: Ranges,
                                    prepare_skipped=prepared_result.skipped)
     plan = make_plan(prepared, recipe, ranges)
     if recipe.rounding is Rounding.GPTQ:
-        from ptq_cli.quantize.rounding import gptq_plan
+        from ptq_cli.quantize.arithmetic.rounding import gptq_plan
 
         plan, _ = gptq_plan(prepared, plan, grams or {}, recipe.weights)
     if recipe.bias_correction and channel_means:
         prepared, corrected = correct_biases(prepared, plan, channel_means)
         if corrected:
             # the biases are new tensors now; bias correction measured the GPTQ integers, keep them
-            from ptq_cli.quantize.rounding import carry_rounding
+            from ptq_cli.quantize.arithmetic.rounding import carry_rounding
 
             plan = carry_rounding(plan, replan_weights(prepared, recipe, plan, corrected), prepared)
     plan.prepare_skipped = prepared_result.skipped
     plan.notes.extend(notes)
     rewrite = insert_qdq
     if recipe.format is Format.QOPERATOR:
-        from ptq_cli.quantize.qoperator import rewrite_qoperator
+        from ptq_cli.quantize.emitters.qoperator import rewrite_qoperator
 
         rewrite = rewrite_qoperator
     out = rewrite(prepared, plan)
@@ -243,7 +243,7 @@ def quantize(model: str | os.PathLike | onnx.ModelProto, output: str | os.PathLi
                                                      max_samples=max_samples)
 
         def build(r: Recipe) -> tuple[onnx.ModelProto, QuantPlan]:
-            from ptq_cli.quantize.weight_only import rewrite_weight_only
+            from ptq_cli.quantize.emitters.weight_only import rewrite_weight_only
 
             min_opset = QDQ_4_16_BIT_OPSET if r.weight_only.qdq else QDQ_PER_AXIS_OPSET
             return rewrite_weight_only(prepare(source, min_opset=min_opset), r, grams)
@@ -360,7 +360,7 @@ def _within_budget(source, floating, build, recipe: Recipe, samples, budget: Bud
 
 def _with_codebook(source, path, source_sha, data, calibration, recipe, image, **collect):
     """Codebook weights, weighted by the layers' input Gram matrices when data or a table has them."""
-    from ptq_cli.quantize.codebook import codebook_weights
+    from ptq_cli.quantize.emitters.codebook import codebook_weights
 
     grams, description = None, "none: codebook weights cluster the weights alone"
     bits = recipe.weight_codebook.bits

@@ -11,7 +11,7 @@ import pytest
 
 from ptq_cli.calibrate.api import calibrate
 from ptq_cli.quantize.api import quantize_model
-from ptq_cli.quantize.patterns import PatternKind
+from ptq_cli.quantize.placement.patterns import PatternKind
 from ptq_cli.recipe import Recipe
 from tests.conftest import REALDATA, session
 

@@ -13,7 +13,7 @@ from onnx import TensorProto, helper, numpy_helper
 import ptq_cli
 from ptq_cli.cli import main
 from ptq_cli.drift import Thresholds
-from ptq_cli.quantize.budget import MEASURE_ONLY, Budget, DriftBudgetError
+from ptq_cli.quantize.placement.budget import MEASURE_ONLY, Budget, DriftBudgetError
 from tests.conftest import REPO, run
 
 CALIB = REPO / "calibration" / "digits" / "calib"

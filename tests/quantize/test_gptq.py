@@ -8,7 +8,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from ptq_cli.errors import UsageError
 from ptq_cli.quantize.api import quantize
-from ptq_cli.quantize.gptq import gptq_round, output_error
+from ptq_cli.quantize.arithmetic.gptq import gptq_round, output_error
 from ptq_cli.recipe import PerChannel, PerTensor, QType, Recipe, Rounding, TensorSpec
 
 RNG = np.random.default_rng(11)

@@ -5,7 +5,7 @@ import time
 import numpy as np
 from onnx import TensorProto, helper, numpy_helper
 
-from ptq_cli.quantize.plan import make_plan
+from ptq_cli.quantize.placement.plan import make_plan
 from ptq_cli.recipe import Recipe
 
 

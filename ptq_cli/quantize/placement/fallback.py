@@ -30,8 +30,8 @@ from ptq_cli.drift.layers import Matching
 from ptq_cli.drift.probe import Drift, DriftProbe, Judge
 from ptq_cli.drift.sensitivity import isolated_rows
 from ptq_cli.drift.switches import FloatBase
-from ptq_cli.quantize.handlers import OutputRule, handler_for
-from ptq_cli.quantize.plan import QuantPlan
+from ptq_cli.quantize.placement.handlers import OutputRule, handler_for
+from ptq_cli.quantize.placement.plan import QuantPlan
 from ptq_cli.recipe import Format, Recipe
 
 Build = Callable[[Recipe], tuple[onnx.ModelProto, QuantPlan]]

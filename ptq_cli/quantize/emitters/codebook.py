@@ -28,10 +28,10 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from ptq_cli.model.graph import GraphIndex, NameAllocator, attribute
-from ptq_cli.quantize.codebook_gptq import gptq_assign
-from ptq_cli.quantize.kmeans import kmeans_rows
-from ptq_cli.quantize.plan import SkipReason
-from ptq_cli.quantize.stochastic import weight_rng
+from ptq_cli.quantize.emitters.codebook_gptq import gptq_assign
+from ptq_cli.quantize.arithmetic.kmeans import kmeans_rows
+from ptq_cli.quantize.placement.plan import SkipReason
+from ptq_cli.quantize.arithmetic.stochastic import weight_rng
 from ptq_cli.recipe import PerChannel, Recipe
 
 _MIN_VALUES_PER_CENTROID = 16  # a tensor smaller than 16·2**bits values is left alone: nothing to gain

@@ -21,10 +21,10 @@ from onnx import helper, numpy_helper
 
 from ptq_cli.errors import UsageError
 from ptq_cli.model.graph import GraphIndex, NameAllocator, attribute, drop_unused_initializers
-from ptq_cli.quantize.plan import SkipReason
-from ptq_cli.quantize.dynamic_lstm import MS_DOMAIN, dynamic_lstm, refuse_lstm
-from ptq_cli.quantize.scheme import QParams, compute_qparams, quantize, weight_range
-from ptq_cli.quantize.stochastic import weight_rng
+from ptq_cli.quantize.placement.plan import SkipReason
+from ptq_cli.quantize.emitters.dynamic_lstm import MS_DOMAIN, dynamic_lstm, refuse_lstm
+from ptq_cli.quantize.arithmetic.scheme import QParams, compute_qparams, quantize, weight_range
+from ptq_cli.quantize.arithmetic.stochastic import weight_rng
 from ptq_cli.recipe import PerChannel, QType, Recipe, Rounding, TensorSpec
 
 DYNAMIC_DATA = "none: dynamic quantization measures activation ranges at run time"

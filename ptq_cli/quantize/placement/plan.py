@@ -19,13 +19,13 @@ import onnx
 
 from ptq_cli.errors import CalibrationError
 from ptq_cli.model.graph import GraphIndex, attribute
-from ptq_cli.quantize.handlers import (FUSED_ACTIVATIONS, OpHandler, OutputRule, activation_inputs,
+from ptq_cli.quantize.placement.handlers import (FUSED_ACTIVATIONS, OpHandler, OutputRule, activation_inputs,
                                        handler_for)
-from ptq_cli.quantize.patterns import Pattern
-from ptq_cli.quantize.placement import (concat_span_reason, dynamic_matmul_reason, embedding_table,
+from ptq_cli.quantize.placement.patterns import Pattern
+from ptq_cli.quantize.placement.transformer import (concat_span_reason, dynamic_matmul_reason, embedding_table,
                                         float_patterns, glue_reason)
-from ptq_cli.quantize.scheme import QParams, compute_qparams, quantize, weight_range
-from ptq_cli.quantize.stochastic import weight_rng
+from ptq_cli.quantize.arithmetic.scheme import QParams, compute_qparams, quantize, weight_range
+from ptq_cli.quantize.arithmetic.stochastic import weight_rng
 from ptq_cli.recipe import ExcludedConvInput, PerChannel, QType, Recipe, Rounding, TensorSpec
 
 
@@ -43,7 +43,7 @@ class WeightPlan:
     tensor: str  # the float initializer
     params: QParams
     stochastic_seed: int | None = None  # Recipe.seed when rounded stochastically; None = nearest
-    # The integers chosen beforehand (GPTQ rounding, quantize/rounding.py); None: round here.
+    # The integers chosen beforehand (GPTQ rounding, quantize/arithmetic/rounding.py); None: round here.
     rounded: np.ndarray | None = field(default=None, compare=False, repr=False)
 
     def integers(self, value: np.ndarray) -> np.ndarray:

@@ -24,10 +24,10 @@ from onnx import helper
 from ptq_cli.model.graph import GraphIndex, attribute, drop_unused_initializers
 from ptq_cli.model.io import opset_version
 from ptq_cli.model.prepare import QDQ_PER_AXIS_OPSET
-from ptq_cli.quantize.emit import Emitter, typed_constant
-from ptq_cli.quantize.handlers import OutputRule, handler_for
-from ptq_cli.quantize.plan import QuantPlan, WeightPlan
-from ptq_cli.quantize.scheme import quantize_bias
+from ptq_cli.quantize.emitters.emit import Emitter, typed_constant
+from ptq_cli.quantize.placement.handlers import OutputRule, handler_for
+from ptq_cli.quantize.placement.plan import QuantPlan, WeightPlan
+from ptq_cli.quantize.arithmetic.scheme import quantize_bias
 
 
 def insert_qdq(model: onnx.ModelProto, plan: QuantPlan) -> onnx.ModelProto:

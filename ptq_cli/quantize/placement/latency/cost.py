@@ -18,7 +18,7 @@ import numpy as np
 import onnx
 
 from ptq_cli.model.graph import GraphIndex
-from ptq_cli.quantize.handlers import FUSED_ACTIVATIONS
+from ptq_cli.quantize.placement.handlers import FUSED_ACTIVATIONS
 
 _RENAMED = re.compile(r"(_token_\d+|_nchwc|_quant)+$")
 

@@ -18,10 +18,10 @@ import onnx
 
 from ptq_cli.calibrate.gram import Gram, gram_key
 from ptq_cli.model.graph import GraphIndex, attribute
-from ptq_cli.quantize.blas import single_threaded_blas
-from ptq_cli.quantize.gptq import gptq_round
-from ptq_cli.quantize.plan import QuantPlan, WeightPlan, _fit_bias_in_int32
-from ptq_cli.quantize.scheme import QParams, integer_range
+from ptq_cli.quantize.arithmetic.blas import single_threaded_blas
+from ptq_cli.quantize.arithmetic.gptq import gptq_round
+from ptq_cli.quantize.placement.plan import QuantPlan, WeightPlan, _fit_bias_in_int32
+from ptq_cli.quantize.arithmetic.scheme import QParams, integer_range
 from ptq_cli.recipe import TensorSpec
 
 log = logging.getLogger(__name__)

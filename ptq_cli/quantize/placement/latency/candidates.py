@@ -21,8 +21,8 @@ from dataclasses import dataclass
 import onnx
 
 from ptq_cli.model.graph import GraphIndex
-from ptq_cli.quantize.handlers import FUSED_ACTIVATIONS, OutputRule, activation_inputs, handler_for
-from ptq_cli.quantize.latency.cost import CrossingCost
+from ptq_cli.quantize.placement.handlers import FUSED_ACTIVATIONS, OutputRule, activation_inputs, handler_for
+from ptq_cli.quantize.placement.latency.cost import CrossingCost
 
 
 @dataclass(frozen=True)

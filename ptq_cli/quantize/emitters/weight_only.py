@@ -20,10 +20,10 @@ from onnx import TensorProto, helper, numpy_helper
 
 from ptq_cli.calibrate.gram import Gram
 from ptq_cli.model.graph import GraphIndex, NameAllocator, attribute, drop_unused_initializers
-from ptq_cli.quantize.blas import single_threaded_blas
-from ptq_cli.quantize.blocks import Blocks, block_params, pack_matmul_nbits, pack_nibbles, pack_zero_points
-from ptq_cli.quantize.gptq import gptq_round
-from ptq_cli.quantize.plan import QuantPlan, SkipReason
+from ptq_cli.quantize.arithmetic.blas import single_threaded_blas
+from ptq_cli.quantize.arithmetic.blocks import Blocks, block_params, pack_matmul_nbits, pack_nibbles, pack_zero_points
+from ptq_cli.quantize.arithmetic.gptq import gptq_round
+from ptq_cli.quantize.placement.plan import QuantPlan, SkipReason
 from ptq_cli.recipe import Recipe, Rounding, WeightOnly
 
 MS_DOMAIN = "com.microsoft"

@@ -9,7 +9,7 @@ import numpy as np
 import onnx
 
 from ptq_cli.model.io import input_specs
-from ptq_cli.quantize.latency.machine import Feeds
+from ptq_cli.quantize.placement.latency.machine import Feeds
 
 TIMING_SAMPLES = 8
 

@@ -25,8 +25,8 @@ import numpy as np
 import onnx
 
 from ptq_cli.model.graph import GraphIndex, attribute
-from ptq_cli.quantize.handlers import OutputRule, handler_for
-from ptq_cli.quantize.patterns import Pattern, PatternKind, find_patterns
+from ptq_cli.quantize.placement.handlers import OutputRule, handler_for
+from ptq_cli.quantize.placement.patterns import Pattern, PatternKind, find_patterns
 from ptq_cli.recipe import Recipe
 
 # Kept float by default: onnxruntime has no integer kernel for most of them, and where it has one

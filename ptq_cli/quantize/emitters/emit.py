@@ -7,7 +7,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from ptq_cli.model.graph import NameAllocator
-from ptq_cli.quantize.scheme import QParams
+from ptq_cli.quantize.arithmetic.scheme import QParams
 
 
 class Emitter:

@@ -7,7 +7,7 @@
   choose anything slower than FP32.
 """
 
-from ptq_cli.quantize.latency.search import (IfSlower, LatencyDecision, Objective, SlowerThanFloat,
+from ptq_cli.quantize.placement.latency.search import (IfSlower, LatencyDecision, Objective, SlowerThanFloat,
                                              search_placement)
 
 __all__ = ["IfSlower", "LatencyDecision", "Objective", "SlowerThanFloat", "search_placement"]

@@ -21,9 +21,9 @@ import onnx
 
 from ptq_cli.errors import PtqError
 from ptq_cli.model.external import serialized
-from ptq_cli.quantize.latency.candidates import Candidate, Costs, prefix_candidates
-from ptq_cli.quantize.latency.cost import CrossingCost, node_costs, tensor_elements
-from ptq_cli.quantize.latency.machine import Feeds, Machine, Timing
+from ptq_cli.quantize.placement.latency.candidates import Candidate, Costs, prefix_candidates
+from ptq_cli.quantize.placement.latency.cost import CrossingCost, node_costs, tensor_elements
+from ptq_cli.quantize.placement.latency.machine import Feeds, Machine, Timing
 from ptq_cli.recipe import ExcludedConvInput, Recipe
 
 

@@ -30,7 +30,7 @@ from ptq_cli.errors import PtqError, UsageError
 from ptq_cli.recipe import Recipe
 
 if TYPE_CHECKING:
-    from ptq_cli.quantize.fallback import Trial
+    from ptq_cli.quantize.placement.fallback import Trial
 
 EVAL_SAMPLES = 32
 DEFAULT_THRESHOLDS = Thresholds(min_cosine=0.97, min_agreement=0.9)
@@ -146,7 +146,7 @@ def hold_budget(source: onnx.ModelProto, build, recipe: Recipe, samples: EvalSam
     """Measure `build(recipe)`'s drift on `samples`; fall back until the budget holds if it does not.
     Raises DriftBudgetError when it cannot be met and best effort was not asked for."""
     from ptq_cli.drift.probe import DriftProbe
-    from ptq_cli.quantize.fallback import evaluate, search
+    from ptq_cli.quantize.placement.fallback import evaluate, search
 
     probe = DriftProbe(source, samples.feeds, description=samples.description, batch_free=samples.batch_free,
                        labels=samples.labels)

@@ -4,7 +4,7 @@ van Baalen et al., "GPTVQ", 2024, in one dimension).
 k-means puts each weight on its nearest centroid, which minimises the weight error but not the
 layer's output error. With the input Gram matrix H of the layer, the columns are assigned one
 at a time (most-used inputs first) and each column's error is pushed onto the columns not yet
-assigned, as GPTQ does for a uniform grid (quantize/gptq.py): the same inverse-Cholesky
+assigned, as GPTQ does for a uniform grid (quantize/arithmetic/gptq.py): the same inverse-Cholesky
 update, with "round to the grid" replaced by "nearest centroid of the row's codebook". Then
 each row's centroids are refitted by least squares for the output error, given the assignment.
 """
@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ptq_cli.quantize.gptq import DAMPENING, _inverse_cholesky as inverse_cholesky
+from ptq_cli.quantize.arithmetic.gptq import DAMPENING, _inverse_cholesky as inverse_cholesky
 
 
 def gptq_assign(rows: np.ndarray, h: np.ndarray, centroids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
