@@ -162,8 +162,7 @@ def _weight_only_grams(source, source_sha, path, data, calibration, recipe: Reci
     return table.grams, table.data
 
 
-def _dynamic(source: onnx.ModelProto, recipe: Recipe) -> tuple[onnx.ModelProto, QuantPlan]:
-    prepared_result = prepare_with_result(source, min_opset=QDQ_PER_AXIS_OPSET)
+def _dynamic(prepared_result, recipe: Recipe) -> tuple[onnx.ModelProto, QuantPlan]:
     prepared = prepared_result.model
     fitted, notes = fit_recipe(recipe, opset_version(prepared))
     if fitted is None:  # below opset 11 there is no DynamicQuantizeLinear
@@ -249,9 +248,10 @@ def quantize(model: str | os.PathLike | onnx.ModelProto, output: str | os.PathLi
             return rewrite_weight_only(prepare(source, min_opset=min_opset), r, grams)
     elif recipe.dynamic:
         check_dynamic_recipe(recipe)
+        prepared = prepare_with_result(source, min_opset=QDQ_PER_AXIS_OPSET)  # once, for every trial
 
         def build(r: Recipe) -> tuple[onnx.ModelProto, QuantPlan]:
-            return _dynamic(source, r)
+            return _dynamic(prepared, r)
         data_description = DYNAMIC_DATA
     elif recipe.weight_codebook is not None:
         codebook = dict(progress=progress, batch_size=batch_size, max_samples=max_samples)
