@@ -7,8 +7,8 @@ from typing import Any
 
 import click
 
-BUDGET_OPTION_NAMES = ("eval_data", "min_sqnr", "min_cosine", "min_agreement", "max_top1_drop", "no_budget",
-                       "best_effort", "budget_time")
+BUDGET_OPTION_NAMES = ("eval_data", "min_sqnr", "min_cosine", "min_agreement", "min_sequence_agreement",
+                       "max_top1_drop", "no_budget", "best_effort", "budget_time")
 
 
 def budget_options(func):
@@ -23,6 +23,10 @@ def budget_options(func):
         click.option("--min-agreement", type=click.FloatRange(0, 1), metavar="F",
                      help="Budget: top-1 agreement with FP32 (per step for [N, T, C] scores, exact for "
                           "integer outputs) at least F."),
+        click.option("--min-sequence-agreement", type=click.FloatRange(0, 1), metavar="F",
+                     help="Budget: on [N, T, C] step scores (a CTC head), the share of samples decoded as "
+                          "FP32 decodes them (greedy: best class per step, repeats merged, blank dropped) "
+                          "at least F. Default for such outputs: 0.9, with per-step agreement 0.99."),
         click.option("--max-top1-drop", type=click.FloatRange(min=0), metavar="PT",
                      help="Budget: top-1 drops by at most PT points (accuracy with --labels, else "
                           "agreement with FP32)."),
@@ -43,13 +47,13 @@ def pop_budget_options(kwargs: dict[str, Any]) -> dict[str, Any]:
     return {name: kwargs.pop(name) for name in BUDGET_OPTION_NAMES}
 
 
-def budget_from_options(*, eval_data, min_sqnr, min_cosine, min_agreement, max_top1_drop, no_budget,
-                        best_effort, budget_time):
+def budget_from_options(*, eval_data, min_sqnr, min_cosine, min_agreement, min_sequence_agreement, max_top1_drop,
+                        no_budget, best_effort, budget_time):
     from ptq_cli.drift.thresholds import Thresholds
     from ptq_cli.errors import UsageError
     from ptq_cli.quantize.placement.budget import MEASURE_ONLY, Budget
 
-    given = Thresholds(min_sqnr, max_top1_drop, min_cosine, min_agreement)
+    given = Thresholds(min_sqnr, max_top1_drop, min_cosine, min_agreement, min_sequence_agreement)
     if no_budget:
         if given.any or best_effort:
             raise UsageError("--no-budget sets no limit; drop it, or drop the budget flags")
@@ -75,6 +79,8 @@ def drift_lines(result) -> list[str]:
         if out["top1_agreement"] is not None:
             what = {"step_scores": "per-step top-1 agreement", "integer": "exact"}.get(out["kind"], "top-1 agreement")
             figures.append(f"{what} {100 * out['top1_agreement']:.1f} %")
+        if out.get("sequence_agreement") is not None:
+            figures.append(f"sequences decoded as FP32 {100 * out['sequence_agreement']:.1f} %")
         lines.append(f"    {out['name']} ({out['kind']}): " + ", ".join(figures))
     if drift["budget"]:
         limits = _limits(drift["thresholds"])

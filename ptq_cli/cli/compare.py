@@ -34,6 +34,10 @@ _FILE = click.Path(dir_okay=False, writable=True, path_type=Path)
 @click.option("--min-agreement", type=click.FloatRange(0, 1), metavar="F",
               help="Fail (exit 1) if any output's top-1 agreement with REFERENCE (per step for [N, T, C] "
                    "scores, exact for integer outputs) is below F (a fraction).")
+@click.option("--min-sequence-agreement", type=click.FloatRange(0, 1), metavar="F",
+              help="Fail (exit 1) if, on any [N, T, C] step-scores output (a CTC head), the share of samples "
+                   "decoded (greedy CTC: best class per step, repeats merged, blank dropped) as REFERENCE "
+                   "decodes them is below F.")
 @click.option("--json", "as_json", is_flag=True,
               help="Print the report as JSON on stdout (schema in ptq_cli/compare/report.py); "
                    "the table then goes to stderr.")
@@ -79,7 +83,7 @@ def compare_command(ctx: click.Context, reference: Path, candidate: Path, **kwar
             per_layer_samples=kwargs["per_layer_samples"],
             latency=kwargs["latency"], max_samples=kwargs["max_samples"], batch_size=kwargs["batch_size"],
             thresholds=Thresholds(kwargs["min_sqnr"], kwargs["max_top1_drop"], kwargs["min_cosine"],
-                                  kwargs["min_agreement"]),
+                                  kwargs["min_agreement"], kwargs["min_sequence_agreement"]),
             progress=not kwargs["quiet"])
         markdown = render_markdown(report)
         for option, render in (("markdown", lambda: markdown), ("junit", lambda: render_junit(report)),

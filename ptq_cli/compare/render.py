@@ -32,6 +32,9 @@ def _model_name(path: str | None, fallback: str) -> str:
 def output_rows(report: CompareReport) -> tuple[list[str], list[list[str]]]:
     header = ["output", "SQNR dB", "cosine", "max abs", "mean abs", "RMSE", "top-1 agree", "top-5 agree",
               "NaN/Inf rows"]
+    sequences = any(out.sequence_agreement is not None for out in report.outputs)
+    if sequences:  # step scores: the share of samples decoded as the reference decodes them
+        header.append("sequences same")
     rows = []
     for out in report.outputs:
         cls = out.classification
@@ -39,6 +42,8 @@ def output_rows(report: CompareReport) -> tuple[list[str], list[list[str]]]:
                      fmt(out.mean_abs_error, ".3g"), fmt(out.rmse, ".3g"),
                      _pct(out.top1_agreement) if out.top1_agreement is not None else "-",
                      _pct(cls.top5_agreement) if cls else "-", str(out.nonfinite_candidate)])
+        if sequences:
+            rows[-1].append(_pct(out.sequence_agreement) if out.sequence_agreement is not None else "-")
     return header, rows
 
 

@@ -20,7 +20,9 @@ JSON schema (``schema_version`` 1; keys are only ever added, with a new version 
               "reference_top5": num|null, "candidate_top5": num|null, "top1_drop_pt": num|null,
               "per_step": bool},                      # [N, T, C] scores: agreement counts steps
           "kind": "scores"|"step_scores"|"embedding"|"integer"|"tensor",   # see drift/kinds.py
-          "exact_agreement": num|null}],             # integer outputs: share of samples equal
+          "exact_agreement": num|null,               # integer outputs: share of samples equal
+          "sequence_agreement": num|null}],          # step scores: share decoded as the reference
+                                                     # (greedy CTC decoding, drift/sequences.py)
       "layers": null | {
           "matched": [{"tensor": str, "candidate_tensor": str, "op_type": str, "node": str,
                        "quantized": bool, "matched_by": "name"|"graph"|"input"|"fused", "samples": int,
@@ -40,7 +42,8 @@ JSON schema (``schema_version`` 1; keys are only ever added, with a new version 
       "latency": null | {"warmup": int, "runs": int, "inputs": int, "speedup": num,
           "reference": {"median_ms": num, "p10_ms": num, "p90_ms": num, "min_ms": num, "max_ms": num},
           "candidate": {...same keys...}},
-      "thresholds": [{"name": "min_sqnr"|"max_top1_drop"|"min_cosine"|"min_agreement", "limit": num,
+      "thresholds": [{"name": "min_sqnr"|"max_top1_drop"|"min_cosine"|"min_agreement"|
+                               "min_sequence_agreement", "limit": num,
                       "value": num|null, "passed": bool, "detail": str}],
       "passed": bool, "failures": [str], "notes": [str]
     }

@@ -7,6 +7,7 @@ import numpy as np
 from ptq_cli.drift.kinds import OutputKind
 from ptq_cli.drift.metrics import ClassAccumulator, ErrorAccumulator, LabelOutOfRange, as_rows, hist_edges
 from ptq_cli.drift.report import ClassReport, OutputReport
+from ptq_cli.drift.sequences import SequenceAccumulator
 from ptq_cli.errors import DataError, ModelError
 
 
@@ -17,6 +18,7 @@ class OutputState:
         self.name, self.cand_name, self.kind = name, cand_name, kind
         self.errors = ErrorAccumulator(histogram=histogram)
         self.classes: ClassAccumulator | None = None
+        self.sequences = SequenceAccumulator() if kind is OutputKind.STEP_SCORES else None
         self.shape: tuple[int, ...] | None = None
         self.equal = self.rows = 0
 
@@ -44,6 +46,7 @@ class OutputState:
             classes = ref.shape[2]
             steps_ref = ref.reshape(-1, classes).astype(np.float64, copy=False)
             self._classes(classes).update(steps_ref, cand.reshape(-1, classes).astype(np.float64, copy=False), None)
+            self.sequences.update(ref, cand)
 
     def _classes(self, classes: int) -> ClassAccumulator:
         if self.classes is None:
@@ -67,7 +70,9 @@ class OutputState:
                               k.reference_top1, k.candidate_top1, k.reference_top5, k.candidate_top5,
                               per_step=self.kind is OutputKind.STEP_SCORES)
         exact = self.equal / self.rows if self.kind is OutputKind.INTEGER and self.rows else None
+        sequences = self.sequences.agreement() if self.sequences is not None and self.sequences.pairs else None
         return OutputReport(self.name, self.shape or (), s.samples, s.nonfinite_candidate,
                             s.nonfinite_reference, s.sqnr_db, s.cosine_mean, s.cosine_min, s.max_abs,
                             s.mean_abs, s.rmse, tuple(float(e) for e in hist_edges()), s.hist_counts, cls,
-                            kind=self.kind, exact_agreement=exact)
+                            kind=self.kind, exact_agreement=exact,
+                            sequence_agreement=sequences)

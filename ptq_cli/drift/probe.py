@@ -106,4 +106,5 @@ def _round(value: float | None) -> float | None:
 def _output_summary(out: OutputReport) -> dict:
     return {"name": out.name, "kind": out.kind.value, "sqnr_db": _round(out.sqnr_db),
             "cosine_mean": _round(out.cosine_mean), "cosine_min": _round(out.cosine_min),
-            "top1_agreement": _round(out.top1_agreement), "nonfinite_candidate": out.nonfinite_candidate}
+            "top1_agreement": _round(out.top1_agreement), "sequence_agreement": _round(out.sequence_agreement),
+            "nonfinite_candidate": out.nonfinite_candidate}

@@ -70,6 +70,8 @@ class OutputReport:
     classification: ClassReport | None = None
     kind: OutputKind = OutputKind.TENSOR
     exact_agreement: float | None = None  # INTEGER outputs: share of samples equal to the reference's
+    # STEP_SCORES outputs: share of samples whose greedy decoding is the reference's (sequences.py)
+    sequence_agreement: float | None = None
 
     @property
     def exact(self) -> bool:
@@ -86,6 +88,7 @@ class OutputReport:
             "error_histogram": {"log10_abs_edges": list(self.hist_edges), "counts": list(self.hist_counts)},
             "classification": self.classification.to_dict() if self.classification else None,
             "kind": self.kind.value, "exact_agreement": _num(self.exact_agreement),
+            "sequence_agreement": _num(self.sequence_agreement),
         }
 
     @property

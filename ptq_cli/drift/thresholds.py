@@ -6,7 +6,9 @@ the finished per-output figures.
   against the labels when there are labels, else 100 * (1 - top-1 agreement with the reference);
 - min_cosine: every output's mean cosine similarity must reach it;
 - min_agreement (0..1): on every output with an agreement figure, the top-1 agreement with the
-  reference (per step for step scores; exact equality for integer outputs) must reach it.
+  reference (per step for step scores; exact equality for integer outputs) must reach it;
+- min_sequence_agreement (0..1): on every step-scores output ([N, T, C]), the share of samples
+  whose greedily decoded sequence is the reference's (drift/sequences.py) must reach it.
 
 Integer outputs (ids, masks, indices) have no SQNR or cosine worth judging: min_sqnr and
 min_cosine skip them, min_agreement holds them to their exact agreement.
@@ -31,6 +33,7 @@ class Thresholds:
     max_top1_drop: float | None = None
     min_cosine: float | None = None
     min_agreement: float | None = None
+    min_sequence_agreement: float | None = None
 
     def __post_init__(self) -> None:
         for name in _NAMES:
@@ -41,8 +44,10 @@ class Thresholds:
             raise UsageError(f"max_top1_drop is in percentage points and must be >= 0, got {self.max_top1_drop}")
         if self.min_cosine is not None and not -1.0 <= self.min_cosine <= 1.0:
             raise UsageError(f"min_cosine must lie in [-1, 1], got {self.min_cosine}")
-        if self.min_agreement is not None and not 0.0 <= self.min_agreement <= 1.0:
-            raise UsageError(f"min_agreement is a fraction and must lie in [0, 1], got {self.min_agreement}")
+        for name in ("min_agreement", "min_sequence_agreement"):
+            value = getattr(self, name)
+            if value is not None and not 0.0 <= value <= 1.0:
+                raise UsageError(f"{name} is a fraction and must lie in [0, 1], got {value}")
 
     @property
     def any(self) -> bool:
@@ -58,7 +63,7 @@ class Thresholds:
         return ", ".join(shown) or "none"
 
 
-_NAMES = ("min_sqnr", "max_top1_drop", "min_cosine", "min_agreement")
+_NAMES = ("min_sqnr", "max_top1_drop", "min_cosine", "min_agreement", "min_sequence_agreement")
 
 
 def evaluate(thresholds: Thresholds, outputs: tuple[OutputReport, ...], *,
@@ -79,10 +84,14 @@ def evaluate(thresholds: Thresholds, outputs: tuple[OutputReport, ...], *,
     if thresholds.min_agreement is not None:
         judged = tuple(o for o in outputs if not where_measurable or _agreement_measurable(o))
         results.append(_agreement(thresholds.min_agreement, judged))
+    if thresholds.min_sequence_agreement is not None:
+        judged = tuple(o for o in outputs if not where_measurable or _sequences_measurable(o))
+        results.append(_sequence_agreement(thresholds.min_sequence_agreement, judged))
     if where_measurable:
         measurable = {"min_sqnr": bool(floats), "min_cosine": bool(floats),
                       "max_top1_drop": any(o.classification for o in outputs),
-                      "min_agreement": any(_agreement_measurable(o) for o in outputs)}
+                      "min_agreement": any(_agreement_measurable(o) for o in outputs),
+                      "min_sequence_agreement": any(_sequences_measurable(o) for o in outputs)}
         results = [r for r in results if measurable[r.name]]
     return tuple(results)
 
@@ -143,3 +152,19 @@ def _agreement(limit: float, outputs: tuple[OutputReport, ...]) -> ThresholdResu
     passed = worst >= limit
     detail = f"worst top-1 agreement {worst:.4g} on output {name!r} {'>=' if passed else '<'} {limit:g}"
     return ThresholdResult("min_agreement", float(limit), worst, passed, detail)
+
+
+def _sequences_measurable(out: OutputReport) -> bool:
+    return out.sequence_agreement is not None and out.samples >= AGREEMENT_MIN_SAMPLES
+
+
+def _sequence_agreement(limit: float, outputs: tuple[OutputReport, ...]) -> ThresholdResult:
+    values = [(o.sequence_agreement, o.name) for o in outputs if o.sequence_agreement is not None]
+    if not values:
+        return ThresholdResult("min_sequence_agreement", float(limit), None, False,
+                               "no step-scores output ([N, T, C] made by a Softmax) to decode")
+    worst, name = min(values)
+    passed = worst >= limit
+    detail = (f"worst share of sequences decoded as the reference's {worst:.4g} on output {name!r} "
+              f"{'>=' if passed else '<'} {limit:g}")
+    return ThresholdResult("min_sequence_agreement", float(limit), worst, passed, detail)

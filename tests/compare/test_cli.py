@@ -15,7 +15,7 @@ TOP_KEYS = {"schema_version", "tool", "tool_version", "reference", "candidate", 
             "latency", "thresholds", "passed", "failures", "notes"}
 OUTPUT_KEYS = {"name", "shape", "samples", "nonfinite_candidate", "nonfinite_reference", "exact", "sqnr_db",
                "cosine_mean", "cosine_min", "max_abs_error", "mean_abs_error", "rmse", "error_histogram",
-               "classification", "kind", "exact_agreement"}
+               "classification", "kind", "exact_agreement", "sequence_agreement"}
 CLASS_KEYS = {"classes", "top1_agreement", "top5_agreement", "labelled", "reference_top1", "candidate_top1",
               "reference_top5", "candidate_top5", "top1_drop_pt", "per_step"}
 LAYER_KEYS = {"tensor", "candidate_tensor", "op_type", "node", "quantized", "matched_by", "samples",

@@ -147,18 +147,21 @@ def test_default_budget_is_stricter_on_embeddings_and_steps_than_on_scores():
     from ptq_cli.drift.kinds import OutputKind
     from ptq_cli.drift.report import ClassReport, OutputReport
 
-    def report(kind, cosine, agreement=None, samples=32):
+    def report(kind, cosine, agreement=None, samples=32, sequences=None):
         classes = ClassReport(10, agreement, None, 0, None, None, None, None,
                               per_step=kind is OutputKind.STEP_SCORES) if agreement is not None else None
         return OutputReport("out", (samples, 10), samples, 0, 0, 20.0, cosine, cosine, 0.1, 0.01, 0.02, (), (),
-                            classes, kind=kind)
+                            classes, kind=kind, sequence_agreement=sequences)
 
     budget = Budget()
     assert all(r.passed for r in budget.judge((report(OutputKind.SCORES, 0.98, 0.95),)))
     missed = [r for r in budget.judge((report(OutputKind.EMBEDDING, 0.98),)) if not r.passed]
     assert [r.name for r in missed] == ["min_cosine"] and "0.99" in missed[0].detail
-    steps = budget.judge((report(OutputKind.STEP_SCORES, 0.995, 0.985),))
+    steps = budget.judge((report(OutputKind.STEP_SCORES, 0.995, 0.985, sequences=0.95),))
     assert [r.name for r in steps if not r.passed] == ["min_agreement"]
+    # 99.5 % of steps agreeing, yet one line in five reads differently: that misses the budget.
+    steps = budget.judge((report(OutputKind.STEP_SCORES, 0.999, 0.995, sequences=0.8),))
+    assert [r.name for r in steps if not r.passed] == ["min_sequence_agreement"]
     # Six samples cannot judge a per-sample agreement: one flip would cost 17 points.
     assert all(r.passed for r in budget.judge((report(OutputKind.SCORES, 0.999, 5 / 6, samples=6),)))
     assert not all(r.passed for r in Budget(Thresholds(min_agreement=0.9), by_kind=(), where_measurable=False)

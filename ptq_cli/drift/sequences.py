@@ -1,0 +1,55 @@
+"""Sequence agreement of per-step scores ([N, T, C], e.g. a CTC head): the share of samples whose
+decoded sequence is the reference's.
+
+Per-step agreement hides what a reader of the output sees: a text line of 80 steps is read
+differently as soon as one step flips, so 99 % of steps agreeing can leave a third of the lines
+changed. Each sample is decoded greedily, as CTC decoders do: the best class of every step,
+repeats merged, the blank dropped. The blank is the class the reference chooses most often over
+all steps (a CTC model spends most steps on it); for a per-frame classifier the same decoding
+compares the order of its segments, not their exact boundaries.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+
+class SequenceAccumulator:
+    """The per-step best classes of every sample, compared once all are seen (the blank is a
+    property of the whole data)."""
+
+    def __init__(self) -> None:
+        self.pairs: list[tuple[np.ndarray, np.ndarray]] = []
+        self.counts: dict[int, int] = {}
+
+    def update(self, ref: np.ndarray, cand: np.ndarray) -> None:
+        """`ref`, `cand`: [N, T, C] scores of N samples."""
+        ref_best = np.nan_to_num(ref, nan=-np.inf).argmax(axis=-1)
+        # A non-finite candidate step decodes as no class (-1): never the reference's.
+        cand_best = np.where(np.isfinite(cand).all(axis=-1), np.nan_to_num(cand, nan=-np.inf).argmax(axis=-1), -1)
+        for r, c in zip(ref_best, cand_best):
+            self.pairs.append((r, c))
+        classes, counts = np.unique(ref_best, return_counts=True)
+        for cls, count in zip(classes.tolist(), counts.tolist()):
+            self.counts[cls] = self.counts.get(cls, 0) + count
+
+    @property
+    def blank(self) -> int | None:
+        return max(self.counts, key=lambda cls: (self.counts[cls], -cls)) if self.counts else None
+
+    def agreement(self) -> float:
+        if not self.pairs:
+            return math.nan
+        blank = self.blank
+        same = sum(np.array_equal(greedy_decode(r, blank), greedy_decode(c, blank)) for r, c in self.pairs)
+        return same / len(self.pairs)
+
+
+def greedy_decode(best: np.ndarray, blank: int | None) -> np.ndarray:
+    """Best classes per step → the decoded sequence: repeats merged, then blanks dropped."""
+    if best.size == 0:
+        return best
+    kept = best[np.concatenate(([True], best[1:] != best[:-1]))]
+    return kept[kept != blank]
