@@ -199,3 +199,23 @@ def test_a_prefix_must_beat_the_fully_quantized_model_in_most_rounds():
     assert _choose(trials, 0.03).float_nodes == ()
     trials[1] = Trial(("stem",), 0.0, steady, steady.speedup_over(fp32))
     assert _choose(trials, 0.03).float_nodes == ("stem",)
+
+
+def test_nodes_slower_in_int8_anywhere_are_timed_as_float_islands(model_and_data, tmp_path):
+    """A depthwise Conv slower in INT8 in the middle of the network, its neighbours faster: no
+    float prefix helps, the island does (as PP-OCRv4's depthwise Convs between pointwise ones)."""
+    path, data = model_and_data
+    before = path.read_bytes()
+    table = {"stem": (40.0, 10.0), "dw": (10.0, 40.0), "pw": (40.0, 10.0), "pw2": (40.0, 10.0), "fc": (5.0, 3.0)}
+    result = ptq_cli.quantize(path, tmp_path / "island.onnx", data=data, objective=Objective.SPEED,
+                              machine=TableMachine(table), progress=False)
+    trials = {t.float_nodes: t.speedup for t in result.latency.trials}
+    assert ("dw",) in trials                # the island, besides the prefixes
+    assert result.recipe.exclude == ("dw",) and trials[("dw",)] == max(trials.values())
+    written = onnx.load(str(tmp_path / "island.onnx"))
+    onnx.checker.check_model(written, full_check=True)
+    assert _conv_inputs_dequantized(written) == {"stem": True, "dw": False, "pw": True, "pw2": True}
+    x = np.load(data / "0.npy")
+    fp32, int8 = run(onnx.load(str(path)), {"x": x})[0], run(written, {"x": x})[0]
+    assert np.corrcoef(fp32.ravel(), int8.ravel())[0, 1] > 0.99
+    assert path.read_bytes() == before

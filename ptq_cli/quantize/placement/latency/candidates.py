@@ -68,6 +68,23 @@ def prefix_candidates(model: onnx.ModelProto, quantized: Sequence[str], costs: C
     return sorted(out, key=lambda c: (c.estimate_us, len(c.float_nodes)))
 
 
+def slower_nodes_candidate(model: onnx.ModelProto, quantized: Sequence[str], costs: Costs,
+                           margin: float = 0.1) -> Candidate | None:
+    """Every compute node that the profiles show slower in INT8 than in FP32 (by more than
+    `margin`), left in float wherever it is: not a prefix, islands included. Depthwise Convs
+    between pointwise ones, a Softmax over thousands of classes, a Conv already surrounded by float
+    code (a written-out hard-swish) lose in INT8 anywhere in a network. The estimate leaves the
+    crossings out (some are added, some removed): the search times this candidate end to end."""
+    nodes = {n.name: n for n in model.graph.node}
+    slower = tuple(name for name in quantized if name in nodes and _is_compute(nodes[name])
+                   and costs.fp32.get(name, 0.0) > 0.0
+                   and costs.int8.get(name, 0.0) > (1.0 + margin) * costs.fp32[name])
+    if not slower:
+        return None
+    saved = sum(costs.int8[n] - costs.fp32[n] for n in slower)
+    return Candidate(slower, (), costs.int8_total_us - saved)
+
+
 def _is_compute(node: onnx.NodeProto) -> bool:
     handler = handler_for(node)
     return handler is not None and handler.output is not OutputRule.PASSTHROUGH

@@ -2,7 +2,8 @@
 
 1. profile the float model and the fully quantized one per node (onnxruntime's profiler);
 2. estimate every float prefix with the cost model (candidates.py) and keep the best few that
-   the caller accepts (e.g. a drift budget);
+   the caller accepts (e.g. a drift budget), plus the nodes the profiles show slower in INT8
+   wherever they are;
 3. time them end to end, interleaved with the FP32 model, and take the fastest; a candidate
    within `tie` (3 %) of the fastest that leaves fewer nodes in float wins, and a placement
    other than the fully quantized one must beat it in 3 of 4 interleaved rounds, so that noise
@@ -21,7 +22,7 @@ import onnx
 
 from ptq_cli.errors import PtqError
 from ptq_cli.model.external import serialized
-from ptq_cli.quantize.placement.latency.candidates import Candidate, Costs, prefix_candidates
+from ptq_cli.quantize.placement.latency.candidates import Candidate, Costs, prefix_candidates, slower_nodes_candidate
 from ptq_cli.quantize.placement.latency.cost import CrossingCost, node_costs, tensor_elements
 from ptq_cli.quantize.placement.latency.machine import Feeds, Machine, Timing
 from ptq_cli.recipe import ExcludedConvInput, Recipe
@@ -134,6 +135,12 @@ def search_placement(float_model: onnx.ModelProto, prepared: onnx.ModelProto, re
         variant = recipe.with_(exclude=recipe.exclude + candidate.float_nodes)
         if candidate.float_nodes and (accept is None or accept(variant)):
             built.append((candidate, variant, *build(variant)))
+    # Besides the prefixes, one candidate of islands: every node the profiles show slower in INT8.
+    slower = slower_nodes_candidate(prepared, full_plan.quantized, costs)
+    if slower is not None and all(c.float_nodes != slower.float_nodes for c, *_ in built):
+        variant = recipe.with_(exclude=recipe.exclude + slower.float_nodes)
+        if accept is None or accept(variant):
+            built.append((slower, variant, *build(variant)))
     timings = machine.time([serialized(float_model)] + [serialized(m) for _, _, m, _ in built], feeds)
     trials = [Trial(c.float_nodes, c.estimate_us, t, t.speedup_over(timings[0]), _variant(r, recipe))
               for (c, r, *_), t in zip(built, timings[1:])]
