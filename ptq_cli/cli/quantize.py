@@ -210,12 +210,13 @@ _REASON_LINES = 25
 
 def _latency_lines(result) -> list[str]:
     decision = result.latency
-    prefix = decision.chosen.float_nodes
+    fallback = set(result.drift["fallback"]) if result.drift else set()
+    prefix = [name for name in decision.chosen.float_nodes if name not in fallback]  # the fallback's are listed apart
     lines = [f"  latency here ({decision.timed_on}; {len(decision.trials)} placements timed, interleaved medians): "
              f"FP32 {decision.fp32.median_ms:.3f} ms, INT8 {decision.chosen.timing.median_ms:.3f} ms, "
              f"{decision.speedup:.2f}x (median of the per-round ratios)"]
     if prefix:
-        lines.append(f"  float prefix (faster in FP32 here, in the recipe's exclude): {len(prefix)} nodes, "
+        lines.append(f"  kept in float for speed (faster in FP32 here, in the recipe's exclude): {len(prefix)} nodes, "
                      f"{', '.join(prefix[:3])}{' ...' if len(prefix) > 3 else ''}")
     if result.float_written:
         lines.append("  INT8 does not pay on this machine: the float model was written (--if-slower float)")

@@ -117,13 +117,13 @@ def test_cli_speed_summary_and_exit_status(model_and_data, tmp_path, monkeypatch
                                        "--objective", "speed"])
     assert result.exit_code == 0, result.output
     assert "FP32 0.105 ms, INT8 0.063 ms, 1.67x (median of the per-round ratios)" in result.stderr
-    assert "float prefix" in result.stderr and "stem, dw" in result.stderr
+    assert "kept in float for speed" in result.stderr and "stem, dw" in result.stderr
     table["value"] = {name: (fp32, fp32 * 2) for name, (fp32, _) in MOBILE_TABLE.items()}
     result = CliRunner().invoke(main, ["quantize", str(path), "--data", str(data), "-o", str(out), "--force",
                                        "--objective", "speed"])
     assert result.exit_code == 0, result.output  # by default the INT8 model is written, with a warning
     assert "warning: INT8 is slower than FP32 on this machine (" in result.stderr and "written anyway" in result.stderr
-    assert "float prefix" not in result.stderr  # written for its size: every node quantized
+    assert "kept in float for speed" not in result.stderr  # written for its size: every node quantized
     out.unlink()
     result = CliRunner().invoke(main, ["quantize", str(path), "--data", str(data), "-o", str(out),
                                        "--objective", "speed", "--if-slower", "fail", "-q"])
