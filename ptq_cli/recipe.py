@@ -212,6 +212,9 @@ class Recipe:
     format: Format = Format.QDQ
     dynamic: bool = False
     exclude: tuple[str, ...] = ()  # node names or op types left in float
+    # MatMul/Gemm nodes (by name) quantized at run time (DynamicQuantizeLinear → MatMulInteger)
+    # instead of statically: what the drift budget's fallback chooses before float, as it keeps speed.
+    run_time: tuple[str, ...] = ()
     calibration: CalibrationSpec = field(default_factory=CalibrationSpec)
     bias_correction: bool = True  # subtract (W_q - W)·E[x] from Conv/Gemm biases (static only)
     equalize: bool = False  # cross-layer equalization of Conv -> Relu/ReLU6 -> Conv pairs (needs data)
@@ -234,6 +237,10 @@ class Recipe:
         if self.weight_codebook is not None and (self.dynamic or self.weight_only is not None):
             raise UsageError("a weight codebook replaces the other weight schemes: drop --dynamic / --weight-only")
         object.__setattr__(self, "exclude", tuple(self.exclude))
+        object.__setattr__(self, "run_time", tuple(self.run_time))
+        if self.run_time and (self.dynamic or self.weight_only is not None or self.weight_codebook is not None):
+            raise UsageError("run_time names MatMuls of a static quantization; --dynamic quantizes every one at "
+                             "run time, and weight-only schemes none")
         object.__setattr__(self, "dynamic_ops", tuple(self.dynamic_ops))
         unknown = [op for op in self.dynamic_ops if op not in DYNAMIC_OPS]
         if unknown:
@@ -298,7 +305,7 @@ def _from_plain(cls: type, data: dict[str, Any], where: str) -> Any:
             kwargs[key] = _granularity(raw, f"{where}.{key}")
         else:
             _check_plain(raw, str(annotations[key]), f"{where}.{key}")
-            kwargs[key] = tuple(raw) if key in ("exclude", "dynamic_ops") else raw
+            kwargs[key] = tuple(raw) if key in ("exclude", "run_time", "dynamic_ops") else raw
     return cls(**kwargs)
 
 

@@ -89,6 +89,9 @@ def drift_lines(result) -> list[str]:
         lines.append(f"  fallback: {len(drift['fallback'])} node(s) returned to float "
                      f"({result.fallback_trials} trials, {result.fallback_seconds:.0f} s; recorded in the recipe's "
                      f"exclude): {_names(drift['fallback'])}")
+    if drift.get("run_time"):
+        lines.append(f"  fallback: {len(drift['run_time'])} MatMul(s) quantized at run time instead of statically "
+                     f"(recorded in the recipe's run_time): {_names(drift['run_time'])}")
     if drift["budget"] and not drift["met"]:
         failures = "; ".join(r["detail"] for r in drift["budget"] if not r["passed"])
         lines.append(f"  WARNING: BEST EFFORT: this model does NOT meet the drift budget: {failures}")

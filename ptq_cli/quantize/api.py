@@ -295,7 +295,8 @@ def quantize(model: str | os.PathLike | onnx.ModelProto, output: str | os.PathLi
                 recipe = decision.recipe
         data_description = table.data
     samples = eval_samples(source, user_data, eval_data, image, labels)
-    outcome = _within_budget(source, floating, build, recipe, samples, budget, progress)
+    outcome = _within_budget(source, floating, build, recipe, samples, budget, progress,
+                             decision.gains_us if decision is not None else None)
     if outcome is not None:
         quantized, plan, recipe = outcome.trial.model, outcome.trial.plan, outcome.trial.recipe
     elif decision is not None and recipe == decision.recipe:
@@ -307,6 +308,7 @@ def quantize(model: str | os.PathLike | onnx.ModelProto, output: str | os.PathLi
         decision = retime(decision, source, quantized, plan, recipe, timing_feeds(source, data, image)[0],
                           machine or OnnxruntimeMachine(), why)
     _check_excludes(asked, source, plan)
+    _check_run_time(recipe, plan)
     if not plan.quantized and decision is None and not (outcome and outcome.searched) and output is not None:
         raise ModelError(_nothing_quantized(plan))  # (without an output, the result says why)
     drift = outcome.metadata(budget) if outcome else None
@@ -347,15 +349,17 @@ def _fallback_reason(skip: SkipReason, fallback: tuple[str, ...]) -> SkipReason:
 
 
 def _within_budget(source, floating, build, recipe: Recipe, samples, budget: Budget,
-                   progress: bool) -> BudgetOutcome | None:
+                   progress: bool, gains_us=None) -> BudgetOutcome | None:
     """The candidate of `recipe`, held to the drift budget on the evaluation samples; None when
-    there are no samples to measure on."""
+    there are no samples to measure on. `gains_us` (µs each node saves in INT8, when the latency
+    search measured them) lets the fallback return the nodes that cost least speed first."""
     if samples is None:
         if budget.thresholds.any and budget.thresholds != DEFAULT_THRESHOLDS:
             raise UsageError("a drift budget needs samples to measure on: pass --data or --eval-data DIR")
         return None
     return hold_budget(source, build, recipe, samples, budget,
-                       lambda: prepare(floating, min_opset=_required_opset(recipe)), progress=progress)
+                       lambda: prepare(floating, min_opset=_required_opset(recipe)), progress=progress,
+                       gains_us=gains_us)
 
 
 def _with_codebook(source, path, source_sha, data, calibration, recipe, image, **collect):
@@ -403,6 +407,16 @@ def _check_excludes(recipe: Recipe, source: onnx.ModelProto, plan: QuantPlan) ->
     if unknown:
         raise UsageError(f"--exclude {unknown[0]!r} matches no node name and no op type of the model; "
                          "check the spelling (`ptq compare --per-layer` prints node names)")
+
+
+
+def _check_run_time(recipe: Recipe, plan: QuantPlan) -> None:
+    """A run_time name that did not become a run-time MatMul is a mistake, unless the recipe also
+    leaves it in float (the fallback may have)."""
+    wrong = [name for name in recipe.run_time if name not in plan.dynamic and name not in recipe.exclude]
+    if wrong:
+        raise UsageError(f"the recipe's run_time names {wrong[0]!r}, which is not a MatMul/Gemm of an activation "
+                         "by a constant 2-D weight; only those can be quantized at run time")
 
 
 def _all_nodes(graph: onnx.GraphProto):

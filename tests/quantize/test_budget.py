@@ -3,6 +3,7 @@ search finding the node INT8 breaks, exit 3 without output when the budget canno
 the default budget leaving healthy outputs unchanged."""
 
 import json
+import math
 
 import numpy as np
 import onnx
@@ -13,6 +14,7 @@ from onnx import TensorProto, helper, numpy_helper
 import ptq_cli
 from ptq_cli.cli import main
 from ptq_cli.drift import Thresholds
+from ptq_cli.errors import UsageError
 from ptq_cli.quantize.placement.budget import MEASURE_ONLY, Budget, DriftBudgetError
 from tests.conftest import REPO, run
 
@@ -166,3 +168,73 @@ def test_default_budget_is_stricter_on_embeddings_and_steps_than_on_scores():
     assert all(r.passed for r in budget.judge((report(OutputKind.SCORES, 0.999, 5 / 6, samples=6),)))
     assert not all(r.passed for r in Budget(Thresholds(min_agreement=0.9), by_kind=(), where_measurable=False)
                    .judge((report(OutputKind.SCORES, 0.999, 5 / 6, samples=6),)))
+
+
+def _loudness_model() -> onnx.ModelProto:
+    """x[1, T, 8] -> MatMul fc1 -> Relu -> MatMul fc2 -> y[1, T, 5]. Half the samples are 50x louder
+    than the others: one static range per tensor, set by the loud ones, rounds the quiet ones to
+    nothing, while a range measured on each sample (at run time) suits both."""
+    rng = np.random.default_rng(2)
+    w1 = rng.normal(size=(8, 16)).astype(np.float32)
+    w2 = rng.normal(size=(16, 5)).astype(np.float32)
+    nodes = [helper.make_node("MatMul", ["x", "w1"], ["a"], name="fc1"),
+             helper.make_node("Relu", ["a"], ["r"], name="act"),
+             helper.make_node("MatMul", ["r", "w2"], ["y"], name="fc2")]
+    graph = helper.make_graph(nodes, "loudness", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, "T", 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, "T", 5])],
+                              [numpy_helper.from_array(w1, "w1"), numpy_helper.from_array(w2, "w2")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    onnx.checker.check_model(model, full_check=True)
+    return model
+
+
+def test_fallback_quantizes_matmuls_at_run_time_before_it_leaves_them_float(tmp_path):
+    path = tmp_path / "model.onnx"
+    onnx.save(_loudness_model(), path)
+    before = path.read_bytes()
+    data = tmp_path / "calib"
+    data.mkdir()
+    rng = np.random.default_rng(3)
+    samples = []
+    for i in range(24):  # lengths differ, so every sample runs alone, as it will in use
+        x = rng.normal(size=(1, 3 + i % 5, 8)).astype(np.float32) * (50.0 if i % 2 else 1.0)
+        np.save(data / f"{i:02d}.npy", x)
+        samples.append(x)
+    broken = ptq_cli.quantize(path, None, data=data, progress=False, budget=MEASURE_ONLY)
+    assert _drift(broken.model)["outputs"][0]["cosine_mean"] < 0.97
+
+    result = ptq_cli.quantize(path, tmp_path / "out.onnx", data=data, progress=False)
+    drift = _drift(result.model)
+    assert drift["met"] and drift["fallback"] == [] and sorted(drift["run_time"]) == ["fc1", "fc2"]
+    assert sorted(result.recipe.run_time) == ["fc1", "fc2"] and result.recipe.exclude == ()
+    written = onnx.load(tmp_path / "out.onnx")
+    onnx.checker.check_model(written, full_check=True)
+    ops = [n.op_type for n in written.graph.node]
+    assert ops.count("MatMulInteger") == 2 and ops.count("DynamicQuantizeLinear") == 2
+    assert "QuantizeLinear" not in ops
+    for x in samples:
+        ref, got = run(_loudness_model(), {"x": x})[0], run(written, {"x": x})[0]
+        assert np.sum(ref * got) / np.linalg.norm(ref) / np.linalg.norm(got) > 0.99
+    assert path.read_bytes() == before
+    # The recipe reproduces it, and a run_time that names no quantizable MatMul is refused.
+    again = ptq_cli.quantize(path, None, data=data, progress=False, recipe=result.recipe)
+    assert again.fallback_trials == 0 and again.model.graph.SerializeToString() == written.graph.SerializeToString()
+    with pytest.raises(UsageError, match="run_time names .act."):
+        ptq_cli.quantize(path, None, data=data, progress=False, recipe=ptq_cli.Recipe(run_time=("act",)))
+
+
+def test_with_measured_speed_the_fallback_returns_the_cheapest_harm_first():
+    from ptq_cli.drift.report import SensitivityRow
+    from ptq_cli.quantize.placement.fallback import _by_harm_per_gain
+
+    rows = [SensitivityRow("pointwise", "Conv", 20.0, None), SensitivityRow("depthwise", "Conv", 23.0, None),
+            SensitivityRow("head", "MatMul", 30.0, None), SensitivityRow("quiet", "Conv", math.inf, None),
+            SensitivityRow("unmeasured", "Conv", math.nan, None), SensitivityRow("nan", "Conv", 5.0, None, 2)]
+    unit_of = {row.node: (row.node,) for row in rows}
+    # The pointwise Conv saves 900 µs in INT8, the depthwise one loses 100, the head is not profiled.
+    gains = {"pointwise": 900.0, "depthwise": -100.0, "quiet": 10.0, "other": 100.0}
+    order = [row.node for row in _by_harm_per_gain(rows, unit_of, gains)]
+    # NaN/Inf first; then noise per µs: the depthwise (1/200 per 1 % of the median gain) before the
+    # pointwise (1/100 per 900 µs), the unprofiled head (1/1000 per the median) after; harmless last.
+    assert order == ["nan", "depthwise", "pointwise", "head", "quiet", "unmeasured"]

@@ -105,7 +105,7 @@ class _DynamicRewriter:
             return "excluded by --exclude"
         if node.op_type == "LSTM":
             return refuse_lstm(node, self.index)
-        if not self.index.is_float(node.input[0]):
+        if not self._float_input(node.input[0]):
             return "its input is not float"
         weight = self.index.constant(node.input[1])
         if weight is None and not (node.op_type == "MatMul" and self.index.is_float(node.input[1])):
@@ -115,6 +115,12 @@ class _DynamicRewriter:
         if node.op_type == "MatMul" and weight is not None and weight.ndim < 2:
             return "MatMul with a 1-D weight is left in float"
         return None
+
+    def _float_input(self, name: str) -> bool:
+        """Float by its type, or a DequantizeLinear's output that a static pass (which gives its new
+        tensors no type) wrote before a MatMul the fallback quantizes at run time."""
+        producer = self.index.producer.get(name)
+        return self.index.is_float(name) or (producer is not None and producer.op_type == "DequantizeLinear")
 
     # --- pieces ----------------------------------------------------------------------------
     def _constant(self, array: np.ndarray, base: str) -> str:

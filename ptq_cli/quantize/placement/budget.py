@@ -16,7 +16,7 @@ a collapsed model (MobileNetV1 per tensor: cosine 0.17, agreement 0.09) misses i
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
@@ -139,11 +139,12 @@ class BudgetOutcome:
 
     def metadata(self, budget: Budget) -> dict:
         return {**self.trial.drift.to_dict(), "thresholds": budget.to_dict(),
-                "fallback": list(self.trial.fallback), "met": self.met}
+                "fallback": list(self.trial.fallback), "run_time": list(self.trial.run_time), "met": self.met}
 
 
 def hold_budget(source: onnx.ModelProto, build, recipe: Recipe, samples: EvalSamples, budget: Budget,
-                prepared: Callable[[], onnx.ModelProto], *, progress: bool) -> BudgetOutcome:
+                prepared: Callable[[], onnx.ModelProto], *, progress: bool,
+                gains_us: Mapping[str, float] | None = None) -> BudgetOutcome:
     """Measure `build(recipe)`'s drift on `samples`; fall back until the budget holds if it does not.
     Raises DriftBudgetError when it cannot be met and best effort was not asked for."""
     from ptq_cli.drift.probe import DriftProbe
@@ -154,9 +155,10 @@ def hold_budget(source: onnx.ModelProto, build, recipe: Recipe, samples: EvalSam
     first = evaluate(build, probe, budget.judge, recipe)
     if first.drift.passed or not budget.fallback:
         return BudgetOutcome(first, first.drift.passed, False)
-    found = search(build, probe, budget.judge, first, prepared(), seconds=budget.seconds, progress=progress)
+    found = search(build, probe, budget.judge, first, prepared(), seconds=budget.seconds, progress=progress,
+                   gains_us=gains_us)
     # A candidate with every node in float meets any budget (its SQNR is infinite) but is no answer.
-    passed = found.passed and bool(found.trial.plan.quantized)
+    passed = found.passed and found.trial.plan.quantizes_anything
     outcome = BudgetOutcome(found.trial, passed, True, found.trials - 1, found.seconds)
     if not passed and not budget.best_effort:
         reached = "; ".join(found.trial.drift.failures) or "the budget with any node still quantized"

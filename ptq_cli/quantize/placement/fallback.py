@@ -10,28 +10,37 @@ The contract, which other searches (latency) call too:
 The ranking: each fallback unit (a quantized compute node, with the Relu/Clip folded into it)
 is measured alone, with only its quantization on and everything else float, as `ptq compare
 --per-layer` does (drift/sensitivity.py); the lowest output SQNR comes first. The search then
-excludes the first k units, k = 1, 2, 4, ... until the budget holds, bisects between the last
-k that failed and the first that held for the fewest, then tries each of those units back in
-INT8 (least harmful first) and keeps it there when the budget still holds. Every trial is one build and one run of
-the evaluation samples; the search stops at its time limit with the best trial so far.
+takes the first k units off static INT8, k = 1, 2, 4, ... until the budget holds, bisects
+between the last k that failed and the first that held for the fewest, then tries each of those
+units back in INT8 (least harmful first) and keeps it there when the budget still holds. A unit
+off static INT8 that is a MatMul/Gemm on a constant weight is quantized at run time (dynamic:
+DynamicQuantizeLinear → MatMulInteger, faster than float on every MatMul worth quantizing); the
+others, and those when no prefix meets the budget that way, go back to float. 16-bit activations are no step of this ladder: onnxruntime's CPU kernels run
+them as float ops between Q/DQ pairs, slower than float itself. Every trial is one build and one
+run of the evaluation samples; the search stops at its time limit with the best trial so far.
 """
 
 from __future__ import annotations
 
+import math
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import onnx
 from tqdm import tqdm
 
 from ptq_cli.drift.layers import Matching
 from ptq_cli.drift.probe import Drift, DriftProbe, Judge
+from ptq_cli.drift.report import SensitivityRow
 from ptq_cli.drift.sensitivity import isolated_rows
 from ptq_cli.drift.switches import FloatBase
+from ptq_cli.model.graph import GraphIndex
 from ptq_cli.quantize.placement.handlers import OutputRule, handler_for
 from ptq_cli.quantize.placement.plan import QuantPlan
+from ptq_cli.quantize.placement.transformer import runs_at_run_time
 from ptq_cli.recipe import Format, Recipe
 
 Build = Callable[[Recipe], tuple[onnx.ModelProto, QuantPlan]]
@@ -47,6 +56,7 @@ class Trial:
     plan: QuantPlan
     drift: Drift
     fallback: tuple[str, ...] = ()  # units the search returned to float (also in recipe.exclude)
+    run_time: tuple[str, ...] = ()  # units the search quantizes at run time instead (also in recipe.run_time)
 
 
 @dataclass(frozen=True)
@@ -58,24 +68,29 @@ class SearchResult:
     ranked: tuple[tuple[str, ...], ...] = ()
 
 
-def evaluate(build: Build, probe: DriftProbe, judge: Judge, recipe: Recipe, fallback: tuple[str, ...] = ()) -> Trial:
+def evaluate(build: Build, probe: DriftProbe, judge: Judge, recipe: Recipe, fallback: tuple[str, ...] = (),
+             run_time: tuple[str, ...] = ()) -> Trial:
     """The contract: quantize with `recipe`, measure the candidate's drift, judge it (`Budget.judge`)."""
     model, plan = build(recipe)
-    return Trial(recipe, model, plan, probe.measure(model, judge), fallback)
+    return Trial(recipe, model, plan, probe.measure(model, judge), fallback, run_time)
 
 
 def search(build: Build, probe: DriftProbe, judge: Judge, first: Trial, prepared: onnx.ModelProto, *,
-           seconds: float, progress: bool = False, clock: Callable[[], float] = time.monotonic) -> SearchResult:
-    """Fall back the fewest ranked units until `first.recipe` passes `judge` (see the module doc)."""
+           seconds: float, progress: bool = False, clock: Callable[[], float] = time.monotonic,
+           gains_us: Mapping[str, float] | None = None) -> SearchResult:
+    """Fall back the fewest ranked units until `first.recipe` passes `judge` (see the module doc).
+    `gains_us`: µs each node saves in INT8 on this machine, which ranks by harm per µs."""
     start = clock()
     if first.drift.passed:
         return SearchResult(first, True, 1, 0.0)
     ranking_ends = start + seconds * RANKING_SHARE
-    ranked = rank_units(build, probe, first, prepared, progress=progress, in_time=lambda: clock() < ranking_ends)
+    ranked = rank_units(build, probe, first, prepared, progress=progress, in_time=lambda: clock() < ranking_ends,
+                        gains_us=gains_us)
     with tqdm(total=None, unit="trial", desc="fallback", disable=not progress, file=sys.stderr) as bar:
         trials = _Trials(build, probe, judge, first, bar, lambda: clock() - start < seconds)
-        _grow(trials, ranked)
-        _prune(trials)
+        run_time = _run_time_units(prepared, ranked, first.plan.dynamic)
+        _grow(trials, ranked, run_time)
+        _prune(trials, run_time)
     chosen = trials.passing if trials.passing is not None else trials.best
     return SearchResult(chosen, trials.passing is not None, trials.count, clock() - start, tuple(ranked))
 
@@ -91,62 +106,99 @@ class _Trials:
                  in_time: Callable[[], bool]) -> None:
         self.build, self.probe, self.judge, self.first, self.bar = build, probe, judge, first, bar
         self.in_time = in_time
-        self.best, self.passing, self.passing_units, self.count = first, None, (), 1
+        self.best, self.passing, self.count = first, None, 1
+        self.passing_units: tuple[Unit, ...] = ()      # the units the passing trial takes off static INT8
+        self.passing_run_time: tuple[Unit, ...] = ()   # of those, the ones quantized at run time
 
-    def met(self, units: tuple[Unit, ...]) -> bool:
-        names = tuple(name for unit in units for name in unit)
-        recipe = self.first.recipe.with_(exclude=self.first.recipe.exclude + names)
-        result = evaluate(self.build, self.probe, self.judge, recipe, names)
+    def met(self, units: tuple[Unit, ...], run_time: tuple[Unit, ...] = ()) -> bool:
+        """Whether the budget holds with `units` off static INT8: those of `run_time` quantized at
+        run time, the others in float."""
+        run_time = tuple(u for u in run_time if u in units)
+        floated = tuple(name for unit in units if unit not in run_time for name in unit)
+        dynamic = tuple(name for unit in run_time for name in unit)
+        recipe = self.first.recipe.with_(exclude=self.first.recipe.exclude + floated,
+                                         run_time=self.first.recipe.run_time + dynamic)
+        result = evaluate(self.build, self.probe, self.judge, recipe, floated, dynamic)
         self.count += 1
         self.bar.update(1)
-        passed = result.drift.passed and bool(result.plan.quantized)
-        self.bar.set_postfix_str(f"{len(names)} node(s) in float, budget {'met' if passed else 'missed'}")
-        if passed and (self.passing is None or len(units) <= len(self.passing_units)):
-            self.passing, self.passing_units = result, units
-        if result.plan.quantized and result.drift.score() > self.best.drift.score():
+        passed = result.drift.passed and result.plan.quantizes_anything
+        at_run_time = f", {len(dynamic)} at run time" if dynamic else ""
+        self.bar.set_postfix_str(f"{len(floated)} node(s) in float{at_run_time}, budget {'met' if passed else 'missed'}")
+        # Fewer units in float first, then fewer at run time: static INT8 > run time > float.
+        cost = (len(units) - len(run_time), len(run_time))
+        if passed and (self.passing is None or cost <= (len(self.passing_units) - len(self.passing_run_time),
+                                                        len(self.passing_run_time))):
+            self.passing, self.passing_units, self.passing_run_time = result, units, run_time
+        if result.plan.quantizes_anything and result.drift.score() > self.best.drift.score():
             self.best = result
         return passed
 
 
-def _grow(trials: _Trials, ranked: Sequence[Unit]) -> None:
+def _grow(trials: _Trials, ranked: Sequence[Unit], run_time: set[Unit]) -> None:
     """The shortest prefix of `ranked` that meets the budget: k = 1, 2, 4, ..., all but one, all;
-    then bisection between the last k that missed and the first that met."""
+    then bisection between the last k that missed and the first that met. The units of the prefix
+    that can run at run time (`run_time`) do, as they keep most of the speed; only when no prefix
+    meets the budget that way does a second pass leave every unit of the prefix in float."""
+    if run_time and _grow_pass(trials, ranked, run_time):
+        return
+    _grow_pass(trials, ranked, set())
+
+
+def _grow_pass(trials: _Trials, ranked: Sequence[Unit], run_time: set[Unit]) -> bool:
+    def met(k: int) -> bool:
+        return trials.met(tuple(ranked[:k]), tuple(u for u in ranked[:k] if u in run_time))
+
     n = len(ranked)
     sizes = sorted({min(2 ** i, n) for i in range(n.bit_length() + 1)} | ({n - 1} if n > 1 else set()))
     low, high = 0, None
     for k in sizes:
         if not trials.in_time():
             break
-        if trials.met(tuple(ranked[:k])):
+        if met(k):
             high = k
             break
         low = k
     while high is not None and high - low > 1 and trials.in_time():
         middle = (low + high) // 2
-        if trials.met(tuple(ranked[:middle])):
+        if met(middle):
             high = middle
         else:
             low = middle
+    return high is not None
 
 
-def _prune(trials: _Trials, most: int = PRUNE_AT_MOST) -> None:
+def _prune(trials: _Trials, run_time: set[Unit], most: int = PRUNE_AT_MOST) -> None:
     """Give back to INT8 each unit of the passing prefix the budget does not need, least harmful
     first: isolated sensitivity ranks a consumer of a broken tensor beside its producer, and the
-    prefix drags along units ranked between them."""
+    prefix drags along units ranked between them. A unit the budget needs off static INT8 that
+    can run at run time (`run_time`) is tried there before it is left in float."""
     if trials.passing is None or len(trials.passing_units) > most:
         return
     for unit in reversed(trials.passing_units):
-        kept = tuple(u for u in trials.passing_units if u != unit)
-        if not kept or not trials.in_time():
+        if not trials.in_time():
             break
-        trials.met(kept)
+        kept = tuple(u for u in trials.passing_units if u != unit)
+        if kept and trials.met(kept, trials.passing_run_time):
+            continue
+        if unit in run_time and unit not in trials.passing_run_time and trials.in_time():
+            trials.met(trials.passing_units, trials.passing_run_time + (unit,))
+
+
+def _run_time_units(prepared: onnx.ModelProto, units: Sequence[Unit], already: Sequence[str]) -> set[Unit]:
+    """The units that can be quantized at run time and are not yet (`already`): one MatMul/Gemm
+    on a constant 2-D weight."""
+    index = GraphIndex(prepared.graph)
+    by_name = {n.name: n for n in prepared.graph.node if n.name}
+    return {unit for unit in units if len(unit) == 1 and unit[0] in by_name and unit[0] not in already
+            and runs_at_run_time(by_name[unit[0]], index)}
 
 
 def rank_units(build: Build, probe: DriftProbe, first: Trial, prepared: onnx.ModelProto, *,
-               progress: bool = False, in_time: Callable[[], bool] | None = None) -> list[Unit]:
+               progress: bool = False, in_time: Callable[[], bool] | None = None,
+               gains_us: Mapping[str, float] | None = None) -> list[Unit]:
     """The fallback units of `first`, most harmful alone first (see the module doc): a unit ranks
-    where its most harmful node does. Units left unmeasured when `in_time()` turns false follow,
-    in graph order."""
+    where its most harmful node does. With `gains_us`, most harm per µs of INT8 speed first.
+    Units left unmeasured when `in_time()` turns false follow, in graph order."""
     candidate = first.model
     if first.recipe.format is not Format.QDQ:  # the switches need DequantizeLinear inputs
         candidate = build(first.recipe.with_(format=Format.QDQ))[0]
@@ -157,10 +209,33 @@ def rank_units(build: Build, probe: DriftProbe, first: Trial, prepared: onnx.Mod
     chunks, expected = _smallest(probe, RANKING_SAMPLES)
     rows = isolated_rows(base, chunks, expected, probe.pairs, probe.kinds, nodes=picked, progress=progress,
                          in_time=in_time, literal=True)
+    if gains_us:
+        rows = _by_harm_per_gain(rows, unit_of, gains_us)
     measured = [unit_of[row.node] for row in rows]
     ranked = [u for unit in measured for u in (unit, *_feeding_units(unit, prepared, unit_of))]
     ranked += [unit_of[base.nodes[k].name] for k in picked] + units
     return list(dict.fromkeys(ranked))  # first place of each unit, in order
+
+
+def _by_harm_per_gain(rows: Sequence[SensitivityRow], unit_of: Mapping[str, Unit],
+                      gains_us: Mapping[str, float]) -> list[SensitivityRow]:
+    """`rows` (worst first) reordered by the output noise each node adds alone (10^(-SQNR/10))
+    per µs its unit saves in INT8: a node that costs as much accuracy but saves no time (a
+    depthwise Conv slower in INT8) goes back to float before one that halves a MatMul's time.
+    A unit no profile names counts as saving the median; none saves less than 1 % of it."""
+    known = [g for g in gains_us.values() if g > 0]
+    typical = float(np.median(known)) if known else 1.0
+
+    def key(row: SensitivityRow) -> tuple[int, float]:
+        if row.nonfinite_candidate:
+            return (0, 0.0)
+        if math.isnan(row.sqnr_db):
+            return (2, 0.0)
+        named = [gains_us[name] for name in unit_of[row.node] if name in gains_us]
+        gain = sum(named) if named else typical
+        return (1, -(10.0 ** (-row.sqnr_db / 10.0)) / max(gain, 0.01 * typical))
+
+    return sorted(rows, key=key)
 
 
 def _feeding_units(unit: Unit, prepared: onnx.ModelProto, unit_of: dict[str, Unit]) -> list[Unit]:

@@ -20,10 +20,10 @@ import onnx
 from ptq_cli.errors import CalibrationError
 from ptq_cli.model.graph import GraphIndex, attribute
 from ptq_cli.quantize.placement.handlers import (FUSED_ACTIVATIONS, OpHandler, OutputRule, activation_inputs,
-                                       handler_for)
+                                                 handler_for)
 from ptq_cli.quantize.placement.patterns import Pattern
 from ptq_cli.quantize.placement.transformer import (concat_span_reason, dynamic_matmul_reason, embedding_table,
-                                        float_patterns, glue_reason)
+                                                    float_patterns, glue_reason, runs_at_run_time)
 from ptq_cli.quantize.arithmetic.scheme import QParams, compute_qparams, quantize, weight_range
 from ptq_cli.quantize.arithmetic.stochastic import weight_rng
 from ptq_cli.recipe import ExcludedConvInput, PerChannel, QType, Recipe, Rounding, TensorSpec
@@ -85,6 +85,11 @@ class QuantPlan:
     patterns: list[Pattern] = field(default_factory=list)  # what placement found (patterns.py)
     floating: dict[str, str] = field(default_factory=dict)  # node -> why placement keeps it float
 
+    @property
+    def quantizes_anything(self) -> bool:
+        """Statically, at run time or weight-only: a plan with none of them leaves the model float."""
+        return bool(self.quantized or self.dynamic or self.weight_only)
+
 
 def make_plan(model: onnx.ModelProto, recipe: Recipe, ranges: Mapping[str, tuple[float, float]]) -> QuantPlan:
     index = GraphIndex(model.graph)
@@ -132,6 +137,10 @@ def _claim_compute_nodes(graph, index, recipe, ranges, plan) -> set[str]:
         if node.op_type in FUSED_ACTIVATIONS or (handler and handler.output is OutputRule.PASSTHROUGH):
             continue
         reason = _skip_reason(node, handler, index, recipe, plan.floating)
+        if reason is None and node.name in recipe.run_time and runs_at_run_time(node, index):
+            placed.add(node.name)  # its output is float, as a dynamic MatMul's placement chose
+            plan.dynamic.append(node.name)
+            continue
         if reason is None:
             reason = _placement_reason(node, index, recipe, ranges, done, placed)
             if reason is not None:

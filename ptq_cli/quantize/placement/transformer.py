@@ -77,6 +77,16 @@ def float_source(tensor: str, index: GraphIndex, quantized: set[str]) -> onnx.No
     return producer
 
 
+def runs_at_run_time(node: onnx.NodeProto, index: GraphIndex) -> bool:
+    """Whether `node` can be quantized at run time: a MatMul/Gemm of a float activation by a
+    constant 2-D weight (what rewrite_dynamic makes MatMulInteger of)."""
+    if node.op_type not in ("MatMul", "Gemm") or node.domain not in ("", "ai.onnx") or len(node.input) < 2:
+        return False
+    weight = index.constant(node.input[1])
+    return weight is not None and weight.ndim == 2 and index.is_float(node.input[0]) and \
+        node.input[0] not in index.initializers
+
+
 def dynamic_matmul_reason(node: onnx.NodeProto, index: GraphIndex, quantized: set[str],
                           placed: set[str]) -> str | None:
     """Why `node` (a MatMul on a constant 2-D weight) is quantized at run time, or None when it

@@ -15,8 +15,8 @@
 from __future__ import annotations
 
 import enum
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 
 import onnx
 
@@ -73,6 +73,9 @@ class LatencyDecision:
     chosen: Trial
     trials: tuple[Trial, ...]
     timed_on: str = ""  # the inputs the models were timed on
+    # µs each compute node saves in INT8 (FP32 profile - INT8 profile), where both profiles name
+    # it: what the drift budget's fallback weighs a node's harm against.
+    gains_us: Mapping[str, float] = field(default_factory=dict)
 
     @property
     def speedup(self) -> float:
@@ -146,7 +149,8 @@ def search_placement(float_model: onnx.ModelProto, prepared: onnx.ModelProto, re
               for (c, r, *_), t in zip(built, timings[1:])]
     best = _most_float(trials) if objective is Objective.ACCURACY else _choose(trials, tie)
     _, chosen_recipe, model, plan = built[trials.index(best)]
-    return LatencyDecision(chosen_recipe, model, plan, timings[0], best, tuple(trials))
+    gains = {name: costs.fp32[name] - us for name, us in costs.int8.items() if costs.fp32.get(name, 0.0) > 0.0}
+    return LatencyDecision(chosen_recipe, model, plan, timings[0], best, tuple(trials), gains_us=gains)
 
 
 def retime(decision: LatencyDecision, float_model: onnx.ModelProto, model: onnx.ModelProto, plan: object,
@@ -159,7 +163,8 @@ def retime(decision: LatencyDecision, float_model: onnx.ModelProto, model: onnx.
     kept = tuple(n for n in decision.chosen.float_nodes if n in recipe.exclude)
     added = tuple(n for n in recipe.exclude if n not in decision.chosen.float_nodes)
     trial = Trial(kept + added, 0.0, final, final.speedup_over(fp32), why)
-    return LatencyDecision(recipe, model, plan, fp32, trial, decision.trials + (trial,), decision.timed_on)
+    return replace(decision, recipe=recipe, model=model, plan=plan, fp32=fp32, chosen=trial,
+                   trials=decision.trials + (trial,))
 
 
 def _variant(chosen: Recipe, asked: Recipe) -> str:
