@@ -171,7 +171,11 @@ def _prune(trials: _Trials, run_time: set[Unit], most: int = PRUNE_AT_MOST) -> N
     """Give back to INT8 each unit of the passing prefix the budget does not need, least harmful
     first: isolated sensitivity ranks a consumer of a broken tensor beside its producer, and the
     prefix drags along units ranked between them. A unit the budget needs off static INT8 that
-    can run at run time (`run_time`) is tried there before it is left in float."""
+    can run at run time (`run_time`) is tried there before it is left in float.
+
+    Only short prefixes (at most `most` units) are pruned: each give-back that still meets the
+    budget on the evaluation samples brings the model nearer to its edge there, and on PP-OCRv4
+    pruning 63 units by speed reached 29 of 32 sequences in-sample but 85 % of held-out lines."""
     if trials.passing is None or len(trials.passing_units) > most:
         return
     for unit in reversed(trials.passing_units):
@@ -182,6 +186,17 @@ def _prune(trials: _Trials, run_time: set[Unit], most: int = PRUNE_AT_MOST) -> N
             continue
         if unit in run_time and unit not in trials.passing_run_time and trials.in_time():
             trials.met(trials.passing_units, trials.passing_run_time + (unit,))
+
+
+def _unit_gain(unit: Unit, gains_us: Mapping[str, float], unknown: float) -> float:
+    """µs the unit saves in INT8: what the profiles say of its nodes, `unknown` when they name none."""
+    named = [gains_us[name] for name in unit if name in gains_us]
+    return sum(named) if named else unknown
+
+
+def _typical_gain(gains_us: Mapping[str, float]) -> float:
+    known = [g for g in gains_us.values() if g > 0]
+    return float(np.median(known)) if known else 1.0
 
 
 def _run_time_units(prepared: onnx.ModelProto, units: Sequence[Unit], already: Sequence[str]) -> set[Unit]:
@@ -223,16 +238,14 @@ def _by_harm_per_gain(rows: Sequence[SensitivityRow], unit_of: Mapping[str, Unit
     per µs its unit saves in INT8: a node that costs as much accuracy but saves no time (a
     depthwise Conv slower in INT8) goes back to float before one that halves a MatMul's time.
     A unit no profile names counts as saving the median; none saves less than 1 % of it."""
-    known = [g for g in gains_us.values() if g > 0]
-    typical = float(np.median(known)) if known else 1.0
+    typical = _typical_gain(gains_us)
 
     def key(row: SensitivityRow) -> tuple[int, float]:
         if row.nonfinite_candidate:
             return (0, 0.0)
         if math.isnan(row.sqnr_db):
             return (2, 0.0)
-        named = [gains_us[name] for name in unit_of[row.node] if name in gains_us]
-        gain = sum(named) if named else typical
+        gain = _unit_gain(unit_of[row.node], gains_us, unknown=typical)
         return (1, -(10.0 ** (-row.sqnr_db / 10.0)) / max(gain, 0.01 * typical))
 
     return sorted(rows, key=key)
