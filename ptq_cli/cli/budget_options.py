@@ -16,8 +16,7 @@ def budget_options(func):
     options = [
         click.option("--eval-data", type=click.Path(exists=True, path_type=Path), metavar="DIR",
                      help="Measure the drift on the first 32 samples of DIR (same formats as --data) "
-                          "instead of 32 evenly spaced calibration samples (64 for a model with "
-                          "[N, T, C] step scores, judged by whole sequences)."),
+                          "instead of 32 evenly spaced calibration samples."),
         click.option("--min-sqnr", type=float, metavar="DB", help="Budget: every output's SQNR at least DB."),
         click.option("--min-cosine", type=click.FloatRange(-1, 1), metavar="C",
                      help="Budget: every float output's mean cosine similarity to FP32 at least C."),

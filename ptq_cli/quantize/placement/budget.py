@@ -33,10 +33,6 @@ if TYPE_CHECKING:
     from ptq_cli.quantize.placement.fallback import Trial
 
 EVAL_SAMPLES = 32
-# A model with step scores (a CTC head) is judged by the share of its sequences decoded as FP32's,
-# where one sample in 32 is 3 points: twice the samples halve the chance that the fallback stops
-# at a candidate that only met the limit by luck (PP-OCRv4: 29 of 32 in-sample lines, 85 % held out).
-SEQUENCE_EVAL_SAMPLES = 64
 DEFAULT_THRESHOLDS = Thresholds(min_cosine=0.97, min_agreement=0.9)
 # Stricter defaults for the kinds no CNN classifier has (their outputs cannot change): a sentence
 # embedding is only useful while its cosine to FP32 is near 1, and a line of text decodes
@@ -102,16 +98,10 @@ class EvalSamples:
 
 
 def eval_samples(model: onnx.ModelProto, data, eval_data, image, labels=None,
-                 limit: int | None = None) -> EvalSamples | None:
-    """The samples the drift is measured on (`limit` of them, by default EVAL_SAMPLES, or
-    SEQUENCE_EVAL_SAMPLES for a model with step scores), or None when there is no data at all."""
+                 limit: int = EVAL_SAMPLES) -> EvalSamples | None:
+    """The samples the drift is measured on, or None when there is no data at all."""
     from ptq_cli.data import iter_batches, open_dataset
-    from ptq_cli.drift.kinds import output_kinds
     from ptq_cli.model.io import input_specs
-
-    if limit is None:
-        steps = OutputKind.STEP_SCORES in output_kinds(model).values()
-        limit = SEQUENCE_EVAL_SAMPLES if steps else EVAL_SAMPLES
 
     source = eval_data if eval_data is not None else data
     if source is None:
