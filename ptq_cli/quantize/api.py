@@ -295,8 +295,7 @@ def quantize(model: str | os.PathLike | onnx.ModelProto, output: str | os.PathLi
                 recipe = decision.recipe
         data_description = table.data
     samples = eval_samples(source, user_data, eval_data, image, labels)
-    outcome = _within_budget(source, floating, build, recipe, samples, budget, progress,
-                             decision.gains_us if decision is not None else None)
+    outcome = _within_budget(source, floating, build, recipe, samples, budget, progress)
     if outcome is not None:
         quantized, plan, recipe = outcome.trial.model, outcome.trial.plan, outcome.trial.recipe
     elif decision is not None and recipe == decision.recipe:
@@ -349,17 +348,15 @@ def _fallback_reason(skip: SkipReason, fallback: tuple[str, ...]) -> SkipReason:
 
 
 def _within_budget(source, floating, build, recipe: Recipe, samples, budget: Budget,
-                   progress: bool, gains_us=None) -> BudgetOutcome | None:
+                   progress: bool) -> BudgetOutcome | None:
     """The candidate of `recipe`, held to the drift budget on the evaluation samples; None when
-    there are no samples to measure on. `gains_us` (µs each node saves in INT8, when the latency
-    search measured them) lets the fallback return the nodes that cost least speed first."""
+    there are no samples to measure on."""
     if samples is None:
         if budget.thresholds.any and budget.thresholds != DEFAULT_THRESHOLDS:
             raise UsageError("a drift budget needs samples to measure on: pass --data or --eval-data DIR")
         return None
     return hold_budget(source, build, recipe, samples, budget,
-                       lambda: prepare(floating, min_opset=_required_opset(recipe)), progress=progress,
-                       gains_us=gains_us)
+                       lambda: prepare(floating, min_opset=_required_opset(recipe)), progress=progress)
 
 
 def _with_codebook(source, path, source_sha, data, calibration, recipe, image, **collect):
@@ -407,7 +404,6 @@ def _check_excludes(recipe: Recipe, source: onnx.ModelProto, plan: QuantPlan) ->
     if unknown:
         raise UsageError(f"--exclude {unknown[0]!r} matches no node name and no op type of the model; "
                          "check the spelling (`ptq compare --per-layer` prints node names)")
-
 
 
 def _check_run_time(recipe: Recipe, plan: QuantPlan) -> None:

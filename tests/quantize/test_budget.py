@@ -3,7 +3,6 @@ search finding the node INT8 breaks, exit 3 without output when the budget canno
 the default budget leaving healthy outputs unchanged."""
 
 import json
-import math
 
 import numpy as np
 import onnx
@@ -223,18 +222,3 @@ def test_fallback_quantizes_matmuls_at_run_time_before_it_leaves_them_float(tmp_
     with pytest.raises(UsageError, match="run_time names .act."):
         ptq_cli.quantize(path, None, data=data, progress=False, recipe=ptq_cli.Recipe(run_time=("act",)))
 
-
-def test_with_measured_speed_the_fallback_returns_the_cheapest_harm_first():
-    from ptq_cli.drift.report import SensitivityRow
-    from ptq_cli.quantize.placement.fallback import _by_harm_per_gain
-
-    rows = [SensitivityRow("pointwise", "Conv", 20.0, None), SensitivityRow("depthwise", "Conv", 23.0, None),
-            SensitivityRow("head", "MatMul", 30.0, None), SensitivityRow("quiet", "Conv", math.inf, None),
-            SensitivityRow("unmeasured", "Conv", math.nan, None), SensitivityRow("nan", "Conv", 5.0, None, 2)]
-    unit_of = {row.node: (row.node,) for row in rows}
-    # The pointwise Conv saves 900 µs in INT8, the depthwise one loses 100, the head is not profiled.
-    gains = {"pointwise": 900.0, "depthwise": -100.0, "quiet": 10.0, "other": 100.0}
-    order = [row.node for row in _by_harm_per_gain(rows, unit_of, gains)]
-    # NaN/Inf first; then noise per µs: the depthwise (1/200 per 1 % of the median gain) before the
-    # pointwise (1/100 per 900 µs), the unprofiled head (1/1000 per the median) after; harmless last.
-    assert order == ["nan", "depthwise", "pointwise", "head", "quiet", "unmeasured"]

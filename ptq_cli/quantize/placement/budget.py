@@ -16,7 +16,7 @@ a collapsed model (MobileNetV1 per tensor: cosine 0.17, agreement 0.09) misses i
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
@@ -143,8 +143,7 @@ class BudgetOutcome:
 
 
 def hold_budget(source: onnx.ModelProto, build, recipe: Recipe, samples: EvalSamples, budget: Budget,
-                prepared: Callable[[], onnx.ModelProto], *, progress: bool,
-                gains_us: Mapping[str, float] | None = None) -> BudgetOutcome:
+                prepared: Callable[[], onnx.ModelProto], *, progress: bool) -> BudgetOutcome:
     """Measure `build(recipe)`'s drift on `samples`; fall back until the budget holds if it does not.
     Raises DriftBudgetError when it cannot be met and best effort was not asked for."""
     from ptq_cli.drift.probe import DriftProbe
@@ -155,8 +154,7 @@ def hold_budget(source: onnx.ModelProto, build, recipe: Recipe, samples: EvalSam
     first = evaluate(build, probe, budget.judge, recipe)
     if first.drift.passed or not budget.fallback:
         return BudgetOutcome(first, first.drift.passed, False)
-    found = search(build, probe, budget.judge, first, prepared(), seconds=budget.seconds, progress=progress,
-                   gains_us=gains_us)
+    found = search(build, probe, budget.judge, first, prepared(), seconds=budget.seconds, progress=progress)
     # A candidate with every node in float meets any budget (its SQNR is infinite) but is no answer.
     passed = found.passed and found.trial.plan.quantizes_anything
     outcome = BudgetOutcome(found.trial, passed, True, found.trials - 1, found.seconds)

@@ -22,19 +22,16 @@ run of the evaluation samples; the search stops at its time limit with the best 
 
 from __future__ import annotations
 
-import math
 import sys
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-import numpy as np
 import onnx
 from tqdm import tqdm
 
 from ptq_cli.drift.layers import Matching
 from ptq_cli.drift.probe import Drift, DriftProbe, Judge
-from ptq_cli.drift.report import SensitivityRow
 from ptq_cli.drift.sensitivity import isolated_rows
 from ptq_cli.drift.switches import FloatBase
 from ptq_cli.model.graph import GraphIndex
@@ -76,16 +73,13 @@ def evaluate(build: Build, probe: DriftProbe, judge: Judge, recipe: Recipe, fall
 
 
 def search(build: Build, probe: DriftProbe, judge: Judge, first: Trial, prepared: onnx.ModelProto, *,
-           seconds: float, progress: bool = False, clock: Callable[[], float] = time.monotonic,
-           gains_us: Mapping[str, float] | None = None) -> SearchResult:
-    """Fall back the fewest ranked units until `first.recipe` passes `judge` (see the module doc).
-    `gains_us`: µs each node saves in INT8 on this machine, which ranks by harm per µs."""
+           seconds: float, progress: bool = False, clock: Callable[[], float] = time.monotonic) -> SearchResult:
+    """Fall back the fewest ranked units until `first.recipe` passes `judge` (see the module doc)."""
     start = clock()
     if first.drift.passed:
         return SearchResult(first, True, 1, 0.0)
     ranking_ends = start + seconds * RANKING_SHARE
-    ranked = rank_units(build, probe, first, prepared, progress=progress, in_time=lambda: clock() < ranking_ends,
-                        gains_us=gains_us)
+    ranked = rank_units(build, probe, first, prepared, progress=progress, in_time=lambda: clock() < ranking_ends)
     with tqdm(total=None, unit="trial", desc="fallback", disable=not progress, file=sys.stderr) as bar:
         trials = _Trials(build, probe, judge, first, bar, lambda: clock() - start < seconds)
         run_time = _run_time_units(prepared, ranked, first.plan.dynamic)
@@ -188,17 +182,6 @@ def _prune(trials: _Trials, run_time: set[Unit], most: int = PRUNE_AT_MOST) -> N
             trials.met(trials.passing_units, trials.passing_run_time + (unit,))
 
 
-def _unit_gain(unit: Unit, gains_us: Mapping[str, float], unknown: float) -> float:
-    """µs the unit saves in INT8: what the profiles say of its nodes, `unknown` when they name none."""
-    named = [gains_us[name] for name in unit if name in gains_us]
-    return sum(named) if named else unknown
-
-
-def _typical_gain(gains_us: Mapping[str, float]) -> float:
-    known = [g for g in gains_us.values() if g > 0]
-    return float(np.median(known)) if known else 1.0
-
-
 def _run_time_units(prepared: onnx.ModelProto, units: Sequence[Unit], already: Sequence[str]) -> set[Unit]:
     """The units that can be quantized at run time and are not yet (`already`): one MatMul/Gemm
     on a constant 2-D weight."""
@@ -209,11 +192,10 @@ def _run_time_units(prepared: onnx.ModelProto, units: Sequence[Unit], already: S
 
 
 def rank_units(build: Build, probe: DriftProbe, first: Trial, prepared: onnx.ModelProto, *,
-               progress: bool = False, in_time: Callable[[], bool] | None = None,
-               gains_us: Mapping[str, float] | None = None) -> list[Unit]:
+               progress: bool = False, in_time: Callable[[], bool] | None = None) -> list[Unit]:
     """The fallback units of `first`, most harmful alone first (see the module doc): a unit ranks
-    where its most harmful node does. With `gains_us`, most harm per µs of INT8 speed first.
-    Units left unmeasured when `in_time()` turns false follow, in graph order."""
+    where its most harmful node does. Units left unmeasured when `in_time()` turns false follow,
+    in graph order."""
     candidate = first.model
     if first.recipe.format is not Format.QDQ:  # the switches need DequantizeLinear inputs
         candidate = build(first.recipe.with_(format=Format.QDQ))[0]
@@ -224,31 +206,10 @@ def rank_units(build: Build, probe: DriftProbe, first: Trial, prepared: onnx.Mod
     chunks, expected = _smallest(probe, RANKING_SAMPLES)
     rows = isolated_rows(base, chunks, expected, probe.pairs, probe.kinds, nodes=picked, progress=progress,
                          in_time=in_time, literal=True)
-    if gains_us:
-        rows = _by_harm_per_gain(rows, unit_of, gains_us)
     measured = [unit_of[row.node] for row in rows]
     ranked = [u for unit in measured for u in (unit, *_feeding_units(unit, prepared, unit_of))]
     ranked += [unit_of[base.nodes[k].name] for k in picked] + units
     return list(dict.fromkeys(ranked))  # first place of each unit, in order
-
-
-def _by_harm_per_gain(rows: Sequence[SensitivityRow], unit_of: Mapping[str, Unit],
-                      gains_us: Mapping[str, float]) -> list[SensitivityRow]:
-    """`rows` (worst first) reordered by the output noise each node adds alone (10^(-SQNR/10))
-    per µs its unit saves in INT8: a node that costs as much accuracy but saves no time (a
-    depthwise Conv slower in INT8) goes back to float before one that halves a MatMul's time.
-    A unit no profile names counts as saving the median; none saves less than 1 % of it."""
-    typical = _typical_gain(gains_us)
-
-    def key(row: SensitivityRow) -> tuple[int, float]:
-        if row.nonfinite_candidate:
-            return (0, 0.0)
-        if math.isnan(row.sqnr_db):
-            return (2, 0.0)
-        gain = _unit_gain(unit_of[row.node], gains_us, unknown=typical)
-        return (1, -(10.0 ** (-row.sqnr_db / 10.0)) / max(gain, 0.01 * typical))
-
-    return sorted(rows, key=key)
 
 
 def _feeding_units(unit: Unit, prepared: onnx.ModelProto, unit_of: dict[str, Unit]) -> list[Unit]:

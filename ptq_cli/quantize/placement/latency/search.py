@@ -15,8 +15,8 @@
 from __future__ import annotations
 
 import enum
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
 
 import onnx
 
@@ -73,9 +73,6 @@ class LatencyDecision:
     chosen: Trial
     trials: tuple[Trial, ...]
     timed_on: str = ""  # the inputs the models were timed on
-    # µs each compute node saves in INT8 (FP32 profile - INT8 profile), where both profiles name
-    # it: what the drift budget's fallback weighs a node's harm against.
-    gains_us: Mapping[str, float] = field(default_factory=dict)
 
     @property
     def speedup(self) -> float:
@@ -149,8 +146,7 @@ def search_placement(float_model: onnx.ModelProto, prepared: onnx.ModelProto, re
               for (c, r, *_), t in zip(built, timings[1:])]
     best = _most_float(trials) if objective is Objective.ACCURACY else _choose(trials, tie)
     _, chosen_recipe, model, plan = built[trials.index(best)]
-    gains = {name: costs.fp32[name] - us for name, us in costs.int8.items() if costs.fp32.get(name, 0.0) > 0.0}
-    return LatencyDecision(chosen_recipe, model, plan, timings[0], best, tuple(trials), gains_us=gains)
+    return LatencyDecision(chosen_recipe, model, plan, timings[0], best, tuple(trials))
 
 
 def retime(decision: LatencyDecision, float_model: onnx.ModelProto, model: onnx.ModelProto, plan: object,
