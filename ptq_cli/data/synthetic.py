@@ -6,7 +6,10 @@
                                         in 0..255, then the declared preprocessing (--preset, --scale,
                                         --mean/--std ...; raw 0..255 when none is declared)
     integer input read by a Gather      token ids, uniform over the table's rows
-    integer input named *mask*          all ones
+    integer input used as a mask        all ones: it reaches (through Cast and data movement) a
+                                        multiplication, a subtraction, a comparison or a Where,
+                                        as attention masks and mean-pooling masks do
+    boolean input                       all ones (true)
     other inputs                        standard normal (float) or zeros (integer)
 
 Unlike white noise (what quantizers without data fall back to), dead-leaves images give the
@@ -37,6 +40,7 @@ class SyntheticReader:
     image: ImagePreprocess | None
     vocab: dict[str, int]  # integer input -> rows of the table it indexes
     seed: int
+    masks: frozenset[str] = frozenset()  # integer inputs used as masks (all ones)
 
     def read(self, entry: Entry) -> dict[str, np.ndarray]:
         index = int(entry.source.rsplit("#", 1)[1])
@@ -53,7 +57,7 @@ class SyntheticReader:
         if spec.dtype.kind in "iu":
             if spec.name in self.vocab:
                 return rng.integers(0, self.vocab[spec.name], shape).astype(spec.dtype)
-            return np.ones(shape, spec.dtype) if "mask" in spec.name.lower() else np.zeros(shape, spec.dtype)
+            return np.ones(shape, spec.dtype) if spec.name in self.masks else np.zeros(shape, spec.dtype)
         if spec.dtype.kind == "b":
             return np.ones(shape, spec.dtype)
         return rng.standard_normal(shape).astype(spec.dtype)
@@ -63,12 +67,13 @@ def synthetic_dataset(model: onnx.ModelProto, specs: list[InputSpec], image: Ima
                       *, samples: int = DEFAULT_SAMPLES, seed: int = 0) -> Dataset:
     """`samples` synthetic samples for `specs`, described as what they stand for."""
     vocab = _vocabularies(model, specs)
-    reader = SyntheticReader(tuple(specs), image, vocab, seed)
+    masks = _masks(model, specs, vocab)
+    reader = SyntheticReader(tuple(specs), image, vocab, seed, masks)
     entries = tuple(Entry(f"synthetic sample #{i}", ()) for i in range(samples))
-    return Dataset(entries, reader, tuple(specs), describe(specs, image, vocab, samples, seed))
+    return Dataset(entries, reader, tuple(specs), describe(specs, image, vocab, samples, seed, masks))
 
 
-def describe(specs, image, vocab, samples: int, seed: int) -> str:
+def describe(specs, image, vocab, samples: int, seed: int, masks=frozenset()) -> str:
     parts = []
     for spec in specs:
         if spec.dtype.kind == "f" and is_image(spec):
@@ -77,7 +82,7 @@ def describe(specs, image, vocab, samples: int, seed: int) -> str:
         elif spec.name in vocab:
             how = f"token ids uniform in [0, {vocab[spec.name]})"
         elif spec.dtype.kind in "iub":
-            how = "ones" if "mask" in spec.name.lower() or spec.dtype.kind == "b" else "zeros"
+            how = "ones (a mask)" if spec.name in masks else "ones" if spec.dtype.kind == "b" else "zeros"
         else:
             how = "standard normal"
         parts.append(f"{spec.name}: {how}")
@@ -100,6 +105,34 @@ def _vocabularies(model: onnx.ModelProto, specs: list[InputSpec]) -> dict[str, i
             if rows and node.input[1] in {s.name for s in specs if s.dtype.kind in "iu"}:
                 vocab[node.input[1]] = min(vocab.get(node.input[1], rows), rows)
     return vocab
+
+
+# What a mask meets once it is made float or broadcast: it scales, offsets or selects values.
+_MASK_USES = {"Mul", "Sub", "Equal", "Not", "Where", "Less", "Greater", "And", "Or", "ReduceSum"}
+_CARRIERS = {"Cast", "Unsqueeze", "Squeeze", "Reshape", "Expand", "Identity", "Slice", "Transpose", "Flatten"}
+
+
+def _masks(model: onnx.ModelProto, specs: list[InputSpec], vocab: dict[str, int]) -> frozenset[str]:
+    """The integer inputs used as masks, found by following the graph (never by their names): one
+    that reaches, through Cast and data movement, an op that scales, offsets or selects with it."""
+    consumers: dict[str, list[onnx.NodeProto]] = {}
+    for node in model.graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    found = set()
+    for spec in specs:
+        if spec.dtype.kind not in "iu" or spec.name in vocab:
+            continue
+        todo, seen = [spec.name], set()
+        while todo and spec.name not in found:
+            tensor = todo.pop()
+            for node in consumers.get(tensor, []):
+                if node.op_type in _MASK_USES:
+                    found.add(spec.name)
+                elif node.op_type in _CARRIERS and node.output[0] not in seen:
+                    seen.add(node.output[0])
+                    todo.append(node.output[0])
+    return frozenset(found)
 
 
 def _image_input(spec: InputSpec, preprocess: ImagePreprocess, rng: np.random.Generator, source: str) -> np.ndarray:

@@ -65,21 +65,27 @@ def test_synthetic_samples_match_the_declared_inputs_and_reproduce(rng):
     assert stacked.shape == (4, 3, 8, 8) and -1.0 <= stacked.min() < -0.5 and 0.5 < stacked.max() <= 1.0
     raw = np.concatenate([s.feeds["x"] for s in synthetic_dataset(model, specs, None, samples=4)])
     assert 0 <= raw.min() and raw.max() <= 255 and raw.std() > 20  # raw pixels when nothing is declared
-    # Token ids stay inside the embedding table; masks are ones.
+    # Token ids stay inside the embedding table; masks are ones, found by their use (the graph's
+    # names say nothing: "keep" is a mask, "flags" only an index into nothing).
     ids = helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["N", "S"])
-    mask = helper.make_tensor_value_info("attention_mask", TensorProto.INT64, ["N", "S"])
+    mask = helper.make_tensor_value_info("keep", TensorProto.INT64, ["N", "S"])
+    flags = helper.make_tensor_value_info("flags", TensorProto.INT64, ["N", "S"])
     table = numpy_helper.from_array(rng.normal(size=(50, 4)).astype(np.float32), "table")
     text = make_model([helper.make_node("Gather", ["table", "input_ids"], ["e"], name="g"),
-                       helper.make_node("Cast", ["attention_mask"], ["m"], name="c", to=TensorProto.FLOAT),
+                       helper.make_node("Cast", ["keep"], ["m"], name="c", to=TensorProto.FLOAT),
                        helper.make_node("Unsqueeze", ["m", "axes"], ["m3"], name="u"),
-                       helper.make_node("Mul", ["e", "m3"], ["y"], name="mul")],
-                      [ids, mask], [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", "S", 4])],
+                       helper.make_node("Mul", ["e", "m3"], ["y"], name="mul"),
+                       helper.make_node("Shape", ["flags"], ["shape"], name="shape")],
+                      [ids, mask, flags], [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", "S", 4]),
+                                           helper.make_tensor_value_info("shape", TensorProto.INT64, [2])],
                       [table, numpy_helper.from_array(np.array([2], np.int64), "axes")])
     dataset = synthetic_dataset(text, input_specs(text), None, samples=3)
     samples = list(dataset)
     assert all(0 <= s.feeds["input_ids"].min() and s.feeds["input_ids"].max() < 50 for s in samples)
-    assert all((s.feeds["attention_mask"] == 1).all() for s in samples)
-    assert "token ids uniform in [0, 50)" in dataset.description
+    assert all((s.feeds["keep"] == 1).all() and (s.feeds["flags"] == 0).all() for s in samples)
+    assert "token ids uniform in [0, 50)" in dataset.description and "keep: ones (a mask)" in dataset.description
+    y = run(text, samples[0].feeds)[0]
+    assert np.abs(y).sum() > 0  # a mask of zeros would have erased every embedding
 
 
 def test_data_free_quantization_reports_each_range_source(rng):
