@@ -1,41 +1,36 @@
-"""`ptq_cli.quantize()`: FP32 model + recipe + calibration -> INT8 model, written atomically."""
+"""`ptq_cli.quantize()`: FP32 model + recipe + calibration -> INT8 model, written atomically.
+
+The flow: load the source (float16/64 widened to float32), build candidates the way the recipe's
+kind of quantization does (modes.py), hold the candidate to the drift budget (placement/budget.py,
+which may fall back), time it again when it changed, check it and write it (output.py).
+"""
 
 from __future__ import annotations
 
-import json
 import os
-from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import onnx
 
 from ptq_cli import __version__
 from ptq_cli.errors import ModelError, UsageError
-from ptq_cli.failures import is_onnxruntime_error, onnxruntime_message
 from ptq_cli.model.external import PROTOBUF_LIMIT, model_size
-from ptq_cli.model.sessions import inference_session
-from ptq_cli.model.io import LAZY_ABOVE
-from ptq_cli.model.io import check_model, check_writable, load_model, opset_version, save_model
+from ptq_cli.model.io import LAZY_ABOVE, check_model, check_writable, load_model, save_model
 from ptq_cli.model.passes.float32 import ToFloat32, float_kinds
-from ptq_cli.model.passes import SequenceResult
-from ptq_cli.model.prepare import QDQ_4_16_BIT_OPSET, QDQ_PER_AXIS_OPSET, prepare, prepare_with_result
-from ptq_cli.quantize.arithmetic.bias_correction import correct_biases
+from ptq_cli.model.prepare import prepare
+from ptq_cli.quantize.modes import codebook_mode, dynamic_mode, static_mode, weight_only_mode
+from ptq_cli.quantize.output import check_excludes, check_run_time, nothing_quantized, stamp, verify_loads
 from ptq_cli.quantize.placement.budget import DEFAULT_THRESHOLDS, Budget, BudgetOutcome, eval_samples, hold_budget
-from ptq_cli.quantize.emitters.dynamic import DYNAMIC_DATA, check_dynamic_recipe, rewrite_dynamic
-from ptq_cli.quantize.arithmetic.equalize import equalization_pairs, equalize
-from ptq_cli.quantize.placement.opsets import all_float, fit_recipe
-from ptq_cli.quantize.placement.plan import QuantPlan, SkipReason, make_plan, replan_weights
-from ptq_cli.quantize.emitters.qdq import insert_qdq
-from ptq_cli.quantize.emitters.subgraphs import has_bodies, quantize_bodies, without_owners
-from ptq_cli.quantize.placement.latency import IfSlower, LatencyDecision, Objective, SlowerThanFloat, search_placement
-from ptq_cli.quantize.placement.latency.search import retime
+from ptq_cli.quantize.placement.latency import IfSlower, LatencyDecision, Objective, SlowerThanFloat
 from ptq_cli.quantize.placement.latency.feeds import timing_feeds
 from ptq_cli.quantize.placement.latency.machine import Machine, OnnxruntimeMachine
-from ptq_cli.recipe import CalibMethod, Format, Recipe, Rounding
+from ptq_cli.quantize.placement.latency.search import retime
+from ptq_cli.quantize.placement.plan import SkipReason
+from ptq_cli.quantize.transform import Ranges, quantize_model, required_opset
+from ptq_cli.recipe import Recipe
 
-Ranges = Mapping[str, tuple[float, float]]
+__all__ = ["QuantizeResult", "Ranges", "default_output", "quantize", "quantize_model"]
 
 
 @dataclass(frozen=True)
@@ -88,113 +83,6 @@ def default_output(model_path: str | os.PathLike, recipe: Recipe | None = None) 
     return path.with_name(f"{path.stem}.{kind}.onnx")
 
 
-def quantize_model(model: onnx.ModelProto, recipe: Recipe, ranges: Ranges,
-                   channel_means: Mapping[str, np.ndarray] | None = None,
-                   grams: Mapping | None = None, *, prepared: bool = False) -> tuple[onnx.ModelProto, QuantPlan]:
-    """The pure transformation: a float model and activation ranges in, a quantized model out.
-    `prepared` says the model already went through prepare() (it is not prepared again).
-
-    `channel_means` (per-channel E[x] of Conv/Gemm inputs) enables bias correction; `grams`
-    (Σ x·xᵀ of the weights' inputs, calibrate/gram.py) is what GPTQ rounding needs."""
-    prepared_result = SequenceResult(model, False) if prepared else \
-        prepare_with_result(model, min_opset=_required_opset(recipe))
-    prepared = prepared_result.model
-    recipe, notes = fit_recipe(recipe, opset_version(prepared))
-    if recipe is None:  # the opset has no QuantizeLinear and cannot be raised
-        return prepared, QuantPlan(skipped=all_float(prepared, notes[0]), notes=notes,
-                                   prepare_skipped=prepared_result.skipped)
-    plan = make_plan(prepared, recipe, ranges)
-    if recipe.rounding is Rounding.GPTQ:
-        from ptq_cli.quantize.arithmetic.rounding import gptq_plan
-
-        plan, _ = gptq_plan(prepared, plan, grams or {}, recipe.weights)
-    if recipe.bias_correction and channel_means:
-        prepared, corrected = correct_biases(prepared, plan, channel_means)
-        if corrected:
-            # the biases are new tensors now; bias correction measured the GPTQ integers, keep them
-            from ptq_cli.quantize.arithmetic.rounding import carry_rounding
-
-            plan = carry_rounding(plan, replan_weights(prepared, recipe, plan, corrected), prepared)
-    plan.prepare_skipped = prepared_result.skipped
-    plan.notes.extend(notes)
-    rewrite = insert_qdq
-    if recipe.format is Format.QOPERATOR:
-        from ptq_cli.quantize.emitters.qoperator import rewrite_qoperator
-
-        rewrite = rewrite_qoperator
-    out = rewrite(prepared, plan)
-    if has_bodies(out):  # If/Loop/Scan: their bodies are quantized as graphs of their own, same format
-        def body(sub: onnx.ModelProto):
-            sub_plan = make_plan(sub, recipe, ranges)
-            return rewrite(sub, sub_plan), sub_plan.quantized, sub_plan.skipped
-
-        done, skipped = quantize_bodies(out, body)
-        plan.quantized.extend(done)
-        plan.skipped = without_owners(plan.skipped, out, done) + skipped
-    return _with_dynamic_matmuls(out, plan, recipe), plan
-
-
-def _with_dynamic_matmuls(model: onnx.ModelProto, plan: QuantPlan, recipe: Recipe) -> onnx.ModelProto:
-    """The MatMuls placement quantizes at run time (placement.py), rewritten after the static pass."""
-    if not plan.dynamic:
-        return model
-    rewritten, done, _ = rewrite_dynamic(model, recipe, only=frozenset(plan.dynamic))
-    plan.dynamic = done
-    return rewritten
-
-
-WEIGHT_ONLY_DATA = "none (weight-only, rounded to nearest)"
-
-
-def _weight_only_grams(source, source_sha, path, data, calibration, recipe: Recipe, image, **collect):
-    """What weight-only quantization reads of the data: GPTQ the Gram matrices of a calibration,
-    nearest rounding nothing. Returns (grams or None, the data's description)."""
-    if recipe.rounding is Rounding.STOCHASTIC:
-        raise UsageError("--weight-only rounds to nearest or with gptq; stochastic rounding is for INT8 weights")
-    if recipe.rounding is not Rounding.GPTQ:
-        return None, WEIGHT_ONLY_DATA
-    if calibration is None and data is not None:  # only the Gram matrices: no activation is observed
-        from ptq_cli.calibrate.api import calibrate
-
-        table = calibrate(path or source, data, image=image, tensors=[], grams=True, **collect)
-        return table.grams, table.data
-    table = _calibration_table(path or source, source_sha, data, calibration, recipe, image, **collect)
-    return table.grams, table.data
-
-
-def _dynamic(prepared_result, recipe: Recipe) -> tuple[onnx.ModelProto, QuantPlan]:
-    prepared = prepared_result.model
-    fitted, notes = fit_recipe(recipe, opset_version(prepared))
-    if fitted is None:  # below opset 11 there is no DynamicQuantizeLinear
-        return prepared, QuantPlan(skipped=all_float(prepared, notes[0]), notes=notes,
-                                   prepare_skipped=prepared_result.skipped)
-    quantized, done, skipped = _rewrite_dynamic_everywhere(prepared, fitted)
-    if not done and "Conv" not in fitted.dynamic_ops and any(n.op_type == "Conv" for n in prepared.graph.node):
-        # A convolutional model has nothing that gets faster dynamically: rather than refuse it,
-        # store its Conv weights as ConvInteger (4x smaller), and say what that costs.
-        fitted = fitted.with_(dynamic_ops=fitted.dynamic_ops + ("Conv",))
-        quantized, done, skipped = _rewrite_dynamic_everywhere(prepared, fitted)
-        notes = notes + ["no MatMul/Gemm to quantize dynamically: Conv became ConvInteger, 4x smaller "
-                         "but slower than float Conv in onnxruntime; static quantization (--data) "
-                         "makes it faster"]
-    return quantized, QuantPlan(quantized=done, skipped=skipped, notes=notes,
-                                prepare_skipped=prepared_result.skipped)
-
-
-def _rewrite_dynamic_everywhere(prepared: onnx.ModelProto, recipe: Recipe):
-    """rewrite_dynamic on the main graph and inside every If/Loop/Scan body."""
-    quantized, done, skipped = rewrite_dynamic(prepared, recipe)
-    if has_bodies(quantized):
-        more, more_skipped = quantize_bodies(quantized, lambda sub: rewrite_dynamic(sub, recipe))
-        done, skipped = done + more, without_owners(skipped, quantized, more) + more_skipped
-    return quantized, done, skipped
-
-
-def _required_opset(recipe: Recipe) -> int:
-    wide = {spec.dtype.bits for spec in (recipe.weights, recipe.activations)} - {8}
-    return QDQ_4_16_BIT_OPSET if wide else QDQ_PER_AXIS_OPSET
-
-
 def quantize(model: str | os.PathLike | onnx.ModelProto, output: str | os.PathLike | None = None, *,
              data=None, calibration=None, recipe: Recipe = Recipe(), image=None, force: bool = False,
              progress: bool = True, batch_size: int = 1, max_samples: int | None = None,
@@ -231,70 +119,23 @@ def quantize(model: str | os.PathLike | onnx.ModelProto, output: str | os.PathLi
         widened += ("latency timing skipped: the model is 2 GB or more (as with --objective size)",)
     asked = recipe
     inputs = _input_paths(path, data, calibration)
-    decision = None
     if output is not None:
         check_writable(output, force=force, protect=inputs)  # before the long calibration
-    floating = source
-    user_data = data  # the drift is measured on real samples only, never on synthetic ones
+    collect = dict(progress=progress, batch_size=batch_size, max_samples=max_samples)
     if recipe.weight_only is not None:
-        grams, data_description = _weight_only_grams(source, source_sha, path, data, calibration, recipe, image,
-                                                     progress=progress, batch_size=batch_size,
-                                                     max_samples=max_samples)
-
-        def build(r: Recipe) -> tuple[onnx.ModelProto, QuantPlan]:
-            from ptq_cli.quantize.emitters.weight_only import rewrite_weight_only
-
-            min_opset = QDQ_4_16_BIT_OPSET if r.weight_only.qdq else QDQ_PER_AXIS_OPSET
-            return rewrite_weight_only(prepare(source, min_opset=min_opset), r, grams)
+        mode = weight_only_mode(source, source_sha, path, data, calibration, recipe, image, **collect)
     elif recipe.dynamic:
-        check_dynamic_recipe(recipe)
-        prepared = prepare_with_result(source, min_opset=QDQ_PER_AXIS_OPSET)  # once, for every trial
-
-        def build(r: Recipe) -> tuple[onnx.ModelProto, QuantPlan]:
-            return _dynamic(prepared, r)
-        data_description = DYNAMIC_DATA
+        mode = dynamic_mode(source, recipe)
     elif recipe.weight_codebook is not None:
-        codebook = dict(progress=progress, batch_size=batch_size, max_samples=max_samples)
-        first = _with_codebook(source, path, source_sha, data, calibration, recipe, image, **codebook)
-        data_description = first[2]
-
-        def build(r: Recipe) -> tuple[onnx.ModelProto, QuantPlan]:
-            if r == recipe:
-                return first[0], first[1]
-            return _with_codebook(source, path, source_sha, data, calibration, r, image, **codebook)[:2]
+        mode = codebook_mode(source, path, source_sha, data, calibration, recipe, image, **collect)
     else:
-        collect = dict(progress=progress, batch_size=batch_size, max_samples=max_samples)
-        if data_free:
-            from ptq_cli.quantize.datafree import synthetic_data
-
-            data = synthetic_data(source, data, calibration, image, seed=recipe.seed, max_samples=max_samples)
-        # One prepared graph, which calibration measures and the plan quantizes (equalized, when
-        # asked: its activations between the Conv pairs are rescaled).
-        prepared = prepare_with_result(source, min_opset=_required_opset(recipe))
-        floating = prepared.model
-        if recipe.equalize:
-            floating = _equalized(floating, data, recipe, image, **collect)
-        table = _calibration_table(floating, source_sha, data, calibration, recipe, image, **collect)
-        means = {name: table.channel_mean(name) for name in table.names if table.channel_mean(name) is not None}
-        ranges = _activation_ranges(table, floating)
-        if data_free:
-            from ptq_cli.quantize.datafree import range_sources, with_batchnorm_ranges
-
-            ranges, sources = with_batchnorm_ranges(source, floating, ranges)
-
-        def build(r: Recipe) -> tuple[onnx.ModelProto, QuantPlan]:
-            model, plan = quantize_model(floating, r, ranges, means, table.grams, prepared=True)
-            plan.prepare_skipped = prepared.skipped
-            return model, plan
         if objective is not Objective.SIZE:
-            decision = _measured(source, floating, recipe, ranges, means, data, image, machine, objective,
-                                 table.grams)
-            # When nothing pays and INT8 is written all the same, it is written for its size: every
-            # node quantized, not the fastest placement (whose float prefix only made it bigger).
-            if decision.pays or if_slower is not IfSlower.INT8:
-                recipe = decision.recipe
-        data_description = table.data
-    samples = eval_samples(source, user_data, eval_data, image, labels)
+            machine = machine or OnnxruntimeMachine()
+        mode = static_mode(source, source_sha, data, calibration, recipe, image, data_free=data_free,
+                           objective=objective, if_slower=if_slower, machine=machine, **collect)
+    build, recipe, floating, decision = mode.build, mode.recipe, mode.floating, mode.decision
+    # The drift is measured on real samples only (`data`), never on data-free synthetic ones.
+    samples = eval_samples(source, data, eval_data, image, labels)
     outcome = _within_budget(source, floating, build, recipe, samples, budget, progress)
     if outcome is not None:
         quantized, plan, recipe = outcome.trial.model, outcome.trial.plan, outcome.trial.recipe
@@ -306,13 +147,13 @@ def quantize(model: str | os.PathLike | onnx.ModelProto, output: str | os.PathLi
         why = "after the drift budget's fallback" if outcome and outcome.trial.fallback else "every node quantized"
         decision = retime(decision, source, quantized, plan, recipe, timing_feeds(source, data, image)[0],
                           machine or OnnxruntimeMachine(), why)
-    _check_excludes(asked, source, plan)
-    _check_run_time(recipe, plan)
+    check_excludes(asked, source, plan)
+    check_run_time(recipe, plan)
     if not plan.quantized and decision is None and not (outcome and outcome.searched) and output is not None:
-        raise ModelError(_nothing_quantized(plan))  # (without an output, the result says why)
+        raise ModelError(nothing_quantized(plan))  # (without an output, the result says why)
     drift = outcome.metadata(budget) if outcome else None
-    _stamp(quantized, recipe, source_sha, data_description, drift)
-    _verify_loads(quantized, source)
+    stamp(quantized, recipe, source_sha, mode.data_description, drift)
+    verify_loads(quantized, source)
     slower = decision is not None and not decision.pays
     if slower and if_slower is IfSlower.FAIL:
         raise SlowerThanFloat(decision)
@@ -331,7 +172,7 @@ def quantize(model: str | os.PathLike | onnx.ModelProto, output: str | os.PathLi
                           latency=decision, float_written=written_model is source, drift=drift,
                           fallback_trials=outcome.trials if outcome else 0,
                           fallback_seconds=outcome.seconds if outcome else 0.0,
-                          range_sources=range_sources(plan, sources) if data_free else {})
+                          range_sources=mode.range_sources(plan) if mode.range_sources else {})
 
 
 def _latency_reason(skip: SkipReason, asked: Recipe, decision: LatencyDecision) -> SkipReason:
@@ -356,86 +197,12 @@ def _within_budget(source, floating, build, recipe: Recipe, samples, budget: Bud
             raise UsageError("a drift budget needs samples to measure on: pass --data or --eval-data DIR")
         return None
     return hold_budget(source, build, recipe, samples, budget,
-                       lambda: prepare(floating, min_opset=_required_opset(recipe)), progress=progress)
-
-
-def _with_codebook(source, path, source_sha, data, calibration, recipe, image, **collect):
-    """Codebook weights, weighted by the layers' input Gram matrices when data or a table has them."""
-    from ptq_cli.quantize.emitters.codebook import codebook_weights
-
-    grams, description = None, "none: codebook weights cluster the weights alone"
-    bits = recipe.weight_codebook.bits
-    prepared = prepare(source, min_opset=QDQ_4_16_BIT_OPSET if bits <= 4 else QDQ_PER_AXIS_OPSET)
-    if data is not None or calibration is not None:
-        from ptq_cli.calibrate.table import CalibrationTable
-
-        if calibration is not None and data is not None:
-            raise UsageError("give either --data or --calibration, not both")
-        if calibration is not None:
-            table = calibration if isinstance(calibration, CalibrationTable) else CalibrationTable.load(calibration)
-            table.check_model(source_sha)
-        else:
-            from ptq_cli.calibrate.api import calibrate
-
-            # The prepared graph (opset >= 13) is the one whose layers the Gram keys name.
-            table = calibrate(prepared, data, image=image, grams=True, histograms=False, **collect)
-        grams, description = table.grams, table.data
-    quantized, done, skipped = codebook_weights(prepared, recipe, grams)
-    return quantized, QuantPlan(quantized=done, skipped=skipped), description
-
-
-def _nothing_quantized(plan: QuantPlan) -> str:
-    """Writing a float copy named as quantized would be nonsense: say why every node stayed float."""
-    reasons: dict[tuple[str, str], int] = {}
-    for skip in plan.skipped:
-        reasons[(skip.op_type, skip.reason)] = reasons.get((skip.op_type, skip.reason), 0) + 1
-    (op, reason), count = max(reasons.items(), key=lambda kv: kv[1]) if reasons else (("", "no node"), 0)
-    more = f" (and {len(plan.skipped) - count} other node(s))" if len(plan.skipped) > count else ""
-    why = f"{count} x {op}: {reason}{more}" if count else "the model has no node ptq can quantize"
-    return f"nothing was quantized, so nothing was written: {why}"
-
-
-def _check_excludes(recipe: Recipe, source: onnx.ModelProto, plan: QuantPlan) -> None:
-    """An --exclude that matches no node name or op type is a typo, not a no-op: refuse it."""
-    known = {s.node for s in plan.skipped} | {s.op_type for s in plan.skipped}
-    for node in _all_nodes(source.graph):
-        known.update((node.name, node.op_type))
-    unknown = [entry for entry in recipe.exclude if entry not in known]
-    if unknown:
-        raise UsageError(f"--exclude {unknown[0]!r} matches no node name and no op type of the model; "
-                         "check the spelling (`ptq compare --per-layer` prints node names)")
-
-
-def _check_run_time(recipe: Recipe, plan: QuantPlan) -> None:
-    """A run_time name that did not become a run-time MatMul is a mistake, unless the recipe also
-    leaves it in float (the fallback may have)."""
-    wrong = [name for name in recipe.run_time if name not in plan.dynamic and name not in recipe.exclude]
-    if wrong:
-        raise UsageError(f"the recipe's run_time names {wrong[0]!r}, which is not a MatMul/Gemm of an activation "
-                         "by a constant 2-D weight; only those can be quantized at run time")
-
-
-def _all_nodes(graph: onnx.GraphProto):
-    for node in graph.node:
-        yield node
-        for attr in node.attribute:
-            for sub in ([attr.g] if attr.HasField("g") else []) + list(attr.graphs):
-                yield from _all_nodes(sub)
+                       lambda: prepare(floating, min_opset=required_opset(recipe)), progress=progress)
 
 
 def _input_paths(*given) -> tuple[str | os.PathLike, ...]:
     """The files and folders a run reads, which its output must never replace."""
     return tuple(p for p in given if isinstance(p, (str, os.PathLike)))
-
-
-def _measured(source, floating, recipe, ranges, means, data, image, machine, objective,
-              grams=None) -> LatencyDecision:
-    """The placement of `recipe` chosen by timing on `machine` against the source model."""
-    feeds, described = timing_feeds(source, data, image)
-    decision = search_placement(source, floating, recipe,
-                                lambda r: quantize_model(floating, r, ranges, means, grams, prepared=True),
-                                feeds, machine or OnnxruntimeMachine(), objective=objective)
-    return replace(decision, timed_on=described)
 
 
 def _float32(source: onnx.ModelProto) -> tuple[onnx.ModelProto, tuple[str, ...]]:
@@ -453,22 +220,6 @@ def _graph_order(model: onnx.ModelProto):
     return lambda name: (order.get(name, len(order)), name)
 
 
-def _equalized(prepared: onnx.ModelProto, data, recipe: Recipe, image, **collect) -> onnx.ModelProto:
-    """The prepared model with its Conv pairs equalized, from a first pass measuring where each
-    ReLU6 clips."""
-    if data is None:
-        raise UsageError("--equalize needs --data: it measures each channel's peak before ReLU6 "
-                         "(a calibration table alone is not enough)")
-    from ptq_cli.calibrate.api import calibrate
-
-    peaks = [conv1.output[0] for conv1, _, _ in equalization_pairs(prepared)]
-    if not peaks:
-        return prepared
-    table = calibrate(prepared, data, image=image, tensors=peaks, channel_axis=1, prepared=True, **collect)
-    channel_max = {name: table.stats[name].channels.max for name in peaks if name in table.stats}
-    return equalize(prepared, channel_max)[0]
-
-
 def _load_source(model) -> tuple[onnx.ModelProto, str, Path | None]:
     from ptq_cli.calibrate.table import model_sha256
 
@@ -479,96 +230,3 @@ def _load_source(model) -> tuple[onnx.ModelProto, str, Path | None]:
     return load_model(path), model_sha256(path), path
 
 
-def _calibration_table(source, source_sha, data, calibration, recipe, image, **collect):
-    from ptq_cli.calibrate.table import CalibrationTable
-
-    if calibration is not None and data is not None:
-        raise UsageError("give either --data or --calibration, not both")
-    if calibration is not None:
-        table = calibration if isinstance(calibration, CalibrationTable) else CalibrationTable.load(calibration)
-        table.check_model(source_sha)
-    elif data is not None:
-        from ptq_cli.calibrate.api import calibrate
-
-        table = calibrate(source, data, spec=recipe.calibration, image=image,
-                          grams=recipe.rounding is Rounding.GPTQ, model_sha=source_sha, prepared=True, **collect)
-    else:
-        raise UsageError("static quantization needs calibration data: pass --data DIR or --calibration TABLE "
-                         "(or use --dynamic, which needs none)")
-    if recipe.rounding is Rounding.GPTQ and not table.grams:
-        raise UsageError("--rounding gptq needs the Gram matrices of the weights' inputs: pass --data, or "
-                         "make the table with `ptq calibrate --gram`")
-    if table.spec.method is not recipe.calibration.method or table.spec.percentile != recipe.calibration.percentile:
-        table = table.with_method(recipe.calibration)
-    return table
-
-
-# Clipping methods trade outliers for resolution, which is right inside a network. It is wrong at
-# its two ends: the graph inputs are the data itself (clipping the few bright pixels of an MNIST
-# digit, a spike of background values dominating the histogram, erases the digit), and the
-# largest scores of a classifier are the answer. Both keep their full min/max range.
-_RANKING_OPS = ("Softmax", "LogSoftmax", "ArgMax", "TopK")
-_RESHAPING_OPS = ("Reshape", "Flatten", "Squeeze", "Unsqueeze", "Transpose")
-
-
-def _activation_ranges(table, model: onnx.ModelProto) -> dict[str, tuple[float, float]]:
-    ranges = dict(table.ranges)
-    if table.spec.method is CalibMethod.MINMAX:
-        return ranges
-    producer = {out: node for node in model.graph.node for out in node.output}
-    scores = [o.name for o in model.graph.output] + [i.name for i in model.graph.input]
-    scores += [n.input[0] for n in model.graph.node if n.op_type in _RANKING_OPS]
-    while scores:
-        name = scores.pop()
-        if name in ranges:
-            ranges[name] = table.stats[name].min_max
-        node = producer.get(name)
-        if node is not None and node.op_type in _RESHAPING_OPS:
-            scores.append(node.input[0])
-    return ranges
-
-
-def _stamp(model: onnx.ModelProto, recipe: Recipe, source_sha: str, data: str, drift: dict | None = None) -> None:
-    """Record how the model was made, so that any output can be traced and reproduced."""
-    props = {
-        "ptq.version": __version__,
-        "ptq.recipe": json.dumps(recipe.to_dict(), sort_keys=True),
-        "ptq.source_sha256": source_sha,
-        "ptq.calibration_data": data,
-    }
-    if drift is not None:
-        props["ptq.drift"] = json.dumps(drift, sort_keys=True)
-    kept = [p for p in model.metadata_props if p.key not in props]
-    del model.metadata_props[:]
-    model.metadata_props.extend(kept)
-    for key, value in props.items():
-        model.metadata_props.add(key=key, value=value)
-
-
-def _verify_loads(model: onnx.ModelProto, source: onnx.ModelProto | None = None) -> None:
-    """Never write an output onnxruntime refuses. When it refuses the input model too, say so:
-    the input is what needs changing, not the quantization."""
-    check_model(model, "the quantized model")
-    failure = _ort_load_failure(model)
-    if failure is None:
-        return
-    if source is not None:
-        source_failure = _ort_load_failure(source)
-        if source_failure is not None:
-            raise ModelError(onnxruntime_message(source_failure, "the input model", "load")) from None
-    raise ModelError(onnxruntime_message(failure, "the quantized model", "load") + "; nothing was written: "
-                     "--exclude the node it names, or report it as a ptq bug") from None
-
-
-def _ort_load_failure(model: onnx.ModelProto) -> Exception | None:
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    try:
-        inference_session(model, options)
-    except Exception as exc:  # onnxruntime raises its own exception types
-        if not is_onnxruntime_error(exc):
-            raise
-        return exc
-    return None

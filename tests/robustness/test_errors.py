@@ -60,7 +60,7 @@ def test_unexpected_errors_are_one_line_without_debug_and_a_traceback_with_it(wo
 
     import importlib
 
-    monkeypatch.setattr(importlib.import_module("ptq_cli.quantize.api"), "rewrite_dynamic", broken)
+    monkeypatch.setattr(importlib.import_module("ptq_cli.quantize.modes"), "rewrite_dynamic", broken)
     invoke(work, "quantize", work / "model.onnx", "--dynamic", "-q").refused(3, "internal error", "--debug")
     run = invoke(work, "--debug", "quantize", work / "model.onnx", "--dynamic", "-q")
     assert isinstance(run.result.exception, RuntimeError)
