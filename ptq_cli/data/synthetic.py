@@ -7,8 +7,8 @@
                                         --mean/--std ...; raw 0..255 when none is declared)
     integer input read by a Gather      token ids, uniform over the table's rows
     integer input used as a mask        all ones: it reaches (through Cast and data movement) a
-                                        multiplication, a subtraction, a comparison or a Where,
-                                        as attention masks and mean-pooling masks do
+                                        multiplication, a subtraction, an Equal/Not or a Where's
+                                        condition, as attention masks and mean-pooling masks do
     boolean input                       all ones (true)
     other inputs                        standard normal (float) or zeros (integer)
 
@@ -107,8 +107,10 @@ def _vocabularies(model: onnx.ModelProto, specs: list[InputSpec]) -> dict[str, i
     return vocab
 
 
-# What a mask meets once it is made float or broadcast: it scales, offsets or selects values.
-_MASK_USES = {"Mul", "Sub", "Equal", "Not", "Where", "Less", "Greater", "And", "Or", "ReduceSum"}
+# What a mask meets once it is made float or broadcast: it scales, offsets or selects values
+# (Less/Greater are left out: a length compared with a Range is no mask).
+_MASK_USES = {"Mul", "Sub", "Equal", "Not", "And", "Or", "ReduceSum"}
+# Ops that carry a tensor through as their first input (a shape operand is not carried).
 _CARRIERS = {"Cast", "Unsqueeze", "Squeeze", "Reshape", "Expand", "Identity", "Slice", "Transpose", "Flatten"}
 
 
@@ -127,9 +129,9 @@ def _masks(model: onnx.ModelProto, specs: list[InputSpec], vocab: dict[str, int]
         while todo and spec.name not in found:
             tensor = todo.pop()
             for node in consumers.get(tensor, []):
-                if node.op_type in _MASK_USES:
+                if node.op_type in _MASK_USES or (node.op_type == "Where" and node.input[0] == tensor):
                     found.add(spec.name)
-                elif node.op_type in _CARRIERS and node.output[0] not in seen:
+                elif node.op_type in _CARRIERS and node.input[0] == tensor and node.output[0] not in seen:
                     seen.add(node.output[0])
                     todo.append(node.output[0])
     return frozenset(found)

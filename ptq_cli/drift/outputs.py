@@ -46,7 +46,8 @@ class OutputState:
             classes = ref.shape[2]
             steps_ref = ref.reshape(-1, classes).astype(np.float64, copy=False)
             self._classes(classes).update(steps_ref, cand.reshape(-1, classes).astype(np.float64, copy=False), None)
-            self.sequences.update(ref, cand)
+            if ref.shape[0] == size:  # batch-major [N, T, C]; a time-major [T, N, C] is not decoded
+                self.sequences.update(ref, cand)
 
     def _classes(self, classes: int) -> ClassAccumulator:
         if self.classes is None:

@@ -26,8 +26,9 @@ class SequenceAccumulator:
 
     def update(self, ref: np.ndarray, cand: np.ndarray) -> None:
         """`ref`, `cand`: [N, T, C] scores of N samples."""
-        ref_best = np.nan_to_num(ref, nan=-np.inf).argmax(axis=-1)
-        # A non-finite candidate step decodes as no class (-1): never the reference's.
+        # A non-finite step decodes as no class (-1), in either model: a candidate's is never the
+        # reference's class, and a model compared with itself agrees with itself.
+        ref_best = np.where(np.isfinite(ref).all(axis=-1), np.nan_to_num(ref, nan=-np.inf).argmax(axis=-1), -1)
         cand_best = np.where(np.isfinite(cand).all(axis=-1), np.nan_to_num(cand, nan=-np.inf).argmax(axis=-1), -1)
         for r, c in zip(ref_best, cand_best):
             self.pairs.append((r, c))

@@ -144,12 +144,14 @@ def quantize(model: str | os.PathLike | onnx.ModelProto, output: str | os.PathLi
     else:
         quantized, plan = build(recipe)
     if decision is not None and recipe != decision.recipe:  # the verdict is about what is written: time it
-        why = "after the drift budget's fallback" if outcome and outcome.trial.fallback else "every node quantized"
-        decision = retime(decision, source, quantized, plan, recipe, timing_feeds(source, data, image)[0],
+        searched = outcome is not None and bool(outcome.trial.fallback or outcome.trial.run_time)
+        why = "after the drift budget's fallback" if searched else "every node quantized"
+        timed_on = mode.timing_data if mode.timing_data is not None else data
+        decision = retime(decision, source, quantized, plan, recipe, timing_feeds(source, timed_on, image)[0],
                           machine or OnnxruntimeMachine(), why)
     check_excludes(asked, source, plan)
     check_run_time(recipe, plan)
-    if not plan.quantized and decision is None and not (outcome and outcome.searched) and output is not None:
+    if not plan.quantizes_anything and decision is None and not (outcome and outcome.searched) and output is not None:
         raise ModelError(nothing_quantized(plan))  # (without an output, the result says why)
     drift = outcome.metadata(budget) if outcome else None
     stamp(quantized, recipe, source_sha, mode.data_description, drift)

@@ -38,6 +38,7 @@ class Mode:
     floating: onnx.ModelProto       # the float graph the fallback prepares and ranks nodes on
     decision: LatencyDecision | None = None
     range_sources: Callable[[QuantPlan], dict[str, str]] | None = None  # data-free: where each range came from
+    timing_data: object = None      # what placements were timed on (data-free: the synthetic samples)
 
 
 def weight_only_mode(source, source_sha, path, data, calibration, recipe: Recipe, image, **collect) -> Mode:
@@ -105,7 +106,7 @@ def static_mode(source, source_sha, data, calibration, recipe: Recipe, image, *,
         # node quantized, not the fastest placement (whose float prefix only made it bigger).
         if decision.pays or if_slower is not IfSlower.INT8:
             recipe = decision.recipe
-    return Mode(build, recipe, table.data, floating, decision, range_sources)
+    return Mode(build, recipe, table.data, floating, decision, range_sources, timing_data=data)
 
 
 WEIGHT_ONLY_DATA = "none (weight-only, rounded to nearest)"

@@ -48,6 +48,16 @@ def test_non_finite_candidate_steps_never_decode_as_the_reference():
     state = OutputState("steps", "steps", OutputKind.STEP_SCORES)
     state.update(ref, cand, 2)
     assert state.report().sequence_agreement == 0.5
+    same = OutputState("steps", "steps", OutputKind.STEP_SCORES)  # a model with NaN agrees with itself
+    same.update(cand, cand.copy(), 2)
+    assert same.report().sequence_agreement == 1.0
+
+
+def test_a_time_major_output_is_not_decoded_per_row():
+    ref = np.stack([one_hot([0, 1, 0, 2])]).transpose(1, 0, 2)   # [T=4, N=1, C]
+    state = OutputState("steps", "steps", OutputKind.STEP_SCORES)
+    state.update(ref, ref.copy(), 1)
+    assert state.report().sequence_agreement is None
 
 
 def test_threshold_holds_step_outputs_only_and_names_the_worst():

@@ -217,8 +217,36 @@ def test_fallback_quantizes_matmuls_at_run_time_before_it_leaves_them_float(tmp_
         assert np.sum(ref * got) / np.linalg.norm(ref) / np.linalg.norm(got) > 0.99
     assert path.read_bytes() == before
     # The recipe reproduces it, and a run_time that names no quantizable MatMul is refused.
-    again = ptq_cli.quantize(path, None, data=data, progress=False, recipe=result.recipe)
-    assert again.fallback_trials == 0 and again.model.graph.SerializeToString() == written.graph.SerializeToString()
+    again = ptq_cli.quantize(path, tmp_path / "again.onnx", data=data, progress=False, recipe=result.recipe)
+    rebuilt = onnx.load(tmp_path / "again.onnx")  # (written: every MatMul at run time is no "nothing quantized")
+    assert again.fallback_trials == 0 and rebuilt.graph.SerializeToString() == written.graph.SerializeToString()
     with pytest.raises(UsageError, match="run_time names .act."):
         ptq_cli.quantize(path, None, data=data, progress=False, recipe=ptq_cli.Recipe(run_time=("act",)))
 
+
+
+def test_the_ladder_keeps_the_fewest_units_off_int8_and_measures_each_recipe_once(monkeypatch):
+    """A MatMul M that run time does not fix, ranked first: the run-time pass needs three Convs
+    in float besides; the float pass finds M alone. No recipe is measured twice."""
+    import types
+
+    from ptq_cli.quantize.placement import fallback
+
+    measured = []
+
+    def fake_evaluate(build, probe, judge, recipe, floated=(), run_time=()):
+        measured.append((tuple(sorted(recipe.exclude)), tuple(sorted(recipe.run_time))))
+        ok = "M" in recipe.exclude or {"C1", "C2", "C3"} <= set(recipe.exclude)
+        drift = types.SimpleNamespace(passed=ok, score=lambda: 1.0 if ok else 0.0)
+        return fallback.Trial(recipe, None, types.SimpleNamespace(quantizes_anything=True), drift, floated, run_time)
+
+    monkeypatch.setattr(fallback, "evaluate", fake_evaluate)
+    first = fallback.Trial(ptq_cli.Recipe(), None, types.SimpleNamespace(quantizes_anything=True),
+                           types.SimpleNamespace(passed=False, score=lambda: 0.0))
+    bar = types.SimpleNamespace(update=lambda n: None, set_postfix_str=lambda s: None)
+    trials = fallback._Trials(None, None, None, first, bar, lambda: True)
+    ranked = [("M",), ("C1",), ("C2",), ("C3",), ("C4",), ("C5",)]
+    fallback._grow(trials, ranked, {("M",)})
+    fallback._prune(trials, {("M",)})
+    assert trials.passing.fallback == ("M",) and trials.passing.run_time == ()
+    assert len(measured) == len(set(measured)) == trials.count - 1

@@ -86,6 +86,18 @@ def test_synthetic_samples_match_the_declared_inputs_and_reproduce(rng):
     assert "token ids uniform in [0, 50)" in dataset.description and "keep: ones (a mask)" in dataset.description
     y = run(text, samples[0].feeds)[0]
     assert np.abs(y).sum() > 0  # a mask of zeros would have erased every embedding
+    # A length compared with a Range, a shape handed to Expand: no masks.
+    lengths = helper.make_tensor_value_info("lengths", TensorProto.INT64, [1])
+    shape = helper.make_tensor_value_info("shape", TensorProto.INT64, [2])
+    consts = [numpy_helper.from_array(np.array(v, np.int64), n) for v, n in ((0, "zero"), (10, "ten"), (1, "one"))]
+    other = make_model([helper.make_node("Range", ["zero", "ten", "one"], ["steps"], name="range"),
+                        helper.make_node("Less", ["steps", "lengths"], ["valid"], name="less"),
+                        helper.make_node("Expand", ["row", "shape"], ["grid"], name="expand")],
+                       [lengths, shape], [helper.make_tensor_value_info("valid", TensorProto.BOOL, [10]),
+                                          helper.make_tensor_value_info("grid", TensorProto.FLOAT, ["a", "b"])],
+                       consts + [numpy_helper.from_array(np.ones((1, 3), np.float32), "row")])
+    described = synthetic_dataset(other, input_specs(other), None, samples=1).description
+    assert "lengths: zeros" in described and "shape: zeros" in described
 
 
 def test_data_free_quantization_reports_each_range_source(rng):

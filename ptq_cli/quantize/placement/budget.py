@@ -162,7 +162,8 @@ def hold_budget(source: onnx.ModelProto, build, recipe: Recipe, samples: EvalSam
         reached = "; ".join(found.trial.drift.failures) or "the budget with any node still quantized"
         raise DriftBudgetError(
             f"the drift budget ({budget.describe()}) cannot be met: the best of {found.trials} "
-            f"candidates in {found.seconds:.0f} s ({len(found.trial.fallback)} node(s) in float) still misses "
+            f"candidates in {found.seconds:.0f} s ({len(found.trial.fallback)} node(s) in float, "
+            f"{len(found.trial.run_time)} at run time) still misses "
             f"{reached}; nothing was written. Loosen the budget (--min-cosine, --min-agreement, ...), give "
             "more time (--budget-time), or pass --best-effort to write the best candidate anyway")
     return outcome

@@ -82,7 +82,7 @@ def search(build: Build, probe: DriftProbe, judge: Judge, first: Trial, prepared
     ranked = rank_units(build, probe, first, prepared, progress=progress, in_time=lambda: clock() < ranking_ends)
     with tqdm(total=None, unit="trial", desc="fallback", disable=not progress, file=sys.stderr) as bar:
         trials = _Trials(build, probe, judge, first, bar, lambda: clock() - start < seconds)
-        run_time = _run_time_units(prepared, ranked, first.plan.dynamic)
+        run_time = _run_time_units(prepared, ranked, first.plan.dynamic, first.recipe)
         _grow(trials, ranked, run_time)
         _prune(trials, run_time)
     chosen = trials.passing if trials.passing is not None else trials.best
@@ -103,6 +103,7 @@ class _Trials:
         self.best, self.passing, self.count = first, None, 1
         self.passing_units: tuple[Unit, ...] = ()      # the units the passing trial takes off static INT8
         self.passing_run_time: tuple[Unit, ...] = ()   # of those, the ones quantized at run time
+        self.verdicts: dict[tuple[tuple[str, ...], tuple[str, ...]], bool] = {}  # each recipe measured once
 
     def met(self, units: tuple[Unit, ...], run_time: tuple[Unit, ...] = ()) -> bool:
         """Whether the budget holds with `units` off static INT8: those of `run_time` quantized at
@@ -110,6 +111,8 @@ class _Trials:
         run_time = tuple(u for u in run_time if u in units)
         floated = tuple(name for unit in units if unit not in run_time for name in unit)
         dynamic = tuple(name for unit in run_time for name in unit)
+        if (floated, dynamic) in self.verdicts:
+            return self.verdicts[(floated, dynamic)]
         recipe = self.first.recipe.with_(exclude=self.first.recipe.exclude + floated,
                                          run_time=self.first.recipe.run_time + dynamic)
         result = evaluate(self.build, self.probe, self.judge, recipe, floated, dynamic)
@@ -125,28 +128,30 @@ class _Trials:
             self.passing, self.passing_units, self.passing_run_time = result, units, run_time
         if result.plan.quantizes_anything and result.drift.score() > self.best.drift.score():
             self.best = result
+        self.verdicts[(floated, dynamic)] = passed
         return passed
 
 
 def _grow(trials: _Trials, ranked: Sequence[Unit], run_time: set[Unit]) -> None:
     """The shortest prefix of `ranked` that meets the budget: k = 1, 2, 4, ..., all but one, all;
-    then bisection between the last k that missed and the first that met. The units of the prefix
-    that can run at run time (`run_time`) do, as they keep most of the speed; only when no prefix
-    meets the budget that way does a second pass leave every unit of the prefix in float."""
-    if run_time and _grow_pass(trials, ranked, run_time):
-        return
-    _grow_pass(trials, ranked, set())
+    then bisection between the last k that missed and the first that met. A first pass quantizes
+    the units of the prefix that can run at run time (`run_time`) there, as that keeps most of
+    their speed; a second pass, with every unit of the prefix in float, looks for a shorter prefix
+    (a MatMul that run time does not fix can make the first pass take more units off INT8)."""
+    found = _grow_pass(trials, ranked, run_time) if run_time else None
+    _grow_pass(trials, ranked, set(), below=found)
 
 
-def _grow_pass(trials: _Trials, ranked: Sequence[Unit], run_time: set[Unit]) -> bool:
+def _grow_pass(trials: _Trials, ranked: Sequence[Unit], run_time: set[Unit], below: int | None = None) -> int | None:
+    """One pass of `_grow`, over prefixes shorter than `below`; the k that met the budget, or None."""
     def met(k: int) -> bool:
         return trials.met(tuple(ranked[:k]), tuple(u for u in ranked[:k] if u in run_time))
 
-    n = len(ranked)
+    n = len(ranked) if below is None else below - 1
     sizes = sorted({min(2 ** i, n) for i in range(n.bit_length() + 1)} | ({n - 1} if n > 1 else set()))
     low, high = 0, None
     for k in sizes:
-        if not trials.in_time():
+        if k < 1 or not trials.in_time():
             break
         if met(k):
             high = k
@@ -158,7 +163,7 @@ def _grow_pass(trials: _Trials, ranked: Sequence[Unit], run_time: set[Unit]) -> 
             high = middle
         else:
             low = middle
-    return high is not None
+    return high
 
 
 def _prune(trials: _Trials, run_time: set[Unit], most: int = PRUNE_AT_MOST) -> None:
@@ -182,13 +187,14 @@ def _prune(trials: _Trials, run_time: set[Unit], most: int = PRUNE_AT_MOST) -> N
             trials.met(trials.passing_units, trials.passing_run_time + (unit,))
 
 
-def _run_time_units(prepared: onnx.ModelProto, units: Sequence[Unit], already: Sequence[str]) -> set[Unit]:
+def _run_time_units(prepared: onnx.ModelProto, units: Sequence[Unit], already: Sequence[str],
+                    recipe: Recipe) -> set[Unit]:
     """The units that can be quantized at run time and are not yet (`already`): one MatMul/Gemm
     on a constant 2-D weight."""
     index = GraphIndex(prepared.graph)
     by_name = {n.name: n for n in prepared.graph.node if n.name}
     return {unit for unit in units if len(unit) == 1 and unit[0] in by_name and unit[0] not in already
-            and runs_at_run_time(by_name[unit[0]], index)}
+            and runs_at_run_time(by_name[unit[0]], index, recipe)}
 
 
 def rank_units(build: Build, probe: DriftProbe, first: Trial, prepared: onnx.ModelProto, *,

@@ -137,7 +137,7 @@ def _claim_compute_nodes(graph, index, recipe, ranges, plan) -> set[str]:
         if node.op_type in FUSED_ACTIVATIONS or (handler and handler.output is OutputRule.PASSTHROUGH):
             continue
         reason = _skip_reason(node, handler, index, recipe, plan.floating)
-        if reason is None and node.name in recipe.run_time and runs_at_run_time(node, index):
+        if reason is None and node.name in recipe.run_time and runs_at_run_time(node, index, recipe):
             placed.add(node.name)  # its output is float, as a dynamic MatMul's placement chose
             plan.dynamic.append(node.name)
             continue

@@ -27,7 +27,7 @@ import onnx
 from ptq_cli.model.graph import GraphIndex, attribute
 from ptq_cli.quantize.placement.handlers import OutputRule, handler_for
 from ptq_cli.quantize.placement.patterns import Pattern, PatternKind, find_patterns
-from ptq_cli.recipe import Recipe
+from ptq_cli.recipe import QType, Recipe
 
 # Kept float by default: onnxruntime has no integer kernel for most of them, and where it has one
 # (QLinearSoftmax, QLinearAdd) the measured drift says INT8 only loses there. A classifier's
@@ -77,10 +77,14 @@ def float_source(tensor: str, index: GraphIndex, quantized: set[str]) -> onnx.No
     return producer
 
 
-def runs_at_run_time(node: onnx.NodeProto, index: GraphIndex) -> bool:
-    """Whether `node` can be quantized at run time: a MatMul/Gemm of a float activation by a
-    constant 2-D weight (what rewrite_dynamic makes MatMulInteger of)."""
-    if node.op_type not in ("MatMul", "Gemm") or node.domain not in ("", "ai.onnx") or len(node.input) < 2:
+def runs_at_run_time(node: onnx.NodeProto, index: GraphIndex, recipe: Recipe) -> bool:
+    """Whether `node` can be quantized at run time under `recipe`: a MatMul/Gemm (among the
+    recipe's dynamic ops, Gemm without transA) of a float activation by a constant 2-D weight,
+    with 8-bit weights and uint8 activations (what rewrite_dynamic makes MatMulInteger of)."""
+    if node.op_type not in ("MatMul", "Gemm") or node.op_type not in recipe.dynamic_ops or \
+            node.domain not in ("", "ai.onnx") or len(node.input) < 2 or attribute(node, "transA", 0):
+        return False
+    if recipe.activations.dtype is not QType.UINT8 or recipe.weights.dtype not in (QType.INT8, QType.UINT8):
         return False
     weight = index.constant(node.input[1])
     return weight is not None and weight.ndim == 2 and index.is_float(node.input[0]) and \
