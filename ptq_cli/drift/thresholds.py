@@ -144,14 +144,8 @@ def _agreement_measurable(out: OutputReport) -> bool:
 
 
 def _agreement(limit: float, outputs: tuple[OutputReport, ...]) -> ThresholdResult:
-    values = [(o.top1_agreement, o.name) for o in outputs if o.top1_agreement is not None]
-    if not values:
-        return ThresholdResult("min_agreement", float(limit), None, False,
-                               "no output with an agreement figure (scores, step scores or integers)")
-    worst, name = min(values)
-    passed = worst >= limit
-    detail = f"worst top-1 agreement {worst:.4g} on output {name!r} {'>=' if passed else '<'} {limit:g}"
-    return ThresholdResult("min_agreement", float(limit), worst, passed, detail)
+    return _worst_share("min_agreement", limit, outputs, lambda o: o.top1_agreement, "top-1 agreement",
+                        "no output with an agreement figure (scores, step scores or integers)")
 
 
 def _sequences_measurable(out: OutputReport) -> bool:
@@ -159,12 +153,18 @@ def _sequences_measurable(out: OutputReport) -> bool:
 
 
 def _sequence_agreement(limit: float, outputs: tuple[OutputReport, ...]) -> ThresholdResult:
-    values = [(o.sequence_agreement, o.name) for o in outputs if o.sequence_agreement is not None]
+    return _worst_share("min_sequence_agreement", limit, outputs, lambda o: o.sequence_agreement,
+                        "share of sequences decoded as the reference's",
+                        "no step-scores output ([N, T, C] made by a Softmax) to decode")
+
+
+def _worst_share(name: str, limit: float, outputs: tuple[OutputReport, ...], value_of, what: str,
+                 missing: str) -> ThresholdResult:
+    """A lower limit on a share (0..1) that some outputs have, held by the worst of them."""
+    values = [(value_of(o), o.name) for o in outputs if value_of(o) is not None]
     if not values:
-        return ThresholdResult("min_sequence_agreement", float(limit), None, False,
-                               "no step-scores output ([N, T, C] made by a Softmax) to decode")
-    worst, name = min(values)
+        return ThresholdResult(name, float(limit), None, False, missing)
+    worst, output = min(values)
     passed = worst >= limit
-    detail = (f"worst share of sequences decoded as the reference's {worst:.4g} on output {name!r} "
-              f"{'>=' if passed else '<'} {limit:g}")
-    return ThresholdResult("min_sequence_agreement", float(limit), worst, passed, detail)
+    detail = f"worst {what} {worst:.4g} on output {output!r} {'>=' if passed else '<'} {limit:g}"
+    return ThresholdResult(name, float(limit), worst, passed, detail)
