@@ -55,8 +55,11 @@ def inspect_model(model: onnx.ModelProto, ranges: Mapping[str, tuple[float, floa
         reader.tensors.extend(inner.tensors)
         reader.requant.extend(inner.requantization)
         kinds |= {n.op_type for n in body.node}
-    fmt = ("qoperator" if kinds & set(_LAYOUTS) else "dynamic" if "DynamicQuantizeLinear" in kinds
-           else "qdq" if kinds & {"QuantizeLinear", "DequantizeLinear"} else "float")
+    # A static QDQ model may quantize some MatMuls at run time (placement, the drift budget's
+    # fallback): it is still QDQ; "dynamic" is a model with no static activation quantization.
+    fmt = ("qoperator" if kinds & set(_LAYOUTS) else "qdq" if "QuantizeLinear" in kinds
+           else "dynamic" if "DynamicQuantizeLinear" in kinds
+           else "qdq" if "DequantizeLinear" in kinds else "float")
     return InspectReport(name or model.graph.name, fmt, tuple(reader.tensors), tuple(reader.requant))
 
 

@@ -127,3 +127,27 @@ def test_cli_with_calibration_table(tmp_path, rng):
     assert result.exit_code == 0, result.output
     activations = [t for t in json.loads(result.output)["tensors"] if t["role"] == "activation"]
     assert activations and all(t["wasted_basis"] == "calibration table" for t in activations)
+
+
+def test_a_static_model_with_a_matmul_at_run_time_is_still_qdq(rng):
+    """The drift budget's fallback (or placement) may quantize one MatMul at run time: the model
+    is still a static QDQ model, with that MatMul's weights listed beside the others."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    from tests.conftest import make_model
+
+    inits = [numpy_helper.from_array(rng.normal(size=(8, 16)).astype(np.float32), "w1"),
+             numpy_helper.from_array(rng.normal(size=(16, 4)).astype(np.float32), "w2")]
+    model = make_model([helper.make_node("MatMul", ["x", "w1"], ["a"], name="fc1"),
+                        helper.make_node("Relu", ["a"], ["r"], name="act"),
+                        helper.make_node("MatMul", ["r", "w2"], ["y"], name="fc2")],
+                       [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 8])],
+                       [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 4])], inits)
+    x = rng.normal(size=(2, 8)).astype(np.float32)
+    ranges = minmax_ranges(model, [{"x": x}])
+    mixed, plan = quantize_model(model, Recipe(run_time=("fc2",)), ranges)
+    assert plan.quantized == ["fc1"] and plan.dynamic == ["fc2"]
+    ops = {n.op_type for n in mixed.graph.node}
+    assert {"QuantizeLinear", "DynamicQuantizeLinear", "MatMulInteger"} <= ops
+    report = inspect_model(mixed)
+    assert report.format == "qdq"
