@@ -237,7 +237,7 @@ def test_the_ladder_keeps_the_fewest_units_off_int8_and_measures_each_recipe_onc
     def fake_evaluate(build, probe, judge, recipe, floated=(), run_time=()):
         measured.append((tuple(sorted(recipe.exclude)), tuple(sorted(recipe.run_time))))
         ok = "M" in recipe.exclude or {"C1", "C2", "C3"} <= set(recipe.exclude)
-        drift = types.SimpleNamespace(passed=ok, score=lambda: 1.0 if ok else 0.0, results=())
+        drift = types.SimpleNamespace(passed=ok, score=lambda: 1.0 if ok else 0.0, results=(), outputs=())
         return fallback.Trial(recipe, None, types.SimpleNamespace(quantizes_anything=True), drift, floated, run_time)
 
     monkeypatch.setattr(fallback, "evaluate", fake_evaluate)
@@ -254,23 +254,29 @@ def test_the_ladder_keeps_the_fewest_units_off_int8_and_measures_each_recipe_onc
 
 def test_under_a_share_limit_the_passing_prefix_is_not_pruned(monkeypatch):
     """A share of 32 samples moves in steps: giving units back while it still holds fits the
-    evaluation samples, so under such a limit the prefix found is kept whole; under cosine alone
+    evaluation samples, so under such a limit the prefix found is kept whole; under cosine alone,
+    or when the share is only the exact agreement of an integer output (a mask passed through),
     the unit the budget does not need goes back to INT8."""
     import types
 
     from ptq_cli.drift.report import ThresholdResult
     from ptq_cli.quantize.placement import fallback
 
-    for limit, pruned in (("min_sequence_agreement", False), ("min_cosine", True)):
-        def fake_evaluate(build, probe, judge, recipe, floated=(), run_time=(), limit=limit):
+    sequences = types.SimpleNamespace(classification=None, sequence_agreement=0.95)
+    integers = types.SimpleNamespace(classification=None, sequence_agreement=None)
+    cases = (("min_sequence_agreement", sequences, False), ("min_cosine", sequences, True),
+             ("min_agreement", integers, True))
+    for limit, output, pruned in cases:
+        def fake_evaluate(build, probe, judge, recipe, floated=(), run_time=(), limit=limit, output=output):
             ok = "A" in recipe.exclude  # only A is needed; B rides along in the prefix
             results = (ThresholdResult(limit, 0.9, 0.95 if ok else 0.5, ok, ""),)
-            drift = types.SimpleNamespace(passed=ok, score=lambda: 1.0 if ok else 0.0, results=results)
+            drift = types.SimpleNamespace(passed=ok, score=lambda: 1.0 if ok else 0.0, results=results,
+                                          outputs=(output,))
             return fallback.Trial(recipe, None, types.SimpleNamespace(quantizes_anything=True), drift, floated, run_time)
 
         monkeypatch.setattr(fallback, "evaluate", fake_evaluate)
         first = fallback.Trial(ptq_cli.Recipe(), None, types.SimpleNamespace(quantizes_anything=True),
-                               types.SimpleNamespace(passed=False, score=lambda: 0.0, results=()))
+                               types.SimpleNamespace(passed=False, score=lambda: 0.0, results=(), outputs=()))
         bar = types.SimpleNamespace(update=lambda n: None, set_postfix_str=lambda s: None)
         trials = fallback._Trials(None, None, None, first, bar, lambda: True)
         fallback._grow(trials, [("B",), ("A",), ("C",)], set())
