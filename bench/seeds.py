@@ -37,6 +37,13 @@ def _quantize(model: realdata.RealModel, out: Path, recipe, **kwargs) -> tuple[f
     return time.perf_counter() - start, out.stat().st_size
 
 
+def _subjects(args):
+    """(name, loaded model, FP32 top-1) of every model the run asks for."""
+    for name in parse_list(args.models, realdata.names(), "model"):
+        model = realdata.load(name, _options(args))
+        yield name, model, top1(model.model_path, model)
+
+
 def _row(name: str, label: str, fp32: float, model, out: Path, seconds: float, size: int) -> dict:
     score = top1(out, model)
     log(f"  {name} {label}: {score:.2f} % ({size / 1e6:.2f} MB, {seconds:.1f} s)")
@@ -50,9 +57,7 @@ def stochastic(args) -> list[dict]:
     from ptq_cli.recipe import PerChannel, PerTensor, QType, Recipe, Rounding, TensorSpec
 
     rows = []
-    for name in parse_list(args.models, realdata.names(), "model"):
-        model = realdata.load(name, _options(args))
-        fp32 = top1(model.model_path, model)
+    for name, model, fp32 in _subjects(args):
         out_dir = _out_dir(args)
         for gran, granularity in (("per-channel", PerChannel()), ("per-tensor", PerTensor())):
             for bc in (True, False):
@@ -98,9 +103,7 @@ def datafree(args) -> list[dict]:
     from ptq_cli.recipe import Recipe
 
     rows = []
-    for name in parse_list(args.models, realdata.names(), "model"):
-        model = realdata.load(name, _options(args))
-        fp32 = top1(model.model_path, model)
+    for name, model, fp32 in _subjects(args):
         out = _out_dir(args) / f"{name}.datafree.onnx"
         for bc in (True, False):
             recipe = Recipe(bias_correction=bc)
@@ -144,9 +147,7 @@ def codebook(args) -> list[dict]:
     from ptq_cli.recipe import PerChannel, PerTensor, Recipe, WeightCodebook
 
     rows = []
-    for name in parse_list(args.models, realdata.names(), "model"):
-        model = realdata.load(name, _options(args))
-        fp32 = top1(model.model_path, model)
+    for name, model, fp32 in _subjects(args):
         out_dir = _out_dir(args)
         for gran, granularity in (("per-channel", PerChannel()), ("per-tensor", PerTensor())):
             out = out_dir / f"{name}.uniform.onnx"

@@ -106,6 +106,14 @@ def image_batches(rng, n: int = 8, shape=(2, 3, 8, 8)) -> list[dict[str, np.ndar
     return [{"x": rng.normal(0, 1, shape).astype(np.float32)} for _ in range(n)]
 
 
+def save_samples(folder: Path, arrays) -> Path:
+    """A data folder with one .npy file per array, named so that sorted order is list order."""
+    folder.mkdir()
+    for i, array in enumerate(arrays):
+        np.save(folder / f"{i:02d}.npy", array)
+    return folder
+
+
 def sqnr_db(reference: np.ndarray, candidate: np.ndarray) -> float:
     noise = np.sum((reference - candidate) ** 2)
     return float(10 * np.log10(np.sum(reference ** 2) / max(noise, 1e-30)))

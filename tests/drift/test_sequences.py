@@ -13,6 +13,7 @@ from ptq_cli.drift.kinds import OutputKind
 from ptq_cli.drift.outputs import OutputState
 from ptq_cli.drift.sequences import SequenceAccumulator, greedy_decode
 from ptq_cli.drift.thresholds import Thresholds, evaluate
+from tests.conftest import save_samples
 
 
 def one_hot(classes_per_step, classes=4):
@@ -103,14 +104,11 @@ def test_compare_gates_on_sequences_decoded_as_the_reference(tmp_path):
     onnx.save(reference, tmp_path / "ref.onnx")
     onnx.save(ctc_model(bent), tmp_path / "cand.onnx")
     before = (tmp_path / "ref.onnx").read_bytes()
-    data = tmp_path / "data"
-    data.mkdir()
     feeds = []
     for i in range(24):
         steps = rng.choice(3, size=10, p=[0.6, 0.3, 0.1] if i % 4 else [0.6, 0.2, 0.2])
-        x = np.eye(3, dtype=np.float32)[steps][None] + rng.normal(0, 0.01, (1, 10, 3)).astype(np.float32)
-        np.save(data / f"{i:02d}.npy", x)
-        feeds.append(x)
+        feeds.append(np.eye(3, dtype=np.float32)[steps][None] + rng.normal(0, 0.01, (1, 10, 3)).astype(np.float32))
+    data = save_samples(tmp_path / "data", feeds)
     ref_session = ort.InferenceSession(str(tmp_path / "ref.onnx"), providers=["CPUExecutionProvider"])
     cand_session = ort.InferenceSession(str(tmp_path / "cand.onnx"), providers=["CPUExecutionProvider"])
     same = [np.array_equal(greedy_decode(ref_session.run(None, {"x": x})[0][0].argmax(-1), 0),

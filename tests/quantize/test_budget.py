@@ -15,7 +15,7 @@ from ptq_cli.cli import main
 from ptq_cli.drift import Thresholds
 from ptq_cli.errors import UsageError
 from ptq_cli.quantize.placement.budget import MEASURE_ONLY, Budget, DriftBudgetError
-from tests.conftest import REPO, run
+from tests.conftest import REPO, run, save_samples
 
 CALIB = REPO / "calibration" / "digits" / "calib"
 
@@ -53,12 +53,8 @@ def outlier(tmp_path):
     model = _outlier_model()
     path = tmp_path / "model.onnx"
     onnx.save(model, path)
-    data = tmp_path / "calib"
-    data.mkdir()
     rng = np.random.default_rng(1)
-    for i in range(24):
-        np.save(data / f"{i:02d}.npy", rng.normal(size=(1, 8)).astype(np.float32))
-    return path, data
+    return path, save_samples(tmp_path / "calib", [rng.normal(size=(1, 8)).astype(np.float32) for _ in range(24)])
 
 
 def _drift(model: onnx.ModelProto) -> dict:
@@ -192,14 +188,10 @@ def test_fallback_quantizes_matmuls_at_run_time_before_it_leaves_them_float(tmp_
     path = tmp_path / "model.onnx"
     onnx.save(_loudness_model(), path)
     before = path.read_bytes()
-    data = tmp_path / "calib"
-    data.mkdir()
     rng = np.random.default_rng(3)
-    samples = []
-    for i in range(24):  # lengths differ, so every sample runs alone, as it will in use
-        x = rng.normal(size=(1, 3 + i % 5, 8)).astype(np.float32) * (50.0 if i % 2 else 1.0)
-        np.save(data / f"{i:02d}.npy", x)
-        samples.append(x)
+    # Lengths differ, so every sample runs alone, as it will in use.
+    samples = [rng.normal(size=(1, 3 + i % 5, 8)).astype(np.float32) * (50.0 if i % 2 else 1.0) for i in range(24)]
+    data = save_samples(tmp_path / "calib", samples)
     broken = ptq_cli.quantize(path, None, data=data, progress=False, budget=MEASURE_ONLY)
     assert _drift(broken.model)["outputs"][0]["cosine_mean"] < 0.97
 

@@ -9,6 +9,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
+from tests.conftest import save_samples
 
 
 def _keras_opset7() -> onnx.ModelProto:
@@ -33,11 +34,8 @@ def test_json_stdout_survives_an_experimental_op(tmp_path):
     src = tmp_path / "keras.onnx"
     onnx.save(model, src)
     before = src.read_bytes()
-    data = tmp_path / "calib"
-    data.mkdir()
     rng = np.random.default_rng(1)
-    for i in range(4):
-        np.save(data / f"{i}.npy", (rng.random((1, 1, 8, 8)) * 255).astype(np.float32))
+    data = save_samples(tmp_path / "calib", [(rng.random((1, 1, 8, 8)) * 255).astype(np.float32) for _ in range(4)])
     out = tmp_path / "keras.int8.onnx"
     done = subprocess.run([sys.executable, "-m", "ptq_cli", "quantize", str(src), "--data", str(data), "-o", str(out),
                            "--objective", "size", "--no-budget", "--json", "-q"], capture_output=True, text=True,
@@ -48,7 +46,7 @@ def test_json_stdout_survives_an_experimental_op(tmp_path):
     assert summary["output"] == str(out) and summary["quantized"]
     written = onnx.load(out)
     onnx.checker.check_model(written)
-    feed = {"x": np.load(data / "0.npy")}
+    feed = {"x": np.load(data / "00.npy")}
     want = ort.InferenceSession(before, providers=["CPUExecutionProvider"]).run(None, feed)[0]
     got = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"]).run(None, feed)[0]
     np.testing.assert_allclose(got, want, atol=0.05 * float(np.abs(want).max()))

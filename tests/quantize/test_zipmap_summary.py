@@ -7,6 +7,7 @@ from click.testing import CliRunner
 from onnx import TensorProto, helper, numpy_helper
 
 from ptq_cli.cli import main
+from tests.conftest import save_samples
 
 
 def _zipmap_classifier() -> onnx.ModelProto:
@@ -32,11 +33,8 @@ def test_zipmap_output_reported_as_not_measured(tmp_path):
     src = tmp_path / "m.onnx"
     onnx.save(model, src)
     before = src.read_bytes()
-    data = tmp_path / "calib"
-    data.mkdir()
     rng = np.random.default_rng(1)
-    for i in range(8):
-        np.save(data / f"{i}.npy", rng.standard_normal((1, 8)).astype(np.float32))
+    data = save_samples(tmp_path / "calib", [rng.standard_normal((1, 8)).astype(np.float32) for _ in range(8)])
     out = tmp_path / "m.int8.onnx"
     result = CliRunner().invoke(main, ["quantize", str(src), "--data", str(data), "-o", str(out),
                                        "--objective", "size", "--no-budget"])
@@ -51,6 +49,6 @@ def test_zipmap_output_reported_as_not_measured(tmp_path):
     assert any(n.op_type == "DequantizeLinear" for n in written.graph.node)
     import onnxruntime as ort
     sess = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
-    probs = sess.run(["probabilities"], {"x": np.load(data / "0.npy")})[0]
+    probs = sess.run(["probabilities"], {"x": np.load(data / "00.npy")})[0]
     assert probs.shape == (1, 3) and abs(float(probs.sum()) - 1.0) < 1e-2  # Softmax output in 1/255 steps
     assert src.read_bytes() == before
