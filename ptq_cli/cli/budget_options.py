@@ -15,8 +15,8 @@ def budget_options(func):
     """Decorator adding the drift-budget flags (the limits are those of `ptq compare`)."""
     options = [
         click.option("--eval-data", type=click.Path(exists=True, path_type=Path), metavar="DIR",
-                     help="Measure the drift on the first 32 samples of DIR (same formats as --data) "
-                          "instead of 32 evenly spaced calibration samples."),
+                     help="Measure the drift on the first 100 samples of DIR (same formats as --data) "
+                          "instead of up to 100 evenly spaced calibration samples."),
         click.option("--min-sqnr", type=float, metavar="DB", help="Budget: every output's SQNR at least DB."),
         click.option("--min-cosine", type=click.FloatRange(-1, 1), metavar="C",
                      help="Budget: every float output's mean cosine similarity to FP32 at least C."),

@@ -123,7 +123,7 @@ def test_default_budget_leaves_the_sample_models_byte_identical(name):
     assert drift["met"] and drift["fallback"] == [] and default.recipe == ptq_cli.Recipe()
     assert _without_drift(default.model) == _without_drift(unbounded.model)
     assert default.fallback_trials == 0
-    assert drift["samples"] == 32 and "32 of the 100 calibration samples" in drift["data"]
+    assert drift["samples"] == 100 and "100 of the 100 calibration samples (all;" in drift["data"]
 
 
 def test_summary_reports_the_drift_and_no_data_says_so(outlier, tmp_path):

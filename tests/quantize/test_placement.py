@@ -253,16 +253,25 @@ def test_constant_scale_and_shift_after_a_conv_fold_into_it(rng):
     assert plan.quantized == ["conv1", "conv2"] and sqnr > 25
 
 
-def test_a_node_excluded_by_the_user_does_not_move_its_neighbours(rng):
-    """Only placement's own float code makes a MatMul dynamic or an Add float: with proj_in
-    excluded, the Add and proj_out after it stay statically quantized (one-node sensitivity
-    measurements rely on this)."""
+def test_glue_after_an_excluded_node_stays_float_but_moves_no_matmul_to_run_time(rng):
+    """An Add reading only a node the user (or the fallback) left float is float too: quantized,
+    it would only round. The MatMul after it stays static INT8: only placement's own float code
+    sends a MatMul to run time."""
     body = [helper.make_node("Add", ["h", "bias"], ["n"], name="bias_add")]
     model = _seq_model(rng, body, [_init(rng, "bias", (D,))])
+    before = model.SerializeToString()
     batches = [{"x": rng.normal(0, 1, (2, 5, D)).astype(np.float32)} for _ in range(4)]
-    _, plan = quantize_model(model, Recipe(exclude=("proj_in",)), minmax_ranges(model, batches))
-    assert plan.quantized == ["bias_add", "proj_out"] and plan.dynamic == []
-    assert _reasons(plan) == {"proj_in": "excluded by --exclude"}
+    ranges = minmax_ranges(model, batches)
+    quantized, plan = quantize_model(model, Recipe(exclude=("proj_in",)), ranges)
+    assert model.SerializeToString() == before
+    onnx.checker.check_model(quantized, full_check=True)
+    assert plan.quantized == ["proj_out"] and plan.dynamic == []
+    assert _reasons(plan)["proj_in"] == "excluded by --exclude"
+    assert _reasons(plan)["bias_add"].startswith("its inputs ('h') come from float nodes")
+    # The Add reads float and writes float: no Q/DQ pair sits between proj_in and it.
+    consumers = [n for n in quantized.graph.node if "h" in n.input]
+    assert [n.op_type for n in consumers] == ["Add"]
+    assert sqnr_db(run(model, batches[0])[0], run(quantized, batches[0])[0]) > 25
 
 
 def test_a_class_token_beside_patch_embeddings_keeps_its_concat_float(rng):

@@ -9,7 +9,7 @@ not withheld from calibration (that would change every default output), so witho
 
 The default budget is one that every healthy quantization of the CNNs of ../shared/realdata
 meets with a margin (bench/budget.py measures them; the worst, MobileNetV1-0.25 per channel:
-mean cosine 0.990, top-1 agreement 0.97 on 32 samples), so their outputs never change, while
+mean cosine 0.987, top-1 agreement 0.92 on 100 samples), so their outputs never change, while
 a collapsed model (MobileNetV1 per tensor: cosine 0.17, agreement 0.09) misses it by far.
 """
 
@@ -32,14 +32,22 @@ from ptq_cli.recipe import Recipe
 if TYPE_CHECKING:
     from ptq_cli.quantize.placement.fallback import Trial
 
-EVAL_SAMPLES = 32
+# A share of the samples (top-1 or sequence agreement) moves by 1/n when one sample flips: at 32
+# samples one OCR line is 3 points, and the fallback stopped at whichever prefix the noise let
+# through (PP-OCRv4: 29 of 32 lines read as FP32, 83-87 % of held-out lines). 100 samples cost
+# 3x the time of a trial; the CNNs' default verdicts are the same (bench/budget.py).
+EVAL_SAMPLES = 100
 DEFAULT_THRESHOLDS = Thresholds(min_cosine=0.97, min_agreement=0.9)
 # Stricter defaults for the kinds no CNN classifier has (their outputs cannot change): a sentence
 # embedding is only useful while its cosine to FP32 is near 1, and a line of text decodes
 # differently as soon as one of its ~50-100 steps flips: 99 % of steps agreeing still left a
-# third of PP-OCRv4's lines read differently, so nine in ten sequences must decode as FP32's.
+# third of PP-OCRv4's lines read differently. Sequences must decode as FP32's on 95 % of the
+# evaluation samples, so that 90 % of unseen ones do: the samples are calibration samples, which a
+# quantized model reads better than unseen ones, and the search stops at the first candidate that
+# passes. PP-OCRv4, every prefix of one fallback ranking: 95-98 of the 100 calibration lines
+# read as FP32 gave 90-93 % of the 300 held-out lines, 91-93 of 100 gave 83-87 %.
 DEFAULT_BY_KIND = ((OutputKind.EMBEDDING, Thresholds(min_cosine=0.99)),
-                   (OutputKind.STEP_SCORES, Thresholds(min_agreement=0.99, min_sequence_agreement=0.9)))
+                   (OutputKind.STEP_SCORES, Thresholds(min_agreement=0.99, min_sequence_agreement=0.95)))
 DEFAULT_SECONDS = 600.0
 
 

@@ -23,7 +23,8 @@ from ptq_cli.quantize.placement.handlers import (FUSED_ACTIVATIONS, OpHandler, O
                                                  handler_for)
 from ptq_cli.quantize.placement.patterns import Pattern
 from ptq_cli.quantize.placement.transformer import (concat_span_reason, dynamic_matmul_reason, embedding_table,
-                                                    float_patterns, glue_reason, runs_at_run_time)
+                                                    float_patterns, follows_placement, glue_reason,
+                                                    runs_at_run_time)
 from ptq_cli.quantize.arithmetic.scheme import QParams, compute_qparams, quantize, weight_range
 from ptq_cli.quantize.arithmetic.stochastic import weight_rng
 from ptq_cli.recipe import ExcludedConvInput, PerChannel, QType, Recipe, Rounding, TensorSpec
@@ -142,8 +143,8 @@ def _claim_compute_nodes(graph, index, recipe, ranges, plan) -> set[str]:
             plan.dynamic.append(node.name)
             continue
         if reason is None:
-            reason = _placement_reason(node, index, recipe, ranges, done, placed)
-            if reason is not None:
+            reason, own = _placement_reason(node, index, recipe, ranges, done, placed)
+            if own:
                 placed.add(node.name)
             if reason is not None and reason.startswith("quantized at run time"):
                 plan.dynamic.append(node.name)
@@ -181,13 +182,19 @@ def _claim_compute_nodes(graph, index, recipe, ranges, plan) -> set[str]:
     return claimed
 
 
-def _placement_reason(node, index, recipe, ranges, done: set[str], placed: set[str]) -> str | None:
-    """Why placement (placement.py) does not quantize `node` statically, given the decisions so far."""
+def _placement_reason(node, index, recipe, ranges, done: set[str], placed: set[str]) -> tuple[str | None, bool]:
+    """Why placement (transformer.py) does not quantize `node` statically, given the decisions so
+    far, and whether that makes it placement's own float code (which a MatMul it feeds follows to
+    run time)."""
     if recipe.activations.dtype is QType.UINT8 and recipe.weights.dtype in (QType.INT8, QType.UINT8):
         reason = dynamic_matmul_reason(node, index, done, placed)
         if reason is not None:
-            return reason
-    return concat_span_reason(node, index, ranges) or glue_reason(node, index, done, placed)
+            return reason, True
+    reason = concat_span_reason(node, index, ranges)
+    if reason is not None:
+        return reason, True
+    reason = glue_reason(node, index, done)
+    return reason, reason is not None and follows_placement(node, index, done, placed)
 
 
 def _output_and_fusion(node, handler, index, recipe, ranges, floating):
