@@ -40,14 +40,15 @@ EVAL_SAMPLES = 100
 DEFAULT_THRESHOLDS = Thresholds(min_cosine=0.97, min_agreement=0.9)
 # Stricter defaults for the kinds no CNN classifier has (their outputs cannot change): a sentence
 # embedding is only useful while its cosine to FP32 is near 1, and a line of text decodes
-# differently as soon as one of its ~50-100 steps flips: 99 % of steps agreeing still left a
-# third of PP-OCRv4's lines read differently. Sequences must decode as FP32's on 95 % of the
-# evaluation samples, so that 90 % of unseen ones do: the samples are calibration samples, which a
-# quantized model reads better than unseen ones, and the search stops at the first candidate that
-# passes. PP-OCRv4, every prefix of one fallback ranking: 95-98 of the 100 calibration lines
-# read as FP32 gave 90-93 % of the 300 held-out lines, 91-93 of 100 gave 83-87 %.
+# differently as soon as one of its ~50-100 steps flips. The evaluation samples are calibration
+# samples, which a quantized model reads better than unseen ones, and the search stops at the
+# first candidate that passes, so the limits hold with a margin: 95 % of the sequences decoded as
+# FP32's, and 99.6 % of the steps (the finer figure: thousands of steps, not 100 lines).
+# PP-OCRv4, 100 calibration lines -> 300 held-out lines read as FP32, over 19 candidates: every
+# one with >= 99.6 % of steps agreeing read 94-99 % of held-out lines as FP32; at 99.1-99.6 %,
+# 86-94 % even with 95-99 of the 100 lines decoded as FP32; at 99 % (the old limit), 82-87 %.
 DEFAULT_BY_KIND = ((OutputKind.EMBEDDING, Thresholds(min_cosine=0.99)),
-                   (OutputKind.STEP_SCORES, Thresholds(min_agreement=0.99, min_sequence_agreement=0.95)))
+                   (OutputKind.STEP_SCORES, Thresholds(min_agreement=0.996, min_sequence_agreement=0.95)))
 DEFAULT_SECONDS = 600.0
 
 
