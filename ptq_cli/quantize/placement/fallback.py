@@ -106,11 +106,12 @@ class _Trials:
         self.best, self.passing, self.count = first, None, 1
         self.passing_units: tuple[Unit, ...] = ()      # the units the passing trial takes off static INT8
         self.passing_run_time: tuple[Unit, ...] = ()   # of those, the ones quantized at run time
-        self.verdicts: dict[tuple[tuple[str, ...], tuple[str, ...]], bool] = {}  # each recipe measured once
+        self.verdicts: dict[tuple[tuple[str, ...], tuple[str, ...]], bool | None] = {}  # each recipe measured once
 
-    def met(self, units: tuple[Unit, ...], run_time: tuple[Unit, ...] = ()) -> bool:
+    def met(self, units: tuple[Unit, ...], run_time: tuple[Unit, ...] = ()) -> bool | None:
         """Whether the budget holds with `units` off static INT8: those of `run_time` quantized at
-        run time, the others in float."""
+        run time, the others in float. None when nothing is left quantized (the glue that read
+        only those units goes float with them): no answer, but past every answer."""
         run_time = tuple(u for u in run_time if u in units)
         floated = tuple(name for unit in units if unit not in run_time for name in unit)
         dynamic = tuple(name for unit in run_time for name in unit)
@@ -131,8 +132,9 @@ class _Trials:
             self.passing, self.passing_units, self.passing_run_time = result, units, run_time
         if result.plan.quantizes_anything and result.drift.score() > self.best.drift.score():
             self.best = result
-        self.verdicts[(floated, dynamic)] = passed
-        return passed
+        verdict = passed if result.plan.quantizes_anything else None
+        self.verdicts[(floated, dynamic)] = verdict
+        return verdict
 
 
 def _grow(trials: _Trials, ranked: Sequence[Unit], run_time: set[Unit]) -> None:
@@ -146,9 +148,10 @@ def _grow(trials: _Trials, ranked: Sequence[Unit], run_time: set[Unit]) -> None:
 
 
 def _grow_pass(trials: _Trials, ranked: Sequence[Unit], run_time: set[Unit], below: int | None = None) -> int | None:
-    """One pass of `_grow`, over prefixes shorter than `below`; the k that met the budget, or None."""
-    def met(k: int) -> bool:
-        return trials.met(tuple(ranked[:k]), tuple(u for u in ranked[:k] if u in run_time))
+    """One pass of `_grow`, over prefixes shorter than `below`: the smallest k that met the budget
+    or left nothing quantized (then the answer, if any, is shorter), or None."""
+    def met(k: int) -> bool:  # the answer is at k or below (a candidate with nothing quantized is above it)
+        return trials.met(tuple(ranked[:k]), tuple(u for u in ranked[:k] if u in run_time)) is not False
 
     n = len(ranked) if below is None else below - 1
     sizes = sorted({min(2 ** i, n) for i in range(n.bit_length() + 1)} | ({n - 1} if n > 1 else set()))
@@ -177,11 +180,11 @@ def _prune(trials: _Trials, run_time: set[Unit], most: int = PRUNE_AT_MOST) -> N
 
     Only short prefixes (at most `most` units) are pruned, and only under limits that move
     smoothly (SQNR, cosine). A limit on a share of scores or sequences (top-1 agreement, sequences
-    decoded as FP32) moves in steps of one sample in 32: every give-back that still meets it is
-    another draw near the limit, and the pruned model fits the evaluation samples rather than
-    the data. PP-OCRv4, 300 held-out lines: the seven searches that pruned wrote models reading
-    81-89 % of lines as FP32, the five that did not 87-93 %, all meeting 29 of 32 evaluation
-    lines. (Exact agreement of integer outputs, ids or masks passed through, is no such share.)"""
+    decoded as FP32) moves in steps of one sample: every give-back that still meets it is another
+    draw near the limit, and the pruned model fits the evaluation samples rather than the data.
+    PP-OCRv4, 300 held-out lines (when the budget judged 32 lines): the seven searches that
+    pruned wrote models reading 81-89 % of lines as FP32, the five that did not 87-93 %, all
+    meeting 29 of 32 evaluation lines. (Exact agreement of integer outputs, ids or masks passed through, is no such share.)"""
     if trials.passing is None or len(trials.passing_units) > most:
         return
     if _judged_by_shares(trials.passing.drift):
