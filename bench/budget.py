@@ -4,7 +4,7 @@ must meet it (so its output does not change), a collapsed one must miss it.
     python bench/budget.py [--models mobilenet,resnet8] [--json results/budget.json]
 
 For each model and weight granularity: ptq quantizes with the budget measuring only
-(MEASURE_ONLY: no fallback) and prints the drift on the 100 evenly spaced calibration samples
+(MEASURE_ONLY: no fallback) and prints the drift on the (up to) 100 evenly spaced calibration samples
 that the default budget judges, and whether the default budget holds.
 """
 

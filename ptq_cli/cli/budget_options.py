@@ -26,7 +26,7 @@ def budget_options(func):
         click.option("--min-sequence-agreement", type=click.FloatRange(0, 1), metavar="F",
                      help="Budget: on [N, T, C] step scores (a CTC head), the share of samples decoded as "
                           "FP32 decodes them (greedy: best class per step, repeats merged, blank dropped) "
-                          "at least F. Default for such outputs: 0.9, with per-step agreement 0.99."),
+                          "at least F. Default for such outputs: 0.95, with per-step agreement 0.996."),
         click.option("--max-top1-drop", type=click.FloatRange(min=0), metavar="PT",
                      help="Budget: top-1 drops by at most PT points (accuracy with --labels, else "
                           "agreement with FP32)."),

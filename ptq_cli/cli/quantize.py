@@ -76,7 +76,8 @@ _QTYPES = [q.value for q in QType]
               help="Op types --dynamic rewrites, comma-separated, of MatMul, Gemm, Conv, LSTM (ConvInteger is "
                    "slower than float Conv in onnxruntime, so Conv is left out by default).")
 @click.option("--exclude", multiple=True, metavar="NODE_OR_OP",
-              help="Leave a node (by name) or every node of an op type in float. Repeatable.")
+              help="Leave a node (by name) or every node of an op type in float (an Add/Mul/Sigmoid/pool that "
+                   "then reads only float nodes stays float with it). Repeatable.")
 @click.option("--objective", type=click.Choice([o.value for o in Objective]), default="speed", show_default=True,
               envvar="PTQ_OBJECTIVE",
               help="speed: time placements on this machine (float stem/prefix, integer region after it) and "
@@ -116,7 +117,7 @@ def quantize_command(ctx: click.Context, model: Path, output: Path | None, calib
       ptq quantize model.onnx --dynamic
       ptq quantize model.onnx --data calib/ --eval-data eval/ --min-cosine 0.99
 
-    The drift against FP32 is measured on 100 calibration samples (or --eval-data) and must meet
+    The drift against FP32 is measured on up to 100 calibration samples (or --eval-data) and must meet
     a budget (default: mean cosine >= 0.97 and top-1 agreement >= 0.9 on every output that has
     them; embeddings cosine >= 0.99; per-step scores 0.996 of the steps and 0.95 of the sequences
     decoded as FP32's); the most sensitive nodes go back to float until it does. Exit 3, nothing written,

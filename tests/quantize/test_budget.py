@@ -126,6 +126,22 @@ def test_default_budget_leaves_the_sample_models_byte_identical(name):
     assert drift["samples"] == 100 and "100 of the 100 calibration samples (all;" in drift["data"]
 
 
+def test_eval_samples_are_evenly_spaced_calibration_files_or_the_first_of_eval_data():
+    from ptq_cli.quantize.placement.budget import eval_samples
+
+    model = onnx.load(REPO / "sample_models" / "digits_cnn.onnx")
+    files = sorted(CALIB.iterdir())
+    spaced = eval_samples(model, CALIB, None, None, limit=32)
+    picked = [i * len(files) // 32 for i in range(32)]
+    assert len(spaced.feeds) == 32 and picked[:3] == [0, 3, 6]
+    expected = [np.load(files[i]) for i in picked]
+    assert all(np.array_equal(next(iter(f.values())), e) for f, e in zip(spaced.feeds, expected))
+    assert spaced.description.startswith("32 of the 100 calibration samples (files 0, 3, 6, ...")
+    first = eval_samples(model, None, CALIB, None, limit=32)
+    assert all(np.array_equal(next(iter(f.values())), np.load(p)) for f, p in zip(first.feeds, files[:32]))
+    assert first.description.startswith("the first 32 of 100 samples")
+
+
 def test_summary_reports_the_drift_and_no_data_says_so(outlier, tmp_path):
     path, data = outlier
     shown = CliRunner().invoke(main, ["quantize", str(path), "--data", str(data), "-o", str(tmp_path / "a.onnx"),
@@ -274,7 +290,7 @@ def test_a_prefix_that_leaves_nothing_quantized_bounds_the_search_from_above(mon
 
 
 def test_under_a_share_limit_the_passing_prefix_is_not_pruned(monkeypatch):
-    """A share of 32 samples moves in steps: giving units back while it still holds fits the
+    """A share of the samples moves in steps: giving units back while it still holds fits the
     evaluation samples, so under such a limit the prefix found is kept whole; under cosine alone,
     or when the share is only the exact agreement of an integer output (a mask passed through),
     the unit the budget does not need goes back to INT8."""

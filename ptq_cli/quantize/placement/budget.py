@@ -34,8 +34,8 @@ if TYPE_CHECKING:
 
 # A share of the samples (top-1 or sequence agreement) moves by 1/n when one sample flips: at 32
 # samples one OCR line is 3 points, and the fallback stopped at whichever prefix the noise let
-# through (PP-OCRv4: 29 of 32 lines read as FP32, 83-87 % of held-out lines). 100 samples cost
-# 3x the time of a trial; the CNNs' default verdicts are the same (bench/budget.py).
+# through (PP-OCRv4: 29 of 32 lines read as FP32, 83-87 % of held-out lines). Each trial takes
+# ~3x as long as with 32; the CNNs' default verdicts are the same (bench/budget.py).
 EVAL_SAMPLES = 100
 DEFAULT_THRESHOLDS = Thresholds(min_cosine=0.97, min_agreement=0.9)
 # Stricter defaults for the kinds no CNN classifier has (their outputs cannot change): a sentence

@@ -124,7 +124,9 @@ class _Trials:
         self.bar.update(1)
         passed = result.drift.passed and result.plan.quantizes_anything
         at_run_time = f", {len(dynamic)} at run time" if dynamic else ""
-        self.bar.set_postfix_str(f"{len(floated)} node(s) in float{at_run_time}, budget {'met' if passed else 'missed'}")
+        verdict = "nothing left quantized" if not result.plan.quantizes_anything else \
+            f"budget {'met' if passed else 'missed'}"
+        self.bar.set_postfix_str(f"{len(floated)} node(s) in float{at_run_time}, {verdict}")
         # Fewer units in float first, then fewer at run time: static INT8 > run time > float.
         cost = (len(units) - len(run_time), len(run_time))
         if passed and (self.passing is None or cost <= (len(self.passing_units) - len(self.passing_run_time),
@@ -139,7 +141,8 @@ class _Trials:
 
 def _grow(trials: _Trials, ranked: Sequence[Unit], run_time: set[Unit]) -> None:
     """The shortest prefix of `ranked` that meets the budget: k = 1, 2, 4, ..., all but one, all;
-    then bisection between the last k that missed and the first that met. A first pass quantizes
+    then bisection between the last k that missed and the first that met (or left nothing
+    quantized: the answer is then shorter). A first pass quantizes
     the units of the prefix that can run at run time (`run_time`) there, as that keeps most of
     their speed; a second pass, with every unit of the prefix in float, looks for a shorter prefix
     (a MatMul that run time does not fix can make the first pass take more units off INT8)."""
@@ -150,7 +153,7 @@ def _grow(trials: _Trials, ranked: Sequence[Unit], run_time: set[Unit]) -> None:
 def _grow_pass(trials: _Trials, ranked: Sequence[Unit], run_time: set[Unit], below: int | None = None) -> int | None:
     """One pass of `_grow`, over prefixes shorter than `below`: the smallest k that met the budget
     or left nothing quantized (then the answer, if any, is shorter), or None."""
-    def met(k: int) -> bool:  # the answer is at k or below (a candidate with nothing quantized is above it)
+    def at_or_above_answer(k: int) -> bool:  # met, or nothing left quantized (past every answer)
         return trials.met(tuple(ranked[:k]), tuple(u for u in ranked[:k] if u in run_time)) is not False
 
     n = len(ranked) if below is None else below - 1
@@ -159,13 +162,13 @@ def _grow_pass(trials: _Trials, ranked: Sequence[Unit], run_time: set[Unit], bel
     for k in sizes:
         if k < 1 or not trials.in_time():
             break
-        if met(k):
+        if at_or_above_answer(k):
             high = k
             break
         low = k
     while high is not None and high - low > 1 and trials.in_time():
         middle = (low + high) // 2
-        if met(middle):
+        if at_or_above_answer(middle):
             high = middle
         else:
             low = middle

@@ -135,7 +135,8 @@ def concat_span_reason(node: onnx.NodeProto, index: GraphIndex,
 
 def glue_reason(node: onnx.NodeProto, index: GraphIndex, quantized: set[str]) -> str | None:
     """Why a weightless op stays float: every activation input comes from a float node, whatever
-    kept it float (a pattern, --exclude, the latency search, the drift budget's fallback). Left
+    kept it float (a pattern, --exclude, the latency search, the drift budget's fallback, no
+    integer kernel, no calibration range). Left
     quantized, it would be a requantization on each side for no integer kernel worth having, and
     its rounding is pure loss: PP-OCRv4 with every Conv returned to float by the fallback but the
     swish Mul/Sigmoid after them still INT8 read 90.7 % of held-out lines as FP32; with those
