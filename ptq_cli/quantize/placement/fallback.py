@@ -122,19 +122,19 @@ class _Trials:
         result = evaluate(self.build, self.probe, self.judge, recipe, floated, dynamic)
         self.count += 1
         self.bar.update(1)
-        passed = result.drift.passed and result.plan.quantizes_anything
+        anything = result.plan.quantizes_anything
+        passed = result.drift.passed and anything
         at_run_time = f", {len(dynamic)} at run time" if dynamic else ""
-        verdict = "nothing left quantized" if not result.plan.quantizes_anything else \
-            f"budget {'met' if passed else 'missed'}"
-        self.bar.set_postfix_str(f"{len(floated)} node(s) in float{at_run_time}, {verdict}")
+        shown = f"budget {'met' if passed else 'missed'}" if anything else "nothing left quantized"
+        self.bar.set_postfix_str(f"{len(floated)} node(s) in float{at_run_time}, {shown}")
         # Fewer units in float first, then fewer at run time: static INT8 > run time > float.
         cost = (len(units) - len(run_time), len(run_time))
         if passed and (self.passing is None or cost <= (len(self.passing_units) - len(self.passing_run_time),
                                                         len(self.passing_run_time))):
             self.passing, self.passing_units, self.passing_run_time = result, units, run_time
-        if result.plan.quantizes_anything and result.drift.score() > self.best.drift.score():
+        if anything and result.drift.score() > self.best.drift.score():
             self.best = result
-        verdict = passed if result.plan.quantizes_anything else None
+        verdict = passed if anything else None
         self.verdicts[(floated, dynamic)] = verdict
         return verdict
 

@@ -23,8 +23,7 @@ from ptq_cli.quantize.placement.handlers import (FUSED_ACTIVATIONS, OpHandler, O
                                                  handler_for)
 from ptq_cli.quantize.placement.patterns import Pattern
 from ptq_cli.quantize.placement.transformer import (concat_span_reason, dynamic_matmul_reason, embedding_table,
-                                                    float_patterns, follows_placement, glue_reason,
-                                                    runs_at_run_time)
+                                                    float_patterns, glue_reason, runs_at_run_time)
 from ptq_cli.quantize.arithmetic.scheme import QParams, compute_qparams, quantize, weight_range
 from ptq_cli.quantize.arithmetic.stochastic import weight_rng
 from ptq_cli.recipe import ExcludedConvInput, PerChannel, QType, Recipe, Rounding, TensorSpec
@@ -193,8 +192,7 @@ def _placement_reason(node, index, recipe, ranges, done: set[str], placed: set[s
     reason = concat_span_reason(node, index, ranges)
     if reason is not None:
         return reason, True
-    reason = glue_reason(node, index, done)
-    return reason, reason is not None and follows_placement(node, index, done, placed)
+    return glue_reason(node, index, done, placed)
 
 
 def _output_and_fusion(node, handler, index, recipe, ranges, floating):

@@ -133,33 +133,28 @@ def concat_span_reason(node: onnx.NodeProto, index: GraphIndex,
             "scale would leave it a few integer levels")
 
 
-def glue_reason(node: onnx.NodeProto, index: GraphIndex, quantized: set[str]) -> str | None:
-    """Why a weightless op stays float: every activation input comes from a float node, whatever
-    kept it float (a pattern, --exclude, the latency search, the drift budget's fallback, no
-    integer kernel, no calibration range). Left
-    quantized, it would be a requantization on each side for no integer kernel worth having, and
-    its rounding is pure loss: PP-OCRv4 with every Conv returned to float by the fallback but the
-    swish Mul/Sigmoid after them still INT8 read 90.7 % of held-out lines as FP32; with those
-    float too, 97.3 % (and no slower)."""
+def glue_reason(node: onnx.NodeProto, index: GraphIndex, quantized: set[str],
+                placed: set[str]) -> tuple[str | None, bool]:
+    """Why a weightless op stays float, and whether it is placement's own float code.
+
+    It stays float when every activation input comes from a float node, whatever kept that node
+    float (a pattern, --exclude, the latency search, the drift budget's fallback, no integer
+    kernel, no calibration range): quantized, it would be a requantization on each side for no
+    integer kernel worth having, and its rounding is pure loss. PP-OCRv4 with every Conv returned
+    to float by the fallback but the swish Mul/Sigmoid after them still INT8 read 90.7 % of
+    held-out lines as FP32; with those float too, 97.3 % (and no slower).
+
+    It is placement's own float code only when those nodes are (`placed`: patterns, dynamic
+    MatMuls, embeddings, other such glue): only then does the MatMul after it go to run time, so a
+    node the user excludes moves no MatMul from static INT8 to run time."""
     if node.op_type not in _GLUE_OPS or node.domain not in ("", "ai.onnx"):
-        return None
+        return None, False
     if node.op_type == "MatMul" and any(i in index.initializers for i in node.input):
-        return None
-    inputs, sources = _float_sources(node, index, quantized)
-    if not inputs or any(s is None for s in sources):
-        return None
-    return (f"its inputs ({', '.join(repr(i) for i in inputs)}) come from float nodes: "
-            "an integer op between float ops only adds requantization")
-
-
-def follows_placement(node: onnx.NodeProto, index: GraphIndex, quantized: set[str], placed: set[str]) -> bool:
-    """Whether float glue `node` reads only code that placement itself keeps float (`placed`:
-    patterns, dynamic MatMuls, embeddings, other such glue). Only such glue makes the MatMul after
-    it dynamic: a node the user excludes moves no MatMul from static INT8 to run time."""
-    _, sources = _float_sources(node, index, quantized)
-    return all(s is not None and (s.name in placed or embedding_table(s, index) is not None) for s in sources)
-
-
-def _float_sources(node: onnx.NodeProto, index: GraphIndex, quantized: set[str]):
+        return None, False
     inputs = [i for i in node.input if i and i not in index.initializers and index.is_float(i)]
-    return inputs, [float_source(i, index, quantized) for i in inputs]
+    sources = [float_source(i, index, quantized) for i in inputs]
+    if not inputs or any(s is None for s in sources):
+        return None, False
+    own = all(s.name in placed or embedding_table(s, index) is not None for s in sources)
+    return (f"its inputs ({', '.join(repr(i) for i in inputs)}) come from float nodes: "
+            "an integer op between float ops only adds requantization"), own
