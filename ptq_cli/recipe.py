@@ -95,6 +95,17 @@ class ExcludedConvInput(enum.Enum):
     DEQUANTIZED = "dequantized"
 
 
+class Target(enum.Enum):
+    """The CPUs a model's integer weights must be exact on.
+
+    onnxruntime's u8·s8 kernels on x86 without VNNI add pairs of products in saturating 16-bit
+    lanes (quantize/arithmetic/pairs.py); a weight whose same-sign pairs stay within 128 is exact
+    there too."""
+
+    PORTABLE = "portable"  # exact on every CPU: no pair of int8 weights can saturate a 16-bit lane
+    VNNI = "vnni"  # full-range weights: exact where kernels accumulate in 32 bits (x86 VNNI/AMX, ARM)
+
+
 class CalibMethod(enum.Enum):
     """How an activation's float range is chosen from calibration statistics."""
 
@@ -224,6 +235,13 @@ class Recipe:
     weight_codebook: WeightCodebook | None = None  # clustered (non-uniform) weights, float runtime
     dynamic_ops: tuple[str, ...] = DEFAULT_DYNAMIC_OPS  # op types --dynamic rewrites (of DYNAMIC_OPS)
     excluded_conv_input: ExcludedConvInput = ExcludedConvInput.FLOAT  # see ExcludedConvInput
+    target: Target = Target.PORTABLE  # the CPUs the integer weights are exact on
+
+    @property
+    def bounds_pairs(self) -> bool:
+        """Whether int8 weights of u8·s8 kernels keep their 16-bit pair sums in range."""
+        return self.target is Target.PORTABLE and self.weights.dtype is QType.INT8 and \
+            self.activations.dtype in (QType.UINT8, QType.INT8)
 
     def __post_init__(self) -> None:
         if not isinstance(self.format, Format):
@@ -232,6 +250,8 @@ class Recipe:
             raise UsageError(f"seed must be a non-negative integer, got {self.seed!r}")
         if isinstance(self.activations.granularity, PerChannel):
             raise UsageError("activations can only be quantized per tensor")
+        if not isinstance(self.target, Target):
+            raise UsageError(f"target must be one of {[t.value for t in Target]}, got {self.target!r}")
         if not isinstance(self.rounding, Rounding):
             raise UsageError(f"rounding must be one of {[r.value for r in Rounding]}, got {self.rounding!r}")
         if self.weight_codebook is not None and (self.dynamic or self.weight_only is not None):
@@ -278,7 +298,7 @@ def _to_plain(value: Any) -> Any:
 _NESTED = {"weights": TensorSpec, "activations": TensorSpec, "calibration": CalibrationSpec,
            "weight_only": WeightOnly, "weight_codebook": WeightCodebook}
 _ENUMS = {"dtype": QType, "format": Format, "method": CalibMethod, "rounding": Rounding,
-          "excluded_conv_input": ExcludedConvInput}
+          "excluded_conv_input": ExcludedConvInput, "target": Target}
 
 
 def _from_plain(cls: type, data: dict[str, Any], where: str) -> Any:

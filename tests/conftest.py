@@ -117,10 +117,3 @@ def save_samples(folder: Path, arrays) -> Path:
 def sqnr_db(reference: np.ndarray, candidate: np.ndarray) -> float:
     noise = np.sum((reference - candidate) ** 2)
     return float(10 * np.log10(np.sum(reference ** 2) / max(noise, 1e-30)))
-
-
-@pytest.fixture(autouse=True)
-def _objective_size(monkeypatch):
-    """The suite never depends on timing: `ptq quantize` runs with --objective size unless a test
-    asks for speed (with an injected machine)."""
-    monkeypatch.setenv("PTQ_OBJECTIVE", "size")

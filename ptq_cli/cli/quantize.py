@@ -12,7 +12,7 @@ from ptq_cli.cli.budget_options import budget_from_options, budget_options, drif
 from ptq_cli.cli.data_options import data_options, image_preprocess_from_options, pop_data_options
 from ptq_cli.quantize.placement.latency.search import IfSlower, Objective
 from ptq_cli.recipe import (ExcludedConvInput, DEFAULT_DYNAMIC_OPS, CalibMethod, CalibrationSpec, Format, PerChannel, PerTensor, QType,
-                            Recipe, Rounding, TensorSpec, WeightCodebook)
+                            Recipe, Rounding, Target, TensorSpec, WeightCodebook)
 
 _QTYPES = [q.value for q in QType]
 
@@ -37,8 +37,14 @@ _QTYPES = [q.value for q in QType]
 @click.option("--activation-type", type=click.Choice(_QTYPES), default="uint8", show_default=True)
 @click.option("--symmetric-activations", is_flag=True, help="Zero-point at the middle of the activation range.")
 @click.option("--asymmetric-weights", is_flag=True, help="Weights with a zero-point (default: symmetric).")
+@click.option("--target", type=click.Choice(["portable", "vnni", "host"]), default="portable", show_default=True,
+              help="The CPUs the model must be exact on. portable: every x86-64 and ARM CPU (int8 weights "
+                   "whose pairs cannot saturate the 16-bit sums of x86 CPUs without VNNI: AVX2, most AMD EPYC "
+                   "before Zen 4, older Intel); vnni: full-range weights, exact only where integer kernels "
+                   "accumulate in 32 bits (x86 with VNNI or AMX, ARM); host: probe this machine's "
+                   "onnxruntime once and choose (recorded in the output's metadata).")
 @click.option("--reduce-range", is_flag=True,
-              help="7-bit weights, for CPUs without VNNI where u8 x s8 pair sums can saturate int16.")
+              help="7-bit weights (the older cure for CPUs without VNNI; --target portable keeps 8 bits).")
 @click.option("--power-of-two", is_flag=True, help="Round every scale up to a power of two (integer-only hardware).")
 @click.option("--bias-correction/--no-bias-correction", default=True, show_default=True,
               help="Subtract the mean shift weight rounding adds to each Conv/Gemm output, (W_q - W)·E[x], "
@@ -78,12 +84,12 @@ _QTYPES = [q.value for q in QType]
 @click.option("--exclude", multiple=True, metavar="NODE_OR_OP",
               help="Leave a node (by name) or every node of an op type in float (an Add/Mul/Sigmoid/pool that "
                    "then reads only float nodes stays float with it). Repeatable.")
-@click.option("--objective", type=click.Choice([o.value for o in Objective]), default="speed", show_default=True,
-              envvar="PTQ_OBJECTIVE",
-              help="speed: time placements on this machine (float stem/prefix, integer region after it) and "
-                   "write the fastest (if none beats FP32, see --if-slower); accuracy: of those placements, the one "
-                   "with most nodes in float that still beats FP32; size: quantize every node that can be, "
-                   "time nothing. Static quantization only; env PTQ_OBJECTIVE.")
+@click.option("--objective", type=click.Choice([o.value for o in Objective]), default="size", show_default=True,
+              help="size: quantize every node that can be and time nothing: the same bytes from every run "
+                   "on every machine; speed: time placements on this machine (float stem/prefix, integer "
+                   "region after it) and write the fastest (if none beats FP32, see --if-slower), which "
+                   "depends on this machine and its load; accuracy: of those placements, the one with most "
+                   "nodes in float that still beats FP32. Static quantization only.")
 @click.option("--excluded-conv-input", type=click.Choice([e.value for e in ExcludedConvInput]), default="float",
               show_default=True,
               help="What a Conv left in float reads when its producer is integer: the float tensor (exact; "
@@ -103,7 +109,8 @@ _QTYPES = [q.value for q in QType]
 @click.pass_context
 def quantize_command(ctx: click.Context, model: Path, output: Path | None, calibration: Path | None,
                      recipe_file: Path | None, force: bool, as_json: bool, quiet: bool, batch_size: int,
-                     max_samples: int | None, objective: str, if_slower: str, data_free: bool, **flags) -> None:
+                     max_samples: int | None, objective: str, if_slower: str, data_free: bool, target: str,
+                     **flags) -> None:
     """Quantize MODEL to INT8 and write OUTPUT.
 
     Static quantization needs activation ranges: from --data DIR (calibrated now) or from
@@ -129,7 +136,13 @@ def quantize_command(ctx: click.Context, model: Path, output: Path | None, calib
     data_opts = pop_data_options(flags)
     budget_opts = pop_budget_options(flags)
     with reported_errors(ctx):
-        recipe = _recipe(recipe_file, **flags, fmt_given=ctx.get_parameter_source("fmt").name != "DEFAULT")
+        probed = None
+        if target == "host" and recipe_file is None:
+            from ptq_cli.model.kernels import host_kernels
+
+            probed = host_kernels()
+        recipe = _recipe(recipe_file, **flags, target=_target(target, probed),
+                         fmt_given=ctx.get_parameter_source("fmt").name != "DEFAULT")
         output = output or default_output(model, recipe)
         # Every file the command reads, flags included, is an input the output must not replace.
         check_output(output, force=force, protect=(model, data_opts.get("data"), data_opts.get("labels"),
@@ -140,17 +153,24 @@ def quantize_command(ctx: click.Context, model: Path, output: Path | None, calib
                           objective=Objective.SIZE if recipe_file else Objective(objective),
                           if_slower=IfSlower(if_slower),
                           eval_data=budget_opts["eval_data"], labels=data_opts.get("labels"),
-                          budget=budget_from_options(**budget_opts), data_free=data_free)
+                          budget=budget_from_options(**budget_opts), data_free=data_free, probed_host=probed)
     if as_json:
         echo_json(result.to_dict(), indent=2)
     if not quiet:
         click.echo(_summary(result), err=True)
 
 
+def _target(asked: str, probed) -> Target:
+    """portable / vnni as asked; host as the probe found this machine's kernels."""
+    if asked == "host":
+        return Target.PORTABLE if probed.saturates else Target.VNNI
+    return Target(asked)
+
+
 def _recipe(recipe_file: Path | None, *, method, percentile, bins, per_channel, weight_type, activation_type,
             symmetric_activations, asymmetric_weights, reduce_range, power_of_two, fmt, dynamic, exclude,
             bias_correction, equalize, rounding, seed, weight_codebook, dynamic_ops, weight_only, block_size,
-            accuracy_level, excluded_conv_input, fmt_given: bool = False) -> Recipe:
+            accuracy_level, excluded_conv_input, target: Target, fmt_given: bool = False) -> Recipe:
     if recipe_file is not None:
         from ptq_cli.recipe import load_recipe
 
@@ -172,7 +192,7 @@ def _recipe(recipe_file: Path | None, *, method, percentile, bins, per_channel, 
                   weight_codebook=None if weight_codebook is None else WeightCodebook(
                       weight_codebook, PerChannel() if per_channel else PerTensor()),
                   dynamic_ops=tuple(op.strip() for op in dynamic_ops.split(",") if op.strip()),
-                  excluded_conv_input=ExcludedConvInput(excluded_conv_input),
+                  excluded_conv_input=ExcludedConvInput(excluded_conv_input), target=target,
                   calibration=CalibrationSpec(method=CalibMethod(method), percentile=percentile, bins=bins))
 
 

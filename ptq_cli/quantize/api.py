@@ -16,6 +16,7 @@ import onnx
 from ptq_cli import __version__
 from ptq_cli.errors import ModelError, UsageError
 from ptq_cli.model.external import PROTOBUF_LIMIT, model_size
+from ptq_cli.model.kernels import HostKernels
 from ptq_cli.model.io import LAZY_ABOVE, check_model, check_writable, load_model, save_model
 from ptq_cli.model.passes.float32 import ToFloat32, float_kinds
 from ptq_cli.model.prepare import prepare
@@ -56,6 +57,7 @@ class QuantizeResult:
     fallback_trials: int = 0
     fallback_seconds: float = 0.0
     range_sources: dict[str, str] = field(default_factory=dict)  # activation -> where its range came from (data-free)
+    probed_host: HostKernels | None = None  # this machine's kernels, when --target host chose by them
 
     def to_dict(self) -> dict:
         return {
@@ -74,6 +76,8 @@ class QuantizeResult:
             "latency": self.latency.to_dict() if self.latency else None,
             "float_written": self.float_written,
             "range_sources": dict(self.range_sources),
+            "target": self.recipe.target.value,
+            "probed_host": self.probed_host.value if self.probed_host else None,
         }
 
 
@@ -88,7 +92,8 @@ def quantize(model: str | os.PathLike | onnx.ModelProto, output: str | os.PathLi
              progress: bool = True, batch_size: int = 1, max_samples: int | None = None,
              objective: Objective = Objective.SIZE, if_slower: IfSlower = IfSlower.INT8,
              machine: Machine | None = None,
-             eval_data=None, labels=None, budget: Budget = Budget(), data_free: bool = False) -> QuantizeResult:
+             eval_data=None, labels=None, budget: Budget = Budget(), data_free: bool = False,
+             probed_host: HostKernels | None = None) -> QuantizeResult:
     """Quantize `model` (a path or a ModelProto) and write it to `output` (when given).
 
     Activation ranges come from `calibration` (a CalibrationTable or the path of one) or are
@@ -104,6 +109,10 @@ def quantize(model: str | os.PathLike | onnx.ModelProto, output: str | os.PathLi
     The drift is measured on `eval_data` (or on part of `data`) and must meet `budget`; the most
     sensitive nodes go back to float until it does (DriftBudgetError when it cannot be met,
     unless `budget.best_effort`). `budget=MEASURE_ONLY` measures and reports without limits.
+
+    `recipe.target` says which CPUs the integer weights are exact on (Target.PORTABLE, the
+    default: every one); `probed_host`, when the caller chose the target by probing this
+    machine (model/kernels.py), is recorded in the output's metadata and the result.
 
     data_free=True needs neither data nor a table: ranges come from BatchNormalization statistics
     where the model has them and from synthetic inputs (seeded by recipe.seed) elsewhere
@@ -154,7 +163,7 @@ def quantize(model: str | os.PathLike | onnx.ModelProto, output: str | os.PathLi
     if not plan.quantizes_anything and decision is None and not (outcome and outcome.searched) and output is not None:
         raise ModelError(nothing_quantized(plan))  # (without an output, the result says why)
     drift = outcome.metadata(budget) if outcome else None
-    stamp(quantized, recipe, source_sha, mode.data_description, drift)
+    stamp(quantized, recipe, source_sha, mode.data_description, drift, probed_host)
     verify_loads(quantized, source)
     slower = decision is not None and not decision.pays
     if slower and if_slower is IfSlower.FAIL:
@@ -174,7 +183,8 @@ def quantize(model: str | os.PathLike | onnx.ModelProto, output: str | os.PathLi
                           latency=decision, float_written=written_model is source, drift=drift,
                           fallback_trials=outcome.trials if outcome else 0,
                           fallback_seconds=outcome.seconds if outcome else 0.0,
-                          range_sources=mode.range_sources(plan) if mode.range_sources else {})
+                          range_sources=mode.range_sources(plan) if mode.range_sources else {},
+                          probed_host=probed_host)
 
 
 def _latency_reason(skip: SkipReason, asked: Recipe, decision: LatencyDecision) -> SkipReason:

@@ -16,14 +16,18 @@ from ptq_cli.quantize.placement.plan import QuantPlan
 from ptq_cli.recipe import Recipe
 
 
-def stamp(model: onnx.ModelProto, recipe: Recipe, source_sha: str, data: str, drift: dict | None = None) -> None:
-    """Record how the model was made, so that any output can be traced and reproduced."""
+def stamp(model: onnx.ModelProto, recipe: Recipe, source_sha: str, data: str, drift: dict | None = None,
+          probed_host=None) -> None:
+    """Record how the model was made, so that any output can be traced and reproduced (the
+    recipe holds the target; the probed host only when it chose the target: --target host)."""
     props = {
         "ptq.version": __version__,
         "ptq.recipe": json.dumps(recipe.to_dict(), sort_keys=True),
         "ptq.source_sha256": source_sha,
         "ptq.calibration_data": data,
     }
+    if probed_host is not None:
+        props["ptq.host_kernels"] = probed_host.value
     if drift is not None:
         props["ptq.drift"] = json.dumps(drift, sort_keys=True)
     kept = [p for p in model.metadata_props if p.key not in props]

@@ -15,6 +15,7 @@ from ptq_cli.model.io import opset_version
 from ptq_cli.model.passes import SequenceResult
 from ptq_cli.model.prepare import QDQ_4_16_BIT_OPSET, QDQ_PER_AXIS_OPSET, prepare_with_result
 from ptq_cli.quantize.arithmetic.bias_correction import correct_biases
+from ptq_cli.quantize.arithmetic.rounding import bound_plan_pairs, carry_rounding, gptq_plan
 from ptq_cli.quantize.emitters.dynamic import rewrite_dynamic
 from ptq_cli.quantize.emitters.qdq import insert_qdq
 from ptq_cli.quantize.emitters.subgraphs import has_bodies, quantize_bodies, without_owners
@@ -42,16 +43,16 @@ def quantize_model(model: onnx.ModelProto, recipe: Recipe, ranges: Ranges,
                                    prepare_skipped=prepared_result.skipped)
     plan = make_plan(prepared, recipe, ranges)
     if recipe.rounding is Rounding.GPTQ:
-        from ptq_cli.quantize.arithmetic.rounding import gptq_plan
-
-        plan, _ = gptq_plan(prepared, plan, grams or {}, recipe.weights)
+        plan, _ = gptq_plan(prepared, plan, grams or {}, recipe)
+    # The pair limit before bias correction, so that the correction measures the integers written.
+    plan = bound_plan_pairs(prepared, plan, recipe)
     if recipe.bias_correction and channel_means:
         prepared, corrected = correct_biases(prepared, plan, channel_means)
         if corrected:
-            # the biases are new tensors now; bias correction measured the GPTQ integers, keep them
-            from ptq_cli.quantize.arithmetic.rounding import carry_rounding
-
+            # the biases are new tensors now; bias correction measured these integers, keep them
+            # (a weight whose scale had to widen for its int32 bias is rounded and bounded again)
             plan = carry_rounding(plan, replan_weights(prepared, recipe, plan, corrected), prepared)
+            plan = bound_plan_pairs(prepared, plan, recipe)
     plan.prepare_skipped = prepared_result.skipped
     plan.notes.extend(notes)
     rewrite = insert_qdq
@@ -62,7 +63,7 @@ def quantize_model(model: onnx.ModelProto, recipe: Recipe, ranges: Ranges,
     out = rewrite(prepared, plan)
     if has_bodies(out):  # If/Loop/Scan: their bodies are quantized as graphs of their own, same format
         def body(sub: onnx.ModelProto):
-            sub_plan = make_plan(sub, recipe, ranges)
+            sub_plan = bound_plan_pairs(sub, make_plan(sub, recipe, ranges), recipe)
             return rewrite(sub, sub_plan), sub_plan.quantized, sub_plan.skipped
 
         done, skipped = quantize_bodies(out, body)

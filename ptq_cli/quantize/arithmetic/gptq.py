@@ -28,11 +28,15 @@ LAZY_BLOCK = 128
 
 
 def gptq_round(w: np.ndarray, h: np.ndarray, scale: np.ndarray, zero: np.ndarray, qmin: int, qmax: int, *,
-               dampening: float | None = None, block: int = LAZY_BLOCK) -> np.ndarray:
+               dampening: float | None = None, block: int = LAZY_BLOCK, partner: np.ndarray | None = None,
+               pair_limit: int = 0) -> np.ndarray:
     """The integers of `w` [rows, d] (inputs along d) that minimise the output error under
     H [d, d], given each weight's scale and zero-point (arrays broadcastable to w's shape).
 
-    Batched: w [G, rows, d] with h [G, d, d] rounds G independent groups (a grouped Conv) at once."""
+    Batched: w [G, rows, d] with h [G, d, d] rounds G independent groups (a grouped Conv) at once.
+    With `partner` (input j is added with input partner[j] in one 16-bit lane, -1: alone), the
+    second of each pair to be rounded keeps the same-sign part of the pair within `pair_limit`
+    (pairs.py), and what that costs is fed forward like any rounding error."""
     single = np.ndim(w) == 2
     w = np.asarray(w, dtype=np.float64)
     w, h = (w[None], np.asarray(h)[None]) if single else (w, np.asarray(h))
@@ -44,13 +48,15 @@ def gptq_round(w: np.ndarray, h: np.ndarray, scale: np.ndarray, zero: np.ndarray
     w, scale, zero = (np.take_along_axis(a, take, axis=2).copy() for a in (w, scale, zero))
     h = np.take_along_axis(np.take_along_axis(np.asarray(h, np.float64), order[:, :, None], axis=1), take, axis=2)
     upper = _inverse_cholesky(h, ROUNDING_DAMPENING if dampening is None else dampening)
+    mates = None if partner is None else _partner_positions(order, np.asarray(partner))
     q = np.empty(w.shape, np.int64)
     for start in range(0, d, block):
         end = min(start + block, d)
         errors = np.empty((groups, rows, end - start))
         for j in range(start, end):
             column = w[:, :, j]
-            q[:, :, j] = np.clip(np.rint(column / scale[:, :, j]) + zero[:, :, j], qmin, qmax)
+            lo, hi = (qmin, qmax) if mates is None else _pair_bounds(q, mates[:, j], j, qmin, qmax, pair_limit)
+            q[:, :, j] = np.clip(np.rint(column / scale[:, :, j]) + zero[:, :, j], lo, hi)
             error = (column - (q[:, :, j] - zero[:, :, j]) * scale[:, :, j]) / upper[:, j, j, None]
             w[:, :, j + 1:end] -= error[:, :, None] * upper[:, None, j, j + 1:end]
             errors[:, :, j - start] = error
@@ -59,6 +65,25 @@ def gptq_round(w: np.ndarray, h: np.ndarray, scale: np.ndarray, zero: np.ndarray
     out = np.empty_like(q)
     np.put_along_axis(out, take, q, axis=2)
     return out[0] if single else out
+
+
+def _partner_positions(order: np.ndarray, partner: np.ndarray) -> np.ndarray:
+    """[G, d]: where, in each group's rounding order, the partner of the j-th rounded input is (-1: none)."""
+    position = np.argsort(order, axis=1)
+    mate = partner[order]  # the partner (original index) of each input, in rounding order
+    return np.where(mate >= 0, np.take_along_axis(position, np.maximum(mate, 0), axis=1), -1)
+
+
+def _pair_bounds(q: np.ndarray, mate: np.ndarray, j: int, qmin: int, qmax: int, limit: int):
+    """[G, rows] lower and upper bounds of input j's integers given its partner's, where the
+    partner is already rounded; the plain range elsewhere."""
+    rounded = (mate >= 0) & (mate < j)
+    if not rounded.any():
+        return qmin, qmax
+    other = q[np.arange(q.shape[0]), :, np.maximum(mate, 0)]  # [G, rows]
+    hi = np.where(rounded[:, None], np.minimum(qmax, limit - np.maximum(other, 0)), qmax)
+    lo = np.where(rounded[:, None], np.maximum(qmin, -limit - np.minimum(other, 0)), qmin)
+    return lo, hi
 
 
 def _inverse_cholesky(h: np.ndarray, dampening: float) -> np.ndarray:

@@ -1,5 +1,6 @@
-"""Apply GPTQ rounding to a QuantPlan's weights: the integers are chosen once, here, and every
-emitter (QDQ, QOperator) and bias correction then reads them through WeightPlan.integers.
+"""Choose a QuantPlan's integer weights: GPTQ rounding, and the pair limit of the portable target
+(pairs.py). The integers are chosen once, here, and every emitter (QDQ, QOperator) and bias
+correction then reads them through WeightPlan.integers.
 
 A weight is seen as rows × inputs, the layout GPTQ works in (calibrate/gram.py collects the
 matching Gram matrices):
@@ -20,9 +21,12 @@ from ptq_cli.calibrate.gram import Gram, gram_key
 from ptq_cli.model.graph import GraphIndex, attribute
 from ptq_cli.quantize.arithmetic.blas import single_threaded_blas
 from ptq_cli.quantize.arithmetic.gptq import gptq_round
+from ptq_cli.quantize.arithmetic.pairs import (PAIR_LIMIT, Pairing, bound_pairs, pairing_for, portable_weight,
+                                              saturates, unrounded, worst_pair_sums)
+from ptq_cli.quantize.arithmetic.stochastic import weight_rng
 from ptq_cli.quantize.placement.plan import QuantPlan, WeightPlan, _fit_bias_in_int32
 from ptq_cli.quantize.arithmetic.scheme import QParams, integer_range
-from ptq_cli.recipe import TensorSpec
+from ptq_cli.recipe import Recipe, TensorSpec
 
 log = logging.getLogger(__name__)
 
@@ -30,14 +34,58 @@ GPTQ_OPS = ("MatMul", "Gemm", "Conv")
 
 
 def gptq_plan(model: onnx.ModelProto, plan: QuantPlan, grams: Mapping[str, Gram],
-              spec: TensorSpec) -> tuple[QuantPlan, list[str]]:
-    """`plan` with GPTQ-rounded integers for every weight whose Gram matrix is known; returns
-    it and the nodes left to round to nearest (no Gram matrix for their input)."""
+              recipe: Recipe) -> tuple[QuantPlan, list[str]]:
+    """`plan` with GPTQ-rounded integers for every weight whose Gram matrix is known (within the
+    pair limit when the recipe bounds pairs); returns it and the nodes left to round to nearest
+    (no Gram matrix for their input)."""
     with single_threaded_blas():
-        return _gptq_plan(model, plan, grams, spec)
+        return _gptq_plan(model, plan, grams, recipe.weights, recipe.bounds_pairs)
 
 
-def _gptq_plan(model, plan, grams, spec) -> tuple[QuantPlan, list[str]]:
+def node_pairing(node: onnx.NodeProto, shape: tuple[int, ...]) -> Pairing | None:
+    """How onnxruntime's u8·s8 kernel for `node` pairs the entries of its weight (pairs.py)."""
+    return pairing_for(node.op_type, shape, trans_b=bool(attribute(node, "transB", 0)),
+                       group=int(attribute(node, "group", 1)))
+
+
+def bound_plan_pairs(model: onnx.ModelProto, plan: QuantPlan, recipe: Recipe) -> QuantPlan:
+    """`plan` whose int8 weights of integer matrix kernels keep every pair sum within 16 bits:
+    weights rounded to nearest get, per scale, the step that costs least once bounded
+    (pairs.fit_pairs); integers chosen beforehand (GPTQ, stochastic) are bounded as they are.
+    Weights already within the limit are left alone, so that bounding twice changes nothing."""
+    if not recipe.bounds_pairs:
+        return plan
+    index = GraphIndex(model.graph)
+    nodes = {n.name: n for n in model.graph.node}
+    weights = dict(plan.weights)
+    for (node_name, tensor), weight in plan.weights.items():
+        node = nodes.get(node_name)
+        if node is None or node.op_type not in PAIRED_OPS or len(node.input) < 2 or node.input[1] != tensor:
+            continue
+        value = index.constant(tensor)
+        pairing = node_pairing(node, value.shape)
+        if pairing is None:
+            continue
+        q = weight.integers(value)
+        if not saturates(worst_pair_sums(q, pairing)):
+            continue
+        weights[(node_name, tensor)] = _bounded(weight, value, q, pairing)
+    return _with_weights(plan, weights)
+
+
+def _bounded(weight: WeightPlan, value: np.ndarray, q: np.ndarray, pairing: Pairing) -> WeightPlan:
+    if weight.rounded is not None:  # GPTQ's integers: bounded as they are (GPTQ bounds its own pairs)
+        return replace(weight, rounded=bound_pairs(q, unrounded(value, weight.params), pairing))
+    rng = None if weight.stochastic_seed is None else weight_rng(weight.stochastic_seed, weight.tensor)
+    params, integers = portable_weight(value, weight.params, pairing, rng)
+    return replace(weight, params=params, rounded=integers)
+
+
+# Ops whose quantized weight feeds a u8·s8 matrix kernel (depthwise Convs pair nothing: pairing_for).
+PAIRED_OPS = ("MatMul", "Gemm", "Conv")
+
+
+def _gptq_plan(model, plan, grams, spec, bounds_pairs: bool) -> tuple[QuantPlan, list[str]]:
     index = GraphIndex(model.graph)
     nodes = {n.name: n for n in model.graph.node}
     qmin, qmax = integer_range(spec.dtype, symmetric=spec.symmetric, reduce_range=spec.reduce_range)
@@ -58,7 +106,10 @@ def _gptq_plan(model, plan, grams, spec) -> tuple[QuantPlan, list[str]]:
         if spec.symmetric and not weight.params.per_channel:
             weight = _fitted(replace(weight, params=searched_scale(layout, w, weight.params, gram.total, qmin, qmax)),
                              node, plan, index)
-        rounded = gptq_weight(layout, w, weight.params, gram.total, qmin, qmax)
+        pairing = node_pairing(node, w.shape) if bounds_pairs else None
+        partner = None if pairing is None or len(pairing.partner) != gram.total.shape[-1] \
+            else pairing.partner  # else bounded after, by bound_plan_pairs
+        rounded = gptq_weight(layout, w, weight.params, gram.total, qmin, qmax, partner)
         weights[(node_name, tensor)] = replace(weight, rounded=rounded.astype(weight.params.qtype.numpy_type))
     if missing:
         log.info("GPTQ: no Gram matrix for %d nodes, rounded to nearest: %s", len(missing), missing[:5])
@@ -85,10 +136,13 @@ class _Rows:
         return view.reshape(self.groups, view.shape[0] // self.groups, view.shape[1])
 
 
-def gptq_weight(layout: _Rows, w: np.ndarray, qp: QParams, h: np.ndarray, qmin: int, qmax: int) -> np.ndarray:
-    """The GPTQ integers of one weight, in the weight's own layout."""
+def gptq_weight(layout: _Rows, w: np.ndarray, qp: QParams, h: np.ndarray, qmin: int, qmax: int,
+                partner: np.ndarray | None = None) -> np.ndarray:
+    """The GPTQ integers of one weight, in the weight's own layout (pairs within PAIR_LIMIT
+    where `partner` says which inputs a kernel adds in one 16-bit lane; see pairs.py)."""
     scale, zero = _along(qp.scale, w.ndim, qp.axis), _along(qp.zero_point, w.ndim, qp.axis)
-    q = gptq_round(layout.grouped(w), h, layout.grouped(scale), layout.grouped(zero), qmin, qmax)
+    q = gptq_round(layout.grouped(w), h, layout.grouped(scale), layout.grouped(zero), qmin, qmax,
+                   partner=partner, pair_limit=PAIR_LIMIT)
     return layout.back(q.reshape(-1, q.shape[-1]))
 
 

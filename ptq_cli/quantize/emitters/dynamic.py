@@ -23,6 +23,7 @@ from ptq_cli.errors import UsageError
 from ptq_cli.model.graph import GraphIndex, NameAllocator, attribute, drop_unused_initializers
 from ptq_cli.quantize.placement.plan import SkipReason
 from ptq_cli.quantize.emitters.dynamic_lstm import MS_DOMAIN, dynamic_lstm, refuse_lstm
+from ptq_cli.quantize.arithmetic.pairs import pairing_for, portable_weight
 from ptq_cli.quantize.arithmetic.scheme import QParams, compute_qparams, quantize, weight_range
 from ptq_cli.quantize.arithmetic.stochastic import weight_rng
 from ptq_cli.recipe import PerChannel, QType, Recipe, Rounding, TensorSpec
@@ -87,7 +88,7 @@ class _DynamicRewriter:
         if node.op_type == "Conv":
             self._conv(node)
         elif node.op_type == "LSTM":
-            lstm, initializers = dynamic_lstm(node, self.index, self.names)
+            lstm, initializers = dynamic_lstm(node, self.index, self.names, self.recipe.bounds_pairs)
             self.nodes.append(lstm)
             self.initializers.extend(initializers)
         else:
@@ -150,9 +151,15 @@ class _DynamicRewriter:
         return compute_qparams(lo, hi, spec.dtype, symmetric=spec.symmetric, reduce_range=spec.reduce_range,
                                power_of_two=spec.power_of_two, axis=axis)
 
-    def _integers(self, weight: np.ndarray, qp: QParams, tensor: str) -> np.ndarray:
+    def _integers(self, weight: np.ndarray, qp: QParams, tensor: str, kernel: str) -> tuple[QParams, np.ndarray]:
+        """The parameters and integer weight of a `kernel` (MatMulInteger, ConvInteger), within the
+        pair limit of the portable target (pairs.py)."""
         stochastic = self.recipe.rounding is Rounding.STOCHASTIC
-        return quantize(weight, qp, rng=weight_rng(self.recipe.seed, tensor) if stochastic else None)
+        rng = weight_rng(self.recipe.seed, tensor) if stochastic else None
+        pairing = pairing_for(kernel, weight.shape) if self.recipe.bounds_pairs else None
+        if pairing is None:
+            return qp, quantize(weight, qp, rng=rng)
+        return portable_weight(weight, qp, pairing, rng)
 
     def _rescale(self, node: onnx.NodeProto, accumulator: str, x_scale: str, w_scale: np.ndarray,
                  output: str) -> str:
@@ -181,7 +188,8 @@ class _DynamicRewriter:
             alpha = float(attribute(node, "alpha", 1.0))
             weight = weight.T if attribute(node, "transB", 0) else weight
         qp = self._weight_params(weight, weight.ndim - 1 if weight.ndim == 2 else None, node.input[1], node.name)
-        w_q = self._constant(self._integers(weight, qp, node.input[1]), f"{node.input[1]}_quantized")
+        qp, integers = self._integers(weight, qp, node.input[1], "MatMulInteger")
+        w_q = self._constant(integers, f"{node.input[1]}_quantized")
         w_zero = self._constant(np.asarray(qp.zero_point), f"{node.input[1]}_zero_point")
         x_q, x_scale, x_zero = self._quantized_input(node.input[0])
         accumulator = self._node("MatMulInteger", [x_q, w_q, x_zero, w_zero], f"{node.name}_int")
@@ -203,7 +211,8 @@ class _DynamicRewriter:
         qp = self._weight_params(weight, 0, node.input[1], node.name)
         if qp.per_channel and len(np.unique(qp.zero_point)) > 1:
             qp = self._weight_params(weight, None)  # ConvInteger takes a single weight zero point
-        w_q = self._constant(self._integers(weight, qp, node.input[1]), f"{node.input[1]}_quantized")
+        qp, integers = self._integers(weight, qp, node.input[1], "ConvInteger")
+        w_q = self._constant(integers, f"{node.input[1]}_quantized")
         w_zero = self._constant(np.asarray(qp.zero_point).reshape(-1)[:1].reshape(()), f"{node.input[1]}_zero_point")
         x_q, x_scale, x_zero = self._quantized_input(node.input[0])
         attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute if a.name in _CONV_ATTRIBUTES}

@@ -12,6 +12,9 @@ import onnx
 from onnx import helper, numpy_helper
 
 from ptq_cli.model.graph import GraphIndex, NameAllocator, attribute
+from ptq_cli.quantize.arithmetic.pairs import pairing_for, portable_weight
+from ptq_cli.quantize.arithmetic.scheme import QParams
+from ptq_cli.recipe import QType
 
 MS_DOMAIN = "com.microsoft"
 
@@ -25,16 +28,20 @@ def refuse_lstm(node: onnx.NodeProto, index: GraphIndex) -> str | None:
     return None
 
 
-def dynamic_lstm(node: onnx.NodeProto, index: GraphIndex, names: NameAllocator
+def dynamic_lstm(node: onnx.NodeProto, index: GraphIndex, names: NameAllocator, bounds_pairs: bool = True
                  ) -> tuple[onnx.NodeProto, list[onnx.TensorProto]]:
-    """The DynamicQuantizeLSTM replacing `node`, and its new initializers."""
+    """The DynamicQuantizeLSTM replacing `node`, and its new initializers; with `bounds_pairs`,
+    its kernel's 16-bit pair sums (pairs of inputs k, k+1 of each gate row) stay in range."""
     inits, quantized = [], []
     for i in (1, 2):
         weight = index.constant(node.input[i]).astype(np.float32)  # [directions, 4·hidden, k]
         peak = np.abs(weight).max(axis=2)
         scale = np.where(peak > 0, peak / 127.0, 1.0).astype(np.float32)
-        integers = np.clip(np.rint(weight / scale[..., None]), -127, 127).astype(np.int8)
-        tensors = [(np.ascontiguousarray(integers.transpose(0, 2, 1)), "quantized"), (scale, "scale"),
+        transposed = np.ascontiguousarray(weight.transpose(0, 2, 1))  # [directions, k, 4·hidden]
+        integers = np.clip(np.rint(transposed / scale[:, None, :]), -127, 127).astype(np.int8)
+        if bounds_pairs:  # pairs are rows (k, k+1) of each gate column, as a MatMul's
+            integers, scale = _portable(transposed, scale)
+        tensors = [(np.ascontiguousarray(integers), "quantized"), (scale, "scale"),
                    (np.zeros(scale.shape, np.int8), "zero_point")]
         made = [names.new(f"{node.input[i]}_{suffix}") for _, suffix in tensors]
         inits += [numpy_helper.from_array(array, name) for (array, _), name in zip(tensors, made)]
@@ -45,3 +52,14 @@ def dynamic_lstm(node: onnx.NodeProto, index: GraphIndex, names: NameAllocator
     attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute if a.name != "layout"}
     return helper.make_node("DynamicQuantizeLSTM", inputs, list(node.output), name=node.name,
                             domain=MS_DOMAIN, **attrs), inits
+
+
+def _portable(weight: np.ndarray, scale: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Integers [directions, k, 4·hidden] and scales [directions, 4·hidden] within the pair limit."""
+    integers, scales = [], []
+    for w, s in zip(weight, scale):
+        params, q = portable_weight(w, QParams(s, np.zeros(s.shape, np.int8), QType.INT8, axis=1),
+                                    pairing_for("LSTM", w.shape))
+        integers.append(q)
+        scales.append(params.scale)
+    return np.stack(integers), np.stack(scales)
