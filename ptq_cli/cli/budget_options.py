@@ -35,8 +35,10 @@ def budget_options(func):
         click.option("--best-effort", is_flag=True,
                      help="When the budget cannot be met, write the best candidate found (and say so) "
                           "instead of failing with exit 3."),
-        click.option("--budget-time", type=click.FloatRange(min=1), default=600, show_default=True,
-                     metavar="S", help="Time limit of the fallback search, in seconds."),
+        click.option("--budget-time", type=click.FloatRange(min=1), metavar="S",
+                     help="Time limit of the fallback search, in seconds [default: none: the search ends "
+                          "by itself, and the same inputs give the same bytes on any machine under any load; "
+                          "with a limit, a slower or busier machine may stop at another candidate]."),
     ]
     for option in reversed(options):
         func = option(func)
@@ -51,16 +53,17 @@ def budget_from_options(*, eval_data, min_sqnr, min_cosine, min_agreement, min_s
                         no_budget, best_effort, budget_time):
     from ptq_cli.drift.thresholds import Thresholds
     from ptq_cli.errors import UsageError
-    from ptq_cli.quantize.placement.budget import MEASURE_ONLY, Budget
+    from ptq_cli.quantize.placement.budget import DEFAULT_SECONDS, MEASURE_ONLY, Budget
 
     given = Thresholds(min_sqnr, max_top1_drop, min_cosine, min_agreement, min_sequence_agreement)
     if no_budget:
         if given.any or best_effort:
             raise UsageError("--no-budget sets no limit; drop it, or drop the budget flags")
         return MEASURE_ONLY
+    seconds = DEFAULT_SECONDS if budget_time is None else budget_time
     if given.any:
-        return Budget(given, by_kind=(), seconds=budget_time, best_effort=best_effort, where_measurable=False)
-    return Budget(seconds=budget_time, best_effort=best_effort)
+        return Budget(given, by_kind=(), seconds=seconds, best_effort=best_effort, where_measurable=False)
+    return Budget(seconds=seconds, best_effort=best_effort)
 
 
 def drift_lines(result) -> list[str]:

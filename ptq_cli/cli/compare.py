@@ -58,7 +58,9 @@ def compare_command(ctx: click.Context, reference: Path, candidate: Path, **kwar
     Reports SQNR, cosine, max/mean abs error and RMSE per output, top-1/top-5 agreement for
     classifiers, and accuracy with labels. Report files (--markdown, --junit, --html) are never
     written over an input, and replace an existing file only with --force. With
-    GITHUB_STEP_SUMMARY set, the Markdown summary is appended there.
+    GITHUB_STEP_SUMMARY set, the Markdown summary is appended there. Every report names this
+    host's integer kernels (exact 32-bit, or saturating 16-bit pairs: x86 without VNNI) and warns
+    when CANDIDATE can saturate on CPUs without VNNI but this host cannot show it.
 
     Exit codes: 0 ok, 1 a threshold was missed, 2 usage error, 3 failure.
     """
@@ -98,6 +100,8 @@ def compare_command(ctx: click.Context, reference: Path, candidate: Path, **kwar
         click.echo(render_text(report), err=True, nl=False)
     else:
         click.echo(render_text(report), nl=False)
+    if report.host is not None and report.host.warning:
+        click.echo(f"ptq: warning: {report.host.warning}", err=True)
     for failure in report.failures:
         click.echo(f"ptq: threshold missed: {failure}", err=True)
     ctx.exit(report.exit_code)

@@ -18,8 +18,10 @@ from ptq_cli.cli import echo_json, reported_errors
 @click.pass_context
 def inspect_command(ctx: click.Context, model: Path, calibration: Path | None, as_json: bool) -> None:
     """Show each quantized tensor of MODEL (QDQ, QOperator or dynamic): type, scale, zero point,
-    granularity, and the fraction of its integer range that its float range wastes; and for
-    integer ops the requantization multiplier M as a fixed-point M0 and shift.
+    granularity, and the fraction of its integer range that its float range wastes; for
+    integer ops the requantization multiplier M as a fixed-point M0 and shift; and for integer
+    matrix ops the worst 16-bit pair sum of their int8 weights: whether the model is exact on x86
+    CPUs without VNNI (portable) or can saturate there.
 
     \b
     Examples:

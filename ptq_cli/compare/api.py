@@ -13,6 +13,7 @@ from dataclasses import replace
 import onnx
 
 from ptq_cli.compare.engine import measure
+from ptq_cli.compare.host import host_report
 from ptq_cli.compare.latency import LatencySettings, measure_latency
 from ptq_cli.drift.layers import match_layers
 from ptq_cli.compare.report import CompareReport, ModelRef
@@ -101,7 +102,7 @@ def compare_batches(reference: onnx.ModelProto, candidate: onnx.ModelProto, batc
         reference=ModelRef(None, None), candidate=ModelRef(None, None), data_description=description,
         samples=measured.samples, labelled=measured.labelled, outputs=measured.outputs,
         layers=layers, latency=timing, thresholds=evaluate(thresholds, measured.outputs),
-        notes=tuple(notes))
+        notes=tuple(notes), host=host_report(candidate))
 
 
 def _load(model: ModelLike, what: str) -> tuple[onnx.ModelProto, ModelRef]:

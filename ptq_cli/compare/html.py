@@ -9,8 +9,8 @@ from __future__ import annotations
 import math
 from html import escape
 
-from ptq_cli.compare.render import (accuracy_rows, exclude_line, latency_line, layer_rows, output_rows,
-                                   sensitivity_rows)
+from ptq_cli.compare.render import (accuracy_rows, exclude_line, host_line, host_warning, latency_line, layer_rows,
+                                   output_rows, sensitivity_rows)
 from ptq_cli.compare.report import CompareReport, LayerReport, OutputReport
 
 _CSS = """body{font:14px/1.4 system-ui,sans-serif;margin:2em;color:#222}
@@ -92,8 +92,11 @@ def render_html(report: CompareReport) -> str:
             f"<p>Reference: <code>{escape(report.reference.path or '(in memory)')}</code><br>"
             f"Candidate: <code>{escape(report.candidate.path or '(in memory)')}</code><br>"
             f"{report.samples} samples from {escape(report.data_description)}"
-            f"{f', {report.labelled} labelled' if report.labelled else ''}.</p>",
-            "<h2>Outputs</h2>", _table(*output_rows(report))]
+            f"{f', {report.labelled} labelled' if report.labelled else ''}."
+            f"{f'<br>Host {escape(host_line(report))}.' if report.host else ''}</p>"]
+    if host_warning(report):
+        body += [f'<p class="fail">warning: {escape(host_warning(report))}</p>']
+    body += ["<h2>Outputs</h2>", _table(*output_rows(report))]
     header, rows = accuracy_rows(report)
     if rows:
         body += ["<h2>Accuracy against labels</h2>", _table(header, rows)]

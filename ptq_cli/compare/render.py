@@ -153,11 +153,22 @@ def _md_sensitivity(report: CompareReport) -> list[str]:
     return lines + [""]
 
 
+def host_line(report: CompareReport) -> str | None:
+    return f"integer kernels: {report.host.kernels}" if report.host else None
+
+
+def host_warning(report: CompareReport) -> str | None:
+    return report.host.warning if report.host else None
+
+
 def render_text(report: CompareReport) -> str:
     lines = [f"ptq compare: {report.samples} samples from {report.data_description}"
              + (f" ({report.labelled} labelled)" if report.labelled else ""),
              f"  reference  {report.reference.path or '(in memory)'}",
-             f"  candidate  {report.candidate.path or '(in memory)'}", ""]
+             f"  candidate  {report.candidate.path or '(in memory)'}"]
+    lines += [f"  host       {host_line(report)}"] if report.host else []
+    lines += [f"warning: {host_warning(report)}"] if host_warning(report) else []
+    lines += [""]
     lines += _table(*output_rows(report))
     header, rows = accuracy_rows(report)
     if rows:
@@ -183,7 +194,9 @@ def render_markdown(report: CompareReport) -> str:
     status = "" if not report.thresholds else (" — ✅ passed" if report.passed else " — ❌ failed")
     lines = [f"### ptq compare: `{cand}` vs `{ref}`{status}", "",
              f"{report.samples} samples from {report.data_description}"
-             + (f", {report.labelled} labelled." if report.labelled else "."), ""]
+             + (f", {report.labelled} labelled." if report.labelled else ".")
+             + (f" Host {host_line(report)}." if report.host else ""), ""]
+    lines += [f"> ⚠️ **warning:** {host_warning(report)}", ""] if host_warning(report) else []
     lines += _md_table(*output_rows(report))
     header, rows = accuracy_rows(report)
     if rows:

@@ -45,7 +45,11 @@ JSON schema (``schema_version`` 1; keys are only ever added, with a new version 
       "thresholds": [{"name": "min_sqnr"|"max_top1_drop"|"min_cosine"|"min_agreement"|
                                "min_sequence_agreement", "limit": num,
                       "value": num|null, "passed": bool, "detail": str}],
-      "passed": bool, "failures": [str], "notes": [str]
+      "passed": bool, "failures": [str], "notes": [str],
+      "host": null | {                              # the machine the figures come from
+          "kernels": "exact 32-bit"|"saturating 16-bit pairs",   # onnxruntime's u8·s8 kernels here
+          "candidate_portable": bool,    # no int8 pair sum of the candidate can leave 16 bits
+          "warning": str|null}           # the candidate can saturate where this host cannot show it
     }
 
 Per-layer SQNR is cumulative (a tensor carries the error of everything upstream), so once it
@@ -170,6 +174,19 @@ class LatencyReport:
 
 
 @dataclass(frozen=True)
+class HostReport:
+    """The class of integer kernels onnxruntime runs here (model/kernels.py) and whether the
+    candidate's figures would hold on the other class."""
+
+    kernels: str  # HostKernels.value
+    candidate_portable: bool  # no pair sum of the candidate's int8 weights can saturate 16 bits
+    warning: str | None = None  # set when the candidate can saturate elsewhere and this host hides it
+
+    def to_dict(self) -> dict:
+        return {"kernels": self.kernels, "candidate_portable": self.candidate_portable, "warning": self.warning}
+
+
+@dataclass(frozen=True)
 class CompareReport:
     reference: ModelRef
     candidate: ModelRef
@@ -181,6 +198,7 @@ class CompareReport:
     latency: LatencyReport | None = None
     thresholds: tuple[ThresholdResult, ...] = ()
     notes: tuple[str, ...] = field(default=())
+    host: HostReport | None = None
 
     @property
     def failures(self) -> tuple[str, ...]:
@@ -206,4 +224,5 @@ class CompareReport:
             "latency": self.latency.to_dict() if self.latency else None,
             "thresholds": [t.to_dict() for t in self.thresholds],
             "passed": self.passed, "failures": list(self.failures), "notes": list(self.notes),
+            "host": self.host.to_dict() if self.host else None,
         }

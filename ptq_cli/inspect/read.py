@@ -26,6 +26,7 @@ from collections.abc import Mapping
 import numpy as np
 import onnx
 
+from ptq_cli.inspect.portability import portability
 from ptq_cli.inspect.report import InspectReport, RequantInfo, TensorInfo
 from ptq_cli.model.graph import GraphIndex, attribute
 from ptq_cli.quantize.placement.handlers import HANDLERS, Layout, OutputRule
@@ -45,22 +46,30 @@ _BOUND_KEEPING = ({op for op, h in HANDLERS.items() if h.output is OutputRule.PA
 
 def inspect_model(model: onnx.ModelProto, ranges: Mapping[str, tuple[float, float]] | None = None,
                   name: str = "") -> InspectReport:
-    """Every quantized tensor of `model` and the requantization of its integer ops."""
-    reader = _Reader(model, ranges or {})
-    for node in model.graph.node:
-        reader.visit(node)
-    kinds = {n.op_type for n in model.graph.node}
-    for body in _bodies(model.graph):  # If/Loop/Scan bodies are quantized as graphs of their own
-        inner = inspect_model(_as_model(model, body), ranges, name)
-        reader.tensors.extend(inner.tensors)
-        reader.requant.extend(inner.requantization)
-        kinds |= {n.op_type for n in body.node}
+    """Every quantized tensor of `model`, the requantization of its integer ops and the 16-bit
+    pair sums of its integer matrix kernels."""
+    reader, kinds = _read(model, ranges or {})
     # A static QDQ model may quantize some MatMuls at run time (placement, the drift budget's
     # fallback): it is still QDQ; "dynamic" is a model with no static activation quantization.
     fmt = ("qoperator" if kinds & set(_LAYOUTS) else "qdq" if "QuantizeLinear" in kinds
            else "dynamic" if "DynamicQuantizeLinear" in kinds
            else "qdq" if "DequantizeLinear" in kinds else "float")
-    return InspectReport(name or model.graph.name, fmt, tuple(reader.tensors), tuple(reader.requant))
+    return InspectReport(name or model.graph.name, fmt, tuple(reader.tensors), tuple(reader.requant),
+                         portability(model))
+
+
+def _read(model: onnx.ModelProto, ranges: Mapping[str, tuple[float, float]]) -> tuple[_Reader, set[str]]:
+    """The tensors and requantization of `model` and its bodies, and every op type they hold."""
+    reader = _Reader(model, ranges)
+    for node in model.graph.node:
+        reader.visit(node)
+    kinds = {n.op_type for n in model.graph.node}
+    for body in _bodies(model.graph):  # If/Loop/Scan bodies are quantized as graphs of their own
+        inner, inner_kinds = _read(_as_model(model, body), ranges)
+        reader.tensors.extend(inner.tensors)
+        reader.requant.extend(inner.requant)
+        kinds |= inner_kinds
+    return reader, kinds
 
 
 def _bodies(graph: onnx.GraphProto) -> list[onnx.GraphProto]:

@@ -6,6 +6,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ptq_cli.inspect.portability import Portability
+
 
 @dataclass(frozen=True)
 class TensorInfo:
@@ -61,10 +63,12 @@ class InspectReport:
     format: str  # "qdq", "qoperator", "dynamic" or "float"
     tensors: tuple[TensorInfo, ...]
     requantization: tuple[RequantInfo, ...]
+    portability: Portability = Portability(())
 
     def to_dict(self) -> dict:
         return {"model": self.model, "format": self.format, "tensors": [t.to_dict() for t in self.tensors],
-                "requantization": [r.to_dict() for r in self.requantization]}
+                "requantization": [r.to_dict() for r in self.requantization],
+                "portability": self.portability.to_dict()}
 
     def render(self) -> str:
         lines = [f"{self.model}: {self.format} format, {len(self.tensors)} quantized tensors", ""]
@@ -78,7 +82,26 @@ class InspectReport:
             rows += [(r.node, r.op_type, r.terms, _span(r.multiplier, "{:.6g}"), _span(r.m0, "{}"),
                       _span(r.shift, "{}")) for r in self.requantization]
             lines += _table(rows)
+        lines += ["", *_portability_lines(self.portability)]
         return "\n".join(lines)
+
+
+def _portability_lines(p: Portability) -> list[str]:
+    lines = []
+    if p.nodes:
+        lines += ["16-bit pair sums (x86 without VNNI adds u8·s8 products in pairs, saturating to "
+                  "[-32768, 32767]):"]
+        rows = [("node", "op", "weight", "max pair sum", "min pair sum", "without VNNI")]
+        rows += [(n.node or "-", n.op_type, ", ".join(n.weights), _sum(n.high), _sum(n.low), n.verdict)
+                 for n in p.nodes]
+        lines += _table(rows) + [""]
+    if p.recipe_target:
+        lines.append(f"recipe target: {p.recipe_target}")
+    return lines + [p.verdict]
+
+
+def _sum(value: int | None) -> str:
+    return "-" if value is None else str(value)
 
 
 def _span(values: tuple, fmt: str) -> str:

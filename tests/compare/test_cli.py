@@ -8,11 +8,12 @@ import pytest
 from click.testing import CliRunner
 
 from ptq_cli.cli import main
+from ptq_cli.model.kernels import host_kernels
 from tests.compare.models import make_qdq, mlp, ranges, two_in_two_out
 
 # The JSON schema is a contract with CI scripts: changing these sets needs a new schema_version.
 TOP_KEYS = {"schema_version", "tool", "tool_version", "reference", "candidate", "data", "outputs", "layers",
-            "latency", "thresholds", "passed", "failures", "notes"}
+            "latency", "thresholds", "passed", "failures", "notes", "host"}
 OUTPUT_KEYS = {"name", "shape", "samples", "nonfinite_candidate", "nonfinite_reference", "exact", "sqnr_db",
                "cosine_mean", "cosine_min", "max_abs_error", "mean_abs_error", "rmse", "error_histogram",
                "classification", "kind", "exact_agreement", "sequence_agreement"}
@@ -26,6 +27,7 @@ SENSITIVITY_NODE_KEYS = {"node", "op_type", "sqnr_db", "top1_agreement", "nonfin
 LATENCY_KEYS = {"warmup", "runs", "inputs", "speedup", "reference", "candidate"}
 TIMING_KEYS = {"median_ms", "p10_ms", "p90_ms", "min_ms", "max_ms"}
 THRESHOLD_KEYS = {"name", "limit", "value", "passed", "detail"}
+HOST_KEYS = {"kernels", "candidate_portable", "warning"}
 
 
 @pytest.fixture
@@ -107,6 +109,7 @@ def test_json_schema_is_stable(case):
     assert set(doc["latency"]) == LATENCY_KEYS and set(doc["latency"]["reference"]) == TIMING_KEYS
     assert [set(t) for t in doc["thresholds"]] == [THRESHOLD_KEYS]
     assert doc["passed"] is True and doc["failures"] == []
+    assert set(doc["host"]) == HOST_KEYS and doc["host"]["kernels"] == host_kernels().value
 
 
 def test_markdown_junit_html_files(case):

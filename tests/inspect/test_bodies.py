@@ -30,4 +30,6 @@ def test_inspect_lists_the_tensors_quantized_inside_if_branches(tmp_path):
         then_w = next(t for t in report.tensors if t.role == "weight" and t.tensor.startswith("then_w"))
         assert len(then_w.scale) == 8 and all(s > 0 for s in then_w.scale)  # per output channel
         assert any(t.role == "activation" for t in report.tensors)
+        paired = {n.weights[0].split("_")[0] for n in report.portability.nodes}
+        assert paired == {"then", "else"}  # the integer kernels of both branches are judged
         onnx.checker.check_model(result.model, full_check=True)

@@ -15,6 +15,8 @@ a collapsed model (MobileNetV1 per tensor: cosine 0.17, agreement 0.09) misses i
 
 from __future__ import annotations
 
+import math
+
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -49,7 +51,10 @@ DEFAULT_THRESHOLDS = Thresholds(min_cosine=0.97, min_agreement=0.9)
 # 86-94 % even with 95-99 of the 100 lines decoded as FP32; at 99 % (the old limit), 82-87 %.
 DEFAULT_BY_KIND = ((OutputKind.EMBEDDING, Thresholds(min_cosine=0.99)),
                    (OutputKind.STEP_SCORES, Thresholds(min_agreement=0.996, min_sequence_agreement=0.95)))
-DEFAULT_SECONDS = 600.0
+# No time limit by default: a limit in seconds makes the written file depend on the machine and
+# its load. The search is bounded by its structure instead (one ranking pass, O(log n) prefix
+# trials, at most PRUNE_AT_MOST give-backs); --budget-time caps it for who prefers time to bytes.
+DEFAULT_SECONDS = math.inf
 
 
 @dataclass(frozen=True)
@@ -173,6 +178,7 @@ def hold_budget(source: onnx.ModelProto, build, recipe: Recipe, samples: EvalSam
             f"the drift budget ({budget.describe()}) cannot be met: the best of {found.trials} "
             f"candidates in {found.seconds:.0f} s ({len(found.trial.fallback)} node(s) in float, "
             f"{len(found.trial.run_time)} at run time) still misses "
-            f"{reached}; nothing was written. Loosen the budget (--min-cosine, --min-agreement, ...), give "
-            "more time (--budget-time), or pass --best-effort to write the best candidate anyway")
+            f"{reached}; nothing was written. Loosen the budget (--min-cosine, --min-agreement, ...), "
+            + ("give more time (--budget-time), " if math.isfinite(budget.seconds) else "")
+            + "or pass --best-effort to write the best candidate anyway")
     return outcome
