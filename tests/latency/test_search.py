@@ -219,3 +219,21 @@ def test_nodes_slower_in_int8_anywhere_are_timed_as_float_islands(model_and_data
     fp32, int8 = run(onnx.load(str(path)), {"x": x})[0], run(written, {"x": x})[0]
     assert np.corrcoef(fp32.ravel(), int8.ravel())[0, 1] > 0.99
     assert path.read_bytes() == before
+
+
+class _NoisyReference(TableMachine):
+    """The FP32 reference timed 10 % slow, as noise on a loaded machine can make it."""
+
+    def time(self, models, feeds):
+        timings = super().time(models, feeds)
+        return [type(timings[0])(tuple(t * 1.1 for t in timings[0].rounds))] + timings[1:]
+
+
+def test_a_placement_that_leaves_nothing_quantized_is_never_chosen(model_and_data, tmp_path):
+    path, data = model_and_data
+    slow = {name: (fp32, fp32 * 3) for name, (fp32, _) in MOBILE_TABLE.items()}  # every node loses in INT8
+    result = ptq_cli.quantize(path, tmp_path / "out.onnx", data=data, objective=Objective.SPEED,
+                              machine=_NoisyReference(slow), progress=False)
+    assert all(trial.float_nodes != tuple(MOBILE_TABLE) for trial in result.latency.trials)
+    assert result.quantized and not result.float_written
+    assert any(n.op_type == "QuantizeLinear" for n in onnx.load(str(tmp_path / "out.onnx")).graph.node)

@@ -129,18 +129,25 @@ def search_placement(float_model: onnx.ModelProto, prepared: onnx.ModelProto, re
         model, plan = build(variant)
         if model.graph != full.graph:
             built.append((Candidate((), (), costs.int8_total_us), variant, model, plan))
+    def try_candidate(candidate: Candidate) -> None:
+        variant = recipe.with_(exclude=recipe.exclude + candidate.float_nodes)
+        if accept is not None and not accept(variant):
+            return
+        model, plan = build(variant)
+        # A placement that leaves nothing quantized is the float model: `if_slower` decides on
+        # that, never a silent win of a "placement".
+        if plan.quantizes_anything:
+            built.append((candidate, variant, model, plan))
+
     for candidate in prefix_candidates(prepared, full_plan.quantized, costs):
         if len(built) > timed:
             break
-        variant = recipe.with_(exclude=recipe.exclude + candidate.float_nodes)
-        if candidate.float_nodes and (accept is None or accept(variant)):
-            built.append((candidate, variant, *build(variant)))
+        if candidate.float_nodes:
+            try_candidate(candidate)
     # Besides the prefixes, one candidate of islands: every node the profiles show slower in INT8.
     slower = slower_nodes_candidate(prepared, full_plan.quantized, costs)
     if slower is not None and all(c.float_nodes != slower.float_nodes for c, *_ in built):
-        variant = recipe.with_(exclude=recipe.exclude + slower.float_nodes)
-        if accept is None or accept(variant):
-            built.append((slower, variant, *build(variant)))
+        try_candidate(slower)
     timings = machine.time([serialized(float_model)] + [serialized(m) for _, _, m, _ in built], feeds)
     trials = [Trial(c.float_nodes, c.estimate_us, t, t.speedup_over(timings[0]), _variant(r, recipe))
               for (c, r, *_), t in zip(built, timings[1:])]
