@@ -28,12 +28,15 @@ Ranges = Mapping[str, tuple[float, float]]
 
 def quantize_model(model: onnx.ModelProto, recipe: Recipe, ranges: Ranges,
                    channel_means: Mapping[str, np.ndarray] | None = None,
-                   grams: Mapping | None = None, *, prepared: bool = False) -> tuple[onnx.ModelProto, QuantPlan]:
+                   grams: Mapping | None = None, *, prepared: bool = False,
+                   energies: Mapping[str, np.ndarray] | None = None) -> tuple[onnx.ModelProto, QuantPlan]:
     """The pure transformation: a float model and activation ranges in, a quantized model out.
     `prepared` says the model already went through prepare() (it is not prepared again).
 
     `channel_means` (per-channel E[x] of Conv/Gemm inputs) enables bias correction; `grams`
-    (Σ x·xᵀ of the weights' inputs, calibrate/gram.py) is what GPTQ rounding needs."""
+    (Σ x·xᵀ of the weights' inputs, calibrate/gram.py) is what GPTQ rounding needs; `energies`
+    (node -> Σ x_k² of its input's features, calibrate/energy.py) weigh the pair limit of the
+    portable target (without them every weight counts alike)."""
     prepared_result = SequenceResult(model, False) if prepared else \
         prepare_with_result(model, min_opset=required_opset(recipe))
     prepared = prepared_result.model
@@ -45,14 +48,14 @@ def quantize_model(model: onnx.ModelProto, recipe: Recipe, ranges: Ranges,
     if recipe.rounding is Rounding.GPTQ:
         plan, _ = gptq_plan(prepared, plan, grams or {}, recipe)
     # The pair limit before bias correction, so that the correction measures the integers written.
-    plan = bound_plan_pairs(prepared, plan, recipe)
+    plan = bound_plan_pairs(prepared, plan, recipe, energies)
     if recipe.bias_correction and channel_means:
         prepared, corrected = correct_biases(prepared, plan, channel_means)
         if corrected:
             # the biases are new tensors now; bias correction measured these integers, keep them
             # (a weight whose scale had to widen for its int32 bias is rounded and bounded again)
             plan = carry_rounding(plan, replan_weights(prepared, recipe, plan, corrected), prepared)
-            plan = bound_plan_pairs(prepared, plan, recipe)
+            plan = bound_plan_pairs(prepared, plan, recipe, energies)
     plan.prepare_skipped = prepared_result.skipped
     plan.notes.extend(notes)
     rewrite = insert_qdq
@@ -69,14 +72,14 @@ def quantize_model(model: onnx.ModelProto, recipe: Recipe, ranges: Ranges,
         done, skipped = quantize_bodies(out, body)
         plan.quantized.extend(done)
         plan.skipped = without_owners(plan.skipped, out, done) + skipped
-    return _with_dynamic_matmuls(out, plan, recipe), plan
+    return _with_dynamic_matmuls(out, plan, recipe, energies), plan
 
 
-def _with_dynamic_matmuls(model: onnx.ModelProto, plan: QuantPlan, recipe: Recipe) -> onnx.ModelProto:
+def _with_dynamic_matmuls(model: onnx.ModelProto, plan: QuantPlan, recipe: Recipe, energies) -> onnx.ModelProto:
     """The MatMuls placement quantizes at run time (placement.py), rewritten after the static pass."""
     if not plan.dynamic:
         return model
-    rewritten, done, _ = rewrite_dynamic(model, recipe, only=frozenset(plan.dynamic))
+    rewritten, done, _ = rewrite_dynamic(model, recipe, only=frozenset(plan.dynamic), energies=energies)
     plan.dynamic = done
     return rewritten
 

@@ -217,3 +217,40 @@ def test_dynamic_lstm_weights_keep_their_pairs_in_range(rng):
             assert error < 0.02
         elif host_kernels() is HostKernels.SATURATING:
             assert error > 0.05, "full-range LSTM weights should saturate on this host"
+
+
+# --- weighing by input energy ----------------------------------------------------------------
+
+def test_the_input_with_less_energy_gives_way():
+    pairing = pairing_for("MatMul", (2, 1))
+    q, target = np.array([[127], [120]], np.int8), np.array([[127.0], [120.0]])
+    loud_first = bound_pairs(q, target, pairing, pairing.importance(np.array([100.0, 1.0])))
+    loud_second = bound_pairs(q, target, pairing, pairing.importance(np.array([1.0, 100.0])))
+    assert loud_first.ravel().tolist() == [126, 2]  # ta - e·h_b/(h_a + h_b) = 127 - 119·1/101
+    assert loud_second.ravel().tolist() == [9, 119]
+
+
+def test_conv_importance_follows_the_group_of_each_output_channel():
+    pairing = pairing_for("Conv", (4, 2, 1, 3), group=2)  # 4 outputs, 2 groups of 2 input channels, 3 taps
+    weights = pairing.importance(np.array([1.0, 2.0, 3.0, 4.0]))
+    assert weights.shape == (4, 6)
+    # Outputs 0-1 read channels 0-1, outputs 2-3 channels 2-3; ONNX order is channel major.
+    np.testing.assert_allclose(weights[0] - 1e-3, np.array([1, 1, 1, 2, 2, 2]) / 2.5)
+    np.testing.assert_allclose(weights[3] - 1e-3, np.array([3, 3, 3, 4, 4, 4]) / 2.5)
+    assert pairing.importance(np.ones(5)) is None  # not this layer's width: unweighted
+
+
+def test_collected_energy_is_the_sum_of_squares_of_each_feature(rng):
+    from ptq_cli.calibrate.energy import collect_energy
+    from ptq_cli.data import Batch
+
+    w = numpy_helper.from_array(rng.normal(0, 1, (4, 3)).astype(np.float32), "w")
+    model = make_model([helper.make_node("Relu", ["x"], ["r"], name="relu"),
+                        helper.make_node("MatMul", ["r", "w"], ["y"], name="mm")],
+                       [helper.make_tensor_value_info("x", F, [2, 5, 4])],
+                       [helper.make_tensor_value_info("y", F, [2, 5, 3])], [w])
+    xs = [rng.normal(0, 1, (2, 5, 4)).astype(np.float32) for _ in range(3)]
+    batches = [Batch({"x": x}, (f"sample{i}a", f"sample{i}b")) for i, x in enumerate(xs)]
+    energy = collect_energy(model, batches)
+    want = sum((np.maximum(x, 0).astype(np.float64) ** 2).sum(axis=(0, 1)) for x in xs)
+    np.testing.assert_allclose(energy["mm"], want, rtol=1e-6)
