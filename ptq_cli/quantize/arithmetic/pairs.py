@@ -22,9 +22,15 @@ against an int32 reference under `qemu-x86_64 -cpu Haswell`):
 
 A weight is seen as `rows × d` (the layout GPTQ uses: rounding.py) with `partner[j]` the input
 index paired with input j (-1: none). `bound_pairs` moves each violating pair onto the limit,
-as close to the float values as integers allow; GPTQ takes the same limit column by column and
-feeds the difference forward (gptq.py), and bias correction, which reads the final integers,
-removes the mean shift that remains.
+as close to the float values as integers allow; `fit_pairs` lets each output channel take a
+coarser step (up to 2×, where nothing clips any more) when that costs less than bounding; both
+weigh each input's error by its energy E[x_k²] when calibration measured it (calibrate/energy.py).
+GPTQ takes the same limit column by column and feeds the difference forward (gptq.py), and bias
+correction, which reads the final integers, removes the mean shift that remains.
+
+Measured (AMD EPYC with AVX-512 VNNI, onnxruntime 1.32): the shipped MNIST CNN, SQNR to FP32
+40.3 dB with full-range weights, 39.0 dB portable (bounding alone, without the step search: 12 dB);
+MiniLM-L3 mean cosine 0.99766 full range, 0.99757 portable.
 """
 
 from __future__ import annotations
