@@ -95,10 +95,10 @@ def static_mode(source, source_sha, data, calibration, recipe: Recipe, image, *,
         ranges, sources = with_batchnorm_ranges(source, floating, ranges)
         range_sources = lambda plan: sources_of(plan, sources)  # noqa: E731
 
-    energies = _feature_energy(floating, data, image, collect) if recipe.bounds_pairs and data is not None else None
+    energy = _feature_energy(floating, data, image, collect) if recipe.bounds_pairs and data is not None else None
 
     def build(r: Recipe) -> tuple[onnx.ModelProto, QuantPlan]:
-        model, plan = quantize_model(floating, r, ranges, means, table.grams, prepared=True, energies=energies)
+        model, plan = quantize_model(floating, r, ranges, means, table.grams, prepared=True, energy=energy)
         plan.prepare_skipped = prepared.skipped
         return model, plan
     decision = None
@@ -112,8 +112,8 @@ def static_mode(source, source_sha, data, calibration, recipe: Recipe, image, *,
 
 
 def _feature_energy(prepared: onnx.ModelProto, data, image, collect: dict):
-    """Σ x_k² of every weighted layer's input over the first calibration samples (calibrate/energy.py):
-    what the portable target's pair limit weighs each weight's error by."""
+    """E[x_k²] of every weighted layer's input over the first calibration samples
+    (calibrate/energy.py): what the portable target's pair limit weighs each weight's error by."""
     from ptq_cli.calibrate.energy import ENERGY_SAMPLES, collect_energy
     from ptq_cli.data import Dataset, iter_batches, open_dataset
     from ptq_cli.model.io import input_specs

@@ -14,7 +14,8 @@ import onnx
 from ptq_cli.model.io import opset_version
 from ptq_cli.model.passes import SequenceResult
 from ptq_cli.model.prepare import QDQ_4_16_BIT_OPSET, QDQ_PER_AXIS_OPSET, prepare_with_result
-from ptq_cli.quantize.arithmetic.bias_correction import correct_biases
+from ptq_cli.calibrate.energy import FeatureEnergy
+from ptq_cli.quantize.arithmetic.bias_correction import CORRECTED_OPS, correct_biases
 from ptq_cli.quantize.arithmetic.rounding import bound_plan_pairs, carry_rounding, gptq_plan
 from ptq_cli.quantize.emitters.dynamic import rewrite_dynamic
 from ptq_cli.quantize.emitters.qdq import insert_qdq
@@ -29,18 +30,19 @@ Ranges = Mapping[str, tuple[float, float]]
 def quantize_model(model: onnx.ModelProto, recipe: Recipe, ranges: Ranges,
                    channel_means: Mapping[str, np.ndarray] | None = None,
                    grams: Mapping | None = None, *, prepared: bool = False,
-                   energies: Mapping[str, np.ndarray] | None = None) -> tuple[onnx.ModelProto, QuantPlan]:
+                   energy: Mapping[str, FeatureEnergy] | None = None) -> tuple[onnx.ModelProto, QuantPlan]:
     """The pure transformation: a float model and activation ranges in, a quantized model out.
     `prepared` says the model already went through prepare() (it is not prepared again).
 
     `channel_means` (per-channel E[x] of Conv/Gemm inputs) enables bias correction; `grams`
-    (Σ x·xᵀ of the weights' inputs, calibrate/gram.py) is what GPTQ rounding needs; `energies`
-    (node -> Σ x_k² of its input's features, calibrate/energy.py) weigh the pair limit of the
-    portable target (without them every weight counts alike)."""
+    (Σ x·xᵀ of the weights' inputs, calibrate/gram.py) is what GPTQ rounding needs; `energy`
+    (node -> E[x_k²] of its input's features, calibrate/energy.py) weighs the pair limit of the
+    portable target (without it every weight counts alike)."""
     prepared_result = SequenceResult(model, False) if prepared else \
         prepare_with_result(model, min_opset=required_opset(recipe))
     prepared = prepared_result.model
     recipe, notes = fit_recipe(recipe, opset_version(prepared))
+    energies = _error_weights(prepared, recipe, energy or {}, bool(channel_means))
     if recipe is None:  # the opset has no QuantizeLinear and cannot be raised
         return prepared, QuantPlan(skipped=all_float(prepared, notes[0]), notes=notes,
                                    prepare_skipped=prepared_result.skipped)
@@ -82,6 +84,18 @@ def _with_dynamic_matmuls(model: onnx.ModelProto, plan: QuantPlan, recipe: Recip
     rewritten, done, _ = rewrite_dynamic(model, recipe, only=frozenset(plan.dynamic), energies=energies)
     plan.dynamic = done
     return rewritten
+
+
+def _error_weights(model: onnx.ModelProto, recipe: Recipe | None, energy: Mapping[str, FeatureEnergy],
+                   corrected: bool) -> dict[str, np.ndarray]:
+    """E[x_k²] of each node's input features, what its weight errors cost at its output; not for
+    the nodes whose bias correction then removes the mean part (measured: equal weights do as
+    well there, calibrate/energy.py)."""
+    if recipe is None:
+        return {}
+    corrected_nodes = {n.name for n in model.graph.node if n.op_type in CORRECTED_OPS} \
+        if corrected and recipe.bias_correction else set()
+    return {node: e.mean_square for node, e in energy.items() if node not in corrected_nodes}
 
 
 def required_opset(recipe: Recipe) -> int:

@@ -240,7 +240,7 @@ def test_conv_importance_follows_the_group_of_each_output_channel():
     assert pairing.importance(np.ones(5)) is None  # not this layer's width: unweighted
 
 
-def test_collected_energy_is_the_sum_of_squares_of_each_feature(rng):
+def test_collected_energy_is_the_mean_square_of_each_feature(rng):
     from ptq_cli.calibrate.energy import collect_energy
     from ptq_cli.data import Batch
 
@@ -251,6 +251,7 @@ def test_collected_energy_is_the_sum_of_squares_of_each_feature(rng):
                        [helper.make_tensor_value_info("y", F, [2, 5, 3])], [w])
     xs = [rng.normal(0, 1, (2, 5, 4)).astype(np.float32) for _ in range(3)]
     batches = [Batch({"x": x}, (f"sample{i}a", f"sample{i}b")) for i, x in enumerate(xs)]
-    energy = collect_energy(model, batches)
-    want = sum((np.maximum(x, 0).astype(np.float64) ** 2).sum(axis=(0, 1)) for x in xs)
-    np.testing.assert_allclose(energy["mm"], want, rtol=1e-6)
+    energy = collect_energy(model, batches)["mm"]
+    relu = np.concatenate([np.maximum(x, 0).astype(np.float64).reshape(-1, 4) for x in xs])
+    assert energy.count == 30
+    np.testing.assert_allclose(energy.mean_square, (relu ** 2).mean(axis=0), rtol=1e-6)
