@@ -10,6 +10,7 @@ matches; OCR: lines decoded identically).
 
     python bench/sequence_kernels.py                       # both models (OCR: 100 evenly spaced lines)
     python bench/sequence_kernels.py --models minilm --ocr-lines 300
+    python bench/sequence_kernels.py --models ocr --default-only
 """
 
 from __future__ import annotations
@@ -71,11 +72,11 @@ def _emulated(name: str, paths: list[Path], limit: int | None) -> list:
     return [np.asarray(r) if name == "minilm" else r for r in raw]
 
 
-def run_model(name: str, limit: int | None) -> list[dict]:
+def run_model(name: str, limit: int | None, variants: dict[str, list[str]]) -> list[dict]:
     m = se.minilm() if name == "minilm" else se.ocr()
     OUT.mkdir(parents=True, exist_ok=True)
     paths = [m.model_path]
-    for label, flags in VARIANTS.items():
+    for label, flags in variants.items():
         out = OUT / f"{name}.{'-'.join(flags) or 'default'}.onnx"
         if not out.exists():
             log(f"{name}: quantizing, {label} ...")
@@ -88,7 +89,7 @@ def run_model(name: str, limit: int | None) -> list[dict]:
     emulated = _emulated(name, paths, limit)
     log(f"{name}: emulated in {time.perf_counter() - start:.0f} s")
     rows = []
-    for label, n, e in zip(["fp32", *VARIANTS], native, emulated):
+    for label, n, e in zip(["fp32", *variants], native, emulated):
         rows.append({"model": name, "variant": label, "native": quality(name, native[0], n, limit),
                      "emulated": quality(name, emulated[0], e, limit), "agreement": agreement(name, n, e)})
     return rows
@@ -98,6 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default="minilm,ocr")
     parser.add_argument("--ocr-lines", type=int, default=100, help="evenly spaced eval lines (0: all 300)")
+    parser.add_argument("--default-only", action="store_true", help="ptq's default output only (no --target vnni)")
     parser.add_argument("--evaluate", help=argparse.SUPPRESS)
     parser.add_argument("--dump", help=argparse.SUPPRESS)
     parser.add_argument("paths", nargs="*", help=argparse.SUPPRESS)
@@ -107,7 +109,8 @@ def main(argv: list[str] | None = None) -> int:
         raw = [outputs(args.evaluate, Path(p), limit) for p in args.paths]
         Path(args.dump).write_text(json.dumps([r.tolist() if isinstance(r, np.ndarray) else r for r in raw]))
         return 0
-    rows = [row for name in args.models.split(",") for row in run_model(name, limit)]
+    variants = dict(list(VARIANTS.items())[:1]) if args.default_only else VARIANTS
+    rows = [row for name in args.models.split(",") for row in run_model(name, limit, variants)]
     print("| model | variant | native vs FP32 | emulated AVX2 vs FP32 (emulated) | native = emulated |")
     print("|---|---|---|---|---|")
     for r in rows:

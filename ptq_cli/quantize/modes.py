@@ -95,10 +95,8 @@ def static_mode(source, source_sha, data, calibration, recipe: Recipe, image, *,
         ranges, sources = with_batchnorm_ranges(source, floating, ranges)
         range_sources = lambda plan: sources_of(plan, sources)  # noqa: E731
 
-    energy = _feature_energy(floating, data, image, collect) if recipe.bounds_pairs and data is not None else None
-
     def build(r: Recipe) -> tuple[onnx.ModelProto, QuantPlan]:
-        model, plan = quantize_model(floating, r, ranges, means, table.grams, prepared=True, energy=energy)
+        model, plan = quantize_model(floating, r, ranges, means, table.grams, prepared=True)
         plan.prepare_skipped = prepared.skipped
         return model, plan
     decision = None
@@ -109,20 +107,6 @@ def static_mode(source, source_sha, data, calibration, recipe: Recipe, image, *,
         if decision.pays or if_slower is not IfSlower.INT8:
             recipe = decision.recipe
     return Mode(build, recipe, table.data, floating, decision, range_sources, timing_data=data)
-
-
-def _feature_energy(prepared: onnx.ModelProto, data, image, collect: dict):
-    """E[x_k²] of every weighted layer's input over the first calibration samples
-    (calibrate/energy.py): what the portable target's pair limit weighs each weight's error by."""
-    from ptq_cli.calibrate.energy import ENERGY_SAMPLES, collect_energy
-    from ptq_cli.data import Dataset, iter_batches, open_dataset
-    from ptq_cli.model.io import input_specs
-
-    specs = input_specs(prepared)
-    dataset = data if isinstance(data, Dataset) else open_dataset(data, specs, image=image)
-    limit = min(ENERGY_SAMPLES, collect.get("max_samples") or ENERGY_SAMPLES)
-    return collect_energy(prepared, iter_batches(dataset, specs, batch_size=collect.get("batch_size", 1),
-                                                 max_samples=limit))
 
 
 WEIGHT_ONLY_DATA = "none (weight-only, rounded to nearest)"

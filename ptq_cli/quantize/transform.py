@@ -14,8 +14,7 @@ import onnx
 from ptq_cli.model.io import opset_version
 from ptq_cli.model.passes import SequenceResult
 from ptq_cli.model.prepare import QDQ_4_16_BIT_OPSET, QDQ_PER_AXIS_OPSET, prepare_with_result
-from ptq_cli.calibrate.energy import FeatureEnergy
-from ptq_cli.quantize.arithmetic.bias_correction import CORRECTED_OPS, correct_biases
+from ptq_cli.quantize.arithmetic.bias_correction import correct_biases
 from ptq_cli.quantize.arithmetic.rounding import bound_plan_pairs, carry_rounding, gptq_plan
 from ptq_cli.quantize.emitters.dynamic import rewrite_dynamic
 from ptq_cli.quantize.emitters.qdq import insert_qdq
@@ -29,20 +28,16 @@ Ranges = Mapping[str, tuple[float, float]]
 
 def quantize_model(model: onnx.ModelProto, recipe: Recipe, ranges: Ranges,
                    channel_means: Mapping[str, np.ndarray] | None = None,
-                   grams: Mapping | None = None, *, prepared: bool = False,
-                   energy: Mapping[str, FeatureEnergy] | None = None) -> tuple[onnx.ModelProto, QuantPlan]:
+                   grams: Mapping | None = None, *, prepared: bool = False) -> tuple[onnx.ModelProto, QuantPlan]:
     """The pure transformation: a float model and activation ranges in, a quantized model out.
     `prepared` says the model already went through prepare() (it is not prepared again).
 
     `channel_means` (per-channel E[x] of Conv/Gemm inputs) enables bias correction; `grams`
-    (Σ x·xᵀ of the weights' inputs, calibrate/gram.py) is what GPTQ rounding needs; `energy`
-    (node -> E[x_k²] of its input's features, calibrate/energy.py) weighs the pair limit of the
-    portable target (without it every weight counts alike)."""
+    (Σ x·xᵀ of the weights' inputs, calibrate/gram.py) is what GPTQ rounding needs."""
     prepared_result = SequenceResult(model, False) if prepared else \
         prepare_with_result(model, min_opset=required_opset(recipe))
     prepared = prepared_result.model
     recipe, notes = fit_recipe(recipe, opset_version(prepared))
-    energies = _error_weights(prepared, recipe, energy or {}, bool(channel_means))
     if recipe is None:  # the opset has no QuantizeLinear and cannot be raised
         return prepared, QuantPlan(skipped=all_float(prepared, notes[0]), notes=notes,
                                    prepare_skipped=prepared_result.skipped)
@@ -50,14 +45,14 @@ def quantize_model(model: onnx.ModelProto, recipe: Recipe, ranges: Ranges,
     if recipe.rounding is Rounding.GPTQ:
         plan, _ = gptq_plan(prepared, plan, grams or {}, recipe)
     # The pair limit before bias correction, so that the correction measures the integers written.
-    plan = bound_plan_pairs(prepared, plan, recipe, energies)
+    plan = bound_plan_pairs(prepared, plan, recipe)
     if recipe.bias_correction and channel_means:
         prepared, corrected = correct_biases(prepared, plan, channel_means)
         if corrected:
             # the biases are new tensors now; bias correction measured these integers, keep them
             # (a weight whose scale had to widen for its int32 bias is rounded and bounded again)
             plan = carry_rounding(plan, replan_weights(prepared, recipe, plan, corrected), prepared)
-            plan = bound_plan_pairs(prepared, plan, recipe, energies)
+            plan = bound_plan_pairs(prepared, plan, recipe)
     plan.prepare_skipped = prepared_result.skipped
     plan.notes.extend(notes)
     rewrite = insert_qdq
@@ -74,28 +69,16 @@ def quantize_model(model: onnx.ModelProto, recipe: Recipe, ranges: Ranges,
         done, skipped = quantize_bodies(out, body)
         plan.quantized.extend(done)
         plan.skipped = without_owners(plan.skipped, out, done) + skipped
-    return _with_dynamic_matmuls(out, plan, recipe, energies), plan
+    return _with_dynamic_matmuls(out, plan, recipe), plan
 
 
-def _with_dynamic_matmuls(model: onnx.ModelProto, plan: QuantPlan, recipe: Recipe, energies) -> onnx.ModelProto:
+def _with_dynamic_matmuls(model: onnx.ModelProto, plan: QuantPlan, recipe: Recipe) -> onnx.ModelProto:
     """The MatMuls placement quantizes at run time (placement.py), rewritten after the static pass."""
     if not plan.dynamic:
         return model
-    rewritten, done, _ = rewrite_dynamic(model, recipe, only=frozenset(plan.dynamic), energies=energies)
+    rewritten, done, _ = rewrite_dynamic(model, recipe, only=frozenset(plan.dynamic))
     plan.dynamic = done
     return rewritten
-
-
-def _error_weights(model: onnx.ModelProto, recipe: Recipe | None, energy: Mapping[str, FeatureEnergy],
-                   corrected: bool) -> dict[str, np.ndarray]:
-    """E[x_k²] of each node's input features, what its weight errors cost at its output; not for
-    the nodes whose bias correction then removes the mean part (measured: equal weights do as
-    well there, calibrate/energy.py)."""
-    if recipe is None:
-        return {}
-    corrected_nodes = {n.name for n in model.graph.node if n.op_type in CORRECTED_OPS} \
-        if corrected and recipe.bias_correction else set()
-    return {node: e.mean_square for node, e in energy.items() if node not in corrected_nodes}
 
 
 def required_opset(recipe: Recipe) -> int:

@@ -24,8 +24,6 @@ from ptq_cli.quantize.arithmetic.scheme import dequantize
 
 log = logging.getLogger(__name__)
 
-CORRECTED_OPS = ("Conv", "Gemm")  # the ops whose float bias absorbs the shift
-
 
 def correct_biases(model: onnx.ModelProto, plan: QuantPlan,
                    channel_means: Mapping[str, np.ndarray]) -> tuple[onnx.ModelProto, list[str]]:
@@ -37,7 +35,7 @@ def correct_biases(model: onnx.ModelProto, plan: QuantPlan,
     quantized = set(plan.quantized)
     changed = []
     for node in out.graph.node:
-        if node.name not in quantized or node.op_type not in CORRECTED_OPS:
+        if node.name not in quantized or node.op_type not in ("Conv", "Gemm"):
             continue
         weight = plan.weights.get((node.name, node.input[1]))
         mean = channel_means.get(node.input[0])

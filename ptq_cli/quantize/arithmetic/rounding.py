@@ -48,14 +48,11 @@ def node_pairing(node: onnx.NodeProto, shape: tuple[int, ...]) -> Pairing | None
                        group=int(attribute(node, "group", 1)))
 
 
-def bound_plan_pairs(model: onnx.ModelProto, plan: QuantPlan, recipe: Recipe,
-                     energies: Mapping[str, np.ndarray] | None = None) -> QuantPlan:
+def bound_plan_pairs(model: onnx.ModelProto, plan: QuantPlan, recipe: Recipe) -> QuantPlan:
     """`plan` whose int8 weights of integer matrix kernels keep every pair sum within 16 bits:
     weights rounded to nearest get, per scale, the step that costs least once bounded
     (pairs.fit_pairs); integers chosen beforehand (GPTQ, stochastic) are bounded as they are.
-    Weights already within the limit are left alone, so that bounding twice changes nothing.
-    `energies` (node -> Σ x_k² of its input features) weigh each weight's error by what it costs
-    at the output."""
+    Weights already within the limit are left alone, so that bounding twice changes nothing."""
     if not recipe.bounds_pairs:
         return plan
     index = GraphIndex(model.graph)
@@ -72,17 +69,15 @@ def bound_plan_pairs(model: onnx.ModelProto, plan: QuantPlan, recipe: Recipe,
         q = weight.integers(value)
         if not saturates(worst_pair_sums(q, pairing)):
             continue
-        weights[(node_name, tensor)] = _bounded(weight, value, q, pairing, (energies or {}).get(node_name))
+        weights[(node_name, tensor)] = _bounded(weight, value, q, pairing)
     return _with_weights(plan, weights)
 
 
-def _bounded(weight: WeightPlan, value: np.ndarray, q: np.ndarray, pairing: Pairing,
-             energy: np.ndarray | None) -> WeightPlan:
+def _bounded(weight: WeightPlan, value: np.ndarray, q: np.ndarray, pairing: Pairing) -> WeightPlan:
     if weight.rounded is not None:  # GPTQ's integers: bounded as they are (GPTQ bounds its own pairs)
-        return replace(weight, rounded=bound_pairs(q, unrounded(value, weight.params), pairing,
-                                                   pairing.importance(energy)))
+        return replace(weight, rounded=bound_pairs(q, unrounded(value, weight.params), pairing))
     rng = None if weight.stochastic_seed is None else weight_rng(weight.stochastic_seed, weight.tensor)
-    params, integers = portable_weight(value, weight.params, pairing, rng, energy)
+    params, integers = portable_weight(value, weight.params, pairing, rng)
     return replace(weight, params=params, rounded=integers)
 
 

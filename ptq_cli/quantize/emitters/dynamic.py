@@ -45,16 +45,14 @@ def check_dynamic_recipe(recipe: Recipe) -> None:
                          f"got --activation-type {recipe.activations.dtype.value}; drop it or use static quantization")
 
 
-def rewrite_dynamic(prepared: onnx.ModelProto, recipe: Recipe, only: frozenset[str] | None = None,
-                    energies=None) -> tuple[onnx.ModelProto, list[str], list[SkipReason]]:
+def rewrite_dynamic(prepared: onnx.ModelProto, recipe: Recipe,
+                    only: frozenset[str] | None = None) -> tuple[onnx.ModelProto, list[str], list[SkipReason]]:
     """Return a copy of `prepared` with MatMul/Gemm/Conv on constant weights made integer,
     the names of the rewritten nodes, and why every other node stayed float. With `only`, just
-    those nodes are rewritten and the others are left as they are (a static model's float part).
-    `energies` (node -> Σ x_k² of its input features, calibrate/energy.py) weigh the pair limit
-    of the portable target when the caller measured them."""
+    those nodes are rewritten and the others are left as they are (a static model's float part)."""
     out = onnx.ModelProto()
     out.CopyFrom(prepared)
-    rewriter = _DynamicRewriter(out, recipe, energies or {})
+    rewriter = _DynamicRewriter(out, recipe)
     for node in list(out.graph.node):
         if only is not None and node.name not in only:
             rewriter.nodes.append(node)
@@ -71,8 +69,7 @@ def rewrite_dynamic(prepared: onnx.ModelProto, recipe: Recipe, only: frozenset[s
 
 
 class _DynamicRewriter:
-    def __init__(self, model: onnx.ModelProto, recipe: Recipe, energies) -> None:
-        self.energies = energies
+    def __init__(self, model: onnx.ModelProto, recipe: Recipe) -> None:
         self.index = GraphIndex(model.graph)
         self.names = NameAllocator(model.graph)
         self.recipe = recipe
@@ -154,16 +151,15 @@ class _DynamicRewriter:
         return compute_qparams(lo, hi, spec.dtype, symmetric=spec.symmetric, reduce_range=spec.reduce_range,
                                power_of_two=spec.power_of_two, axis=axis)
 
-    def _integers(self, weight: np.ndarray, qp: QParams, node: onnx.NodeProto, kernel: str
-                  ) -> tuple[QParams, np.ndarray]:
+    def _integers(self, weight: np.ndarray, qp: QParams, tensor: str, kernel: str) -> tuple[QParams, np.ndarray]:
         """The parameters and integer weight of a `kernel` (MatMulInteger, ConvInteger), within the
         pair limit of the portable target (pairs.py)."""
         stochastic = self.recipe.rounding is Rounding.STOCHASTIC
-        rng = weight_rng(self.recipe.seed, node.input[1]) if stochastic else None
+        rng = weight_rng(self.recipe.seed, tensor) if stochastic else None
         pairing = pairing_for(kernel, weight.shape) if self.recipe.bounds_pairs else None
         if pairing is None:
             return qp, quantize(weight, qp, rng=rng)
-        return portable_weight(weight, qp, pairing, rng, self.energies.get(node.name))
+        return portable_weight(weight, qp, pairing, rng)
 
     def _rescale(self, node: onnx.NodeProto, accumulator: str, x_scale: str, w_scale: np.ndarray,
                  output: str) -> str:
@@ -192,7 +188,7 @@ class _DynamicRewriter:
             alpha = float(attribute(node, "alpha", 1.0))
             weight = weight.T if attribute(node, "transB", 0) else weight
         qp = self._weight_params(weight, weight.ndim - 1 if weight.ndim == 2 else None, node.input[1], node.name)
-        qp, integers = self._integers(weight, qp, node, "MatMulInteger")
+        qp, integers = self._integers(weight, qp, node.input[1], "MatMulInteger")
         w_q = self._constant(integers, f"{node.input[1]}_quantized")
         w_zero = self._constant(np.asarray(qp.zero_point), f"{node.input[1]}_zero_point")
         x_q, x_scale, x_zero = self._quantized_input(node.input[0])
@@ -215,7 +211,7 @@ class _DynamicRewriter:
         qp = self._weight_params(weight, 0, node.input[1], node.name)
         if qp.per_channel and len(np.unique(qp.zero_point)) > 1:
             qp = self._weight_params(weight, None)  # ConvInteger takes a single weight zero point
-        qp, integers = self._integers(weight, qp, node, "ConvInteger")
+        qp, integers = self._integers(weight, qp, node.input[1], "ConvInteger")
         w_q = self._constant(integers, f"{node.input[1]}_quantized")
         w_zero = self._constant(np.asarray(qp.zero_point).reshape(-1)[:1].reshape(()), f"{node.input[1]}_zero_point")
         x_q, x_scale, x_zero = self._quantized_input(node.input[0])
