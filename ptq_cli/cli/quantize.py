@@ -141,7 +141,7 @@ def quantize_command(ctx: click.Context, model: Path, output: Path | None, calib
             from ptq_cli.model.kernels import host_kernels
 
             probed = host_kernels()
-        recipe = _recipe(recipe_file, **flags, target=_target(target, probed),
+        recipe = _recipe(recipe_file, **flags, target=None if recipe_file else _target(target, probed),
                          fmt_given=ctx.get_parameter_source("fmt").name != "DEFAULT")
         output = output or default_output(model, recipe)
         # Every file the command reads, flags included, is an input the output must not replace.
@@ -170,7 +170,7 @@ def _target(asked: str, probed) -> Target:
 def _recipe(recipe_file: Path | None, *, method, percentile, bins, per_channel, weight_type, activation_type,
             symmetric_activations, asymmetric_weights, reduce_range, power_of_two, fmt, dynamic, exclude,
             bias_correction, equalize, rounding, seed, weight_codebook, dynamic_ops, weight_only, block_size,
-            accuracy_level, excluded_conv_input, target: Target, fmt_given: bool = False) -> Recipe:
+            accuracy_level, excluded_conv_input, target: Target | None, fmt_given: bool = False) -> Recipe:
     if recipe_file is not None:
         from ptq_cli.recipe import load_recipe
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import enum
 import functools
+import logging
 
 import numpy as np
 import onnx
@@ -19,6 +20,9 @@ from onnx import helper, numpy_helper
 from ptq_cli.model.sessions import inference_session
 
 _EXACT_SUM = 2 * 255 * 127
+_SATURATED_SUM = 32767
+
+log = logging.getLogger(__name__)
 
 
 class HostKernels(enum.Enum):
@@ -51,4 +55,7 @@ def host_kernels() -> HostKernels:
     options.intra_op_num_threads = 1
     session = inference_session(_probe_model(), options)
     total = int(session.run(None, {"a": np.full((1, 2), 255, np.uint8)})[0].reshape(-1)[0])
+    if total not in (_EXACT_SUM, _SATURATED_SUM):  # a kernel neither class describes: assume the worse
+        log.warning("onnxruntime's pair-sum probe returned %d (exact: %d, saturated: %d); treating this "
+                    "host's integer kernels as saturating", total, _EXACT_SUM, _SATURATED_SUM)
     return HostKernels.EXACT if total == _EXACT_SUM else HostKernels.SATURATING

@@ -99,13 +99,13 @@ def quantize(model: str | os.PathLike | onnx.ModelProto, output: str | os.PathLi
     Activation ranges come from `calibration` (a CalibrationTable or the path of one) or are
     measured on `data` (a folder/Dataset) with `recipe.calibration`. The input is never modified.
 
-    objective=Objective.SPEED (the CLI's default) times placements on `machine` (onnxruntime on
+    objective=Objective.SPEED (opt-in, as on the CLI) times placements on `machine` (onnxruntime on
     this machine unless given) and keeps the fastest; the returned recipe records it (its
     `exclude` names the float prefix); Objective.ACCURACY keeps, of the placements timed, the
     one with the most nodes in float that still beats FP32. When no INT8 placement beats FP32, `if_slower` decides:
     write the INT8 one (INT8, the default: the result says it does not pay), raise SlowerThanFloat (FAIL)
     or write the float model (FLOAT).
-    Objective.SIZE (the API's default) times nothing: same inputs and recipe, same bytes.
+    Objective.SIZE (the default) times nothing: same inputs and recipe, same bytes on any machine.
     The drift is measured on `eval_data` (or on part of `data`) and must meet `budget`; the most
     sensitive nodes go back to float until it does (DriftBudgetError when it cannot be met,
     unless `budget.best_effort`). `budget=MEASURE_ONLY` measures and reports without limits.

@@ -24,7 +24,7 @@ from ptq_cli.quantize.arithmetic.pairs import (PAIR_LIMIT, SCALE_STEPS, adjacent
                                                conv_partners, fit_pairs, pairing_for, saturates, worst_pair_sums)
 from ptq_cli.quantize.arithmetic.scheme import dequantize, quantize
 from ptq_cli.quantize.transform import quantize_model
-from ptq_cli.recipe import Format, Recipe, Target
+from ptq_cli.recipe import Format, QType, Recipe, Target
 from tests.conftest import make_model, minmax_ranges, run
 
 F = TensorProto.FLOAT
@@ -58,6 +58,21 @@ def test_a_bounded_pair_lands_on_the_limit_nearest_its_float_values():
     bounded = bound_pairs(q, np.array([[127.0], [119.6]]), pairing)
     assert bounded.ravel().tolist() == [68, 60]  # sums to 128, split as the float values lean
     assert bound_pairs(-q, -np.array([[127.0], [119.6]]), pairing).ravel().tolist() == [-68, -60]
+
+
+def test_gptq_keeps_each_pair_in_range_given_its_partner(rng):
+    from ptq_cli.quantize.arithmetic.gptq import gptq_round
+
+    w = np.abs(rng.normal(0, 1, (8, 12)))  # [rows, inputs]: same-sign rows, many pairs over the limit
+    x = rng.normal(0, 1, (200, 12))
+    scale = np.abs(w).max(axis=1, keepdims=True) / 127
+    partner = adjacent_partners(12)
+    free = gptq_round(w, x.T @ x, scale, np.zeros_like(scale), -127, 127)
+    bounded = gptq_round(w, x.T @ x, scale, np.zeros_like(scale), -127, 127, partner=partner, pair_limit=PAIR_LIMIT)
+    pairing = pairing_for("Gemm", w.shape, trans_b=True)  # rows × inputs, pairs (k, k+1)
+    assert saturates(worst_pair_sums(free, pairing))
+    assert not saturates(worst_pair_sums(bounded, pairing))
+    assert np.abs(bounded).max() <= 127
 
 
 def test_fit_pairs_is_never_worse_than_seven_bits_or_plain_bounding(rng):
@@ -99,9 +114,16 @@ def _single(op: str, weight: np.ndarray, x_shape, y_shape, **attrs) -> onnx.Mode
 FAMILIES = {
     "conv_even_channels": lambda rng: _single("Conv", _same_sign(rng, (6, 4, 3, 3)), (1, 4, 5, 5), (1, 6, 3, 3)),
     "conv_rgb_stem": lambda rng: _single("Conv", _same_sign(rng, (6, 3, 3, 3)), (1, 3, 5, 5), (1, 6, 3, 3)),
-    "matmul": lambda rng: _single("MatMul", _same_sign(rng, (16, 6)), (2, 16), (2, 6)),
+    "matmul": lambda rng: _single("MatMul", _same_sign_columns(rng, (16, 6)), (2, 16), (2, 6)),
     "gemm_trans_b": lambda rng: _single("Gemm", _same_sign(rng, (6, 16)), (2, 16), (2, 6), transB=1),
+    "gemm": lambda rng: _single("Gemm", _same_sign_columns(rng, (16, 6)), (2, 16), (2, 6)),
+    "conv_grouped": lambda rng: _single("Conv", _same_sign(rng, (6, 2, 3, 3)), (1, 4, 5, 5), (1, 6, 3, 3), group=2),
 }
+
+
+def _same_sign_columns(rng, shape) -> np.ndarray:
+    """A [K, N] weight whose columns (the output channels) crowd the top of their range."""
+    return np.ascontiguousarray(_same_sign(rng, shape[::-1]).T)
 
 
 def _same_sign(rng, shape) -> np.ndarray:
@@ -119,14 +141,19 @@ def _integer_reference(model: onnx.ModelProto, plan, x: np.ndarray) -> np.ndarra
     value = numpy_helper.to_array(next(t for t in model.graph.initializer if t.name == "w"))
     w_q = weight.integers(value).astype(np.int64)
     if node.op_type == "Conv":
-        taps = w_q.shape[2:]
+        taps, groups = w_q.shape[2:], next((a.i for a in node.attribute if a.name == "group"), 1)
+        per_group, in_group = w_q.shape[0] // groups, w_q.shape[1]
         out = np.zeros((1, w_q.shape[0], x.shape[2] - taps[0] + 1, x.shape[3] - taps[1] + 1), np.int64)
-        for i in range(out.shape[2]):
-            for j in range(out.shape[3]):
-                out[0, :, i, j] = np.einsum("ochw,chw->o", w_q, x_q[0, :, i:i + taps[0], j:j + taps[1]])
+        for o in range(w_q.shape[0]):
+            g = o // per_group
+            for i in range(out.shape[2]):
+                for j in range(out.shape[3]):
+                    patch = x_q[0, g * in_group:(g + 1) * in_group, i:i + taps[0], j:j + taps[1]]
+                    out[0, o, i, j] = (w_q[o] * patch).sum()
         channel_shape = (1, -1, 1, 1)
     else:
-        out = x_q @ (w_q.T if node.op_type == "Gemm" else w_q)
+        trans_b = any(a.name == "transB" and a.i for a in node.attribute)
+        out = x_q @ (w_q.T if trans_b else w_q)
         channel_shape = (1, -1)
     scale = (np.float64(x_params.scale) * weight.params.scale.astype(np.float64)).reshape(channel_shape)
     y = out * scale
@@ -161,7 +188,8 @@ def test_portable_weights_are_exact_on_this_host_and_the_full_range_ones_saturat
     onnx.checker.check_model(portable, full_check=True)
     node = next(n for n in model.graph.node if n.name == "node")
     value = numpy_helper.to_array(model.graph.initializer[0])
-    pairing = pairing_for(node.op_type, value.shape, trans_b=node.op_type == "Gemm")
+    pairing = pairing_for(node.op_type, value.shape, trans_b=any(a.name == "transB" and a.i for a in node.attribute),
+                          group=next((a.i for a in node.attribute if a.name == "group"), 1))
     assert not saturates(worst_pair_sums(plan.weights[("node", "w")].integers(value), pairing))
     assert saturates(worst_pair_sums(full_plan.weights[("node", "w")].integers(value), pairing))
     top = np.full(batches[0]["x"].shape, max(b["x"].max() for b in batches), np.float32)  # raw uint8 255
@@ -217,3 +245,27 @@ def test_dynamic_lstm_weights_keep_their_pairs_in_range(rng):
             assert error < 0.02
         elif host_kernels() is HostKernels.SATURATING:
             assert error > 0.05, "full-range LSTM weights should saturate on this host"
+
+
+def test_a_weight_whose_pairs_fit_keeps_its_scale_and_integers():
+    from ptq_cli.quantize.arithmetic.pairs import portable_weight
+    from ptq_cli.quantize.arithmetic.scheme import compute_qparams
+
+    w = np.array([[1.0, -1.0], [-0.5, 1.0]], np.float32)  # every pair mixes signs
+    qp = compute_qparams(np.array([-1.0, -1.0]), np.array([1.0, 1.0]), QType.INT8, symmetric=True, axis=1)
+    params, q = portable_weight(w, qp, pairing_for("MatMul", w.shape))
+    assert params is qp and np.array_equal(q, quantize(w, qp))
+
+
+def test_power_of_two_scales_stay_powers_of_two(rng):
+    from ptq_cli.recipe import PerChannel, TensorSpec
+
+    model = FAMILIES["matmul"](rng)
+    batches = [{"x": rng.uniform(0, 1, (2, 16)).astype(np.float32)} for _ in range(4)]
+    recipe = Recipe(weights=TensorSpec(QType.INT8, True, PerChannel(), power_of_two=True), bias_correction=False)
+    _, plan = quantize_model(model, recipe, minmax_ranges(model, batches))
+    weight = plan.weights[("node", "w")]
+    exponents = np.log2(weight.params.scale.astype(np.float64))
+    np.testing.assert_array_equal(exponents, np.round(exponents))
+    value = numpy_helper.to_array(model.graph.initializer[0])
+    assert not saturates(worst_pair_sums(weight.integers(value), pairing_for("MatMul", value.shape)))

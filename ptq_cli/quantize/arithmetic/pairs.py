@@ -115,7 +115,7 @@ def bound_pairs(q: np.ndarray, target: np.ndarray, pairing: Pairing) -> np.ndarr
 
 
 def fit_pairs(w: np.ndarray, row_scale: np.ndarray, pairing: Pairing, qmin: int, qmax: int,
-              per_row: bool) -> tuple[np.ndarray, np.ndarray]:
+              per_row: bool, steps: np.ndarray = None) -> tuple[np.ndarray, np.ndarray]:
     """Symmetric integers of `w` within the pair limit, and the factor each row's scale grew by.
 
     Bounding a pair moves both of its weights; when a row has many large same-sign neighbours
@@ -126,7 +126,7 @@ def fit_pairs(w: np.ndarray, row_scale: np.ndarray, pairing: Pairing, qmin: int,
     rows = pairing.rows(w).astype(np.float64)
     scale = np.broadcast_to(np.asarray(row_scale, np.float64).reshape(-1, 1), (rows.shape[0], 1))
     best_q, best_error, best_factor = None, None, None
-    for factor in SCALE_STEPS:
+    for factor in SCALE_STEPS if steps is None else steps:
         step = scale * factor
         target = rows / step
         q = _bound_rows(np.clip(np.rint(target), qmin, qmax).astype(np.int64), target, pairing.partner)
@@ -145,6 +145,7 @@ def fit_pairs(w: np.ndarray, row_scale: np.ndarray, pairing: Pairing, qmin: int,
 
 # Scale factors tried by fit_pairs: 2.0 halves every integer, so no pair can clip.
 SCALE_STEPS = np.linspace(1.0, 2.0, 21)
+POWER_OF_TWO_STEPS = np.array([1.0, 2.0])  # for scales that must stay powers of two
 
 
 def _bound_rows(rows: np.ndarray, wanted: np.ndarray, partner: np.ndarray) -> np.ndarray:
@@ -167,23 +168,29 @@ def _bound_rows(rows: np.ndarray, wanted: np.ndarray, partner: np.ndarray) -> np
     return rows
 
 
-def portable_weight(value: np.ndarray, qp: QParams, pairing: Pairing,
-                    rng: np.random.Generator | None = None) -> tuple[QParams, np.ndarray]:
-    """The parameters and integers of a weight within the pair limit: for symmetric weights whose
-    scales are one per row (or one in all), the step fit_pairs finds, rounded to nearest there or
-    stochastically with `rng` and then bounded; for other weights, their integers bounded."""
+def portable_weight(value: np.ndarray, qp: QParams, pairing: Pairing, rng: np.random.Generator | None = None,
+                    steps: np.ndarray = None) -> tuple[QParams, np.ndarray]:
+    """The parameters and integers of a weight within the pair limit. A weight whose integers
+    already keep every pair in range is left as it is. Otherwise, for symmetric weights whose
+    scales are one per row (or one in all), the step of `steps` (SCALE_STEPS; powers of two
+    keep power-of-two scales: POWER_OF_TWO_STEPS) that fit_pairs finds, rounded to nearest there
+    or stochastically with `rng` and then bounded; for other weights, their integers bounded."""
+    integers = quantize(value, qp, rng=rng)
+    if not saturates(worst_pair_sums(integers, pairing)):
+        return qp, integers
     rows = pairing.rows(value).shape[0]
     row_axis = value.ndim - 1 if pairing.kind == "k_rows" else 0
     per_row = qp.per_channel and qp.scale.size == rows and qp.axis == row_axis
     if np.any(qp.zero_point) or (qp.per_channel and not per_row):
-        return qp, bound_pairs(quantize(value, qp, rng=rng), unrounded(value, qp), pairing)
+        return qp, bound_pairs(integers, unrounded(value, qp), pairing)
     qmin, qmax = integer_range(qp.qtype, symmetric=True)
-    integers, factors = fit_pairs(value, qp.scale, pairing, qmin, qmax, per_row=per_row)
+    fitted_integers, factors = fit_pairs(value, qp.scale, pairing, qmin, qmax, per_row=per_row,
+                                         steps=SCALE_STEPS if steps is None else steps)
     scale = (qp.scale.astype(np.float64) * (factors if per_row else factors[0])).astype(np.float32)
     fitted = QParams(scale, qp.zero_point, qp.qtype, qp.axis)
     if rng is not None:
-        integers = bound_pairs(quantize(value, fitted, rng=rng), unrounded(value, fitted), pairing)
-    return fitted, integers.astype(qp.qtype.numpy_type)
+        fitted_integers = bound_pairs(quantize(value, fitted, rng=rng), unrounded(value, fitted), pairing)
+    return fitted, fitted_integers.astype(qp.qtype.numpy_type)
 
 
 def unrounded(value: np.ndarray, qp: QParams) -> np.ndarray:

@@ -21,8 +21,8 @@ from ptq_cli.calibrate.gram import Gram, gram_key
 from ptq_cli.model.graph import GraphIndex, attribute
 from ptq_cli.quantize.arithmetic.blas import single_threaded_blas
 from ptq_cli.quantize.arithmetic.gptq import gptq_round
-from ptq_cli.quantize.arithmetic.pairs import (PAIR_LIMIT, Pairing, bound_pairs, pairing_for, portable_weight,
-                                              saturates, unrounded, worst_pair_sums)
+from ptq_cli.quantize.arithmetic.pairs import (PAIR_LIMIT, POWER_OF_TWO_STEPS, SCALE_STEPS, Pairing, bound_pairs,
+                                              pairing_for, portable_weight, saturates, unrounded, worst_pair_sums)
 from ptq_cli.quantize.arithmetic.stochastic import weight_rng
 from ptq_cli.quantize.placement.plan import QuantPlan, WeightPlan, _fit_bias_in_int32
 from ptq_cli.quantize.arithmetic.scheme import QParams, integer_range
@@ -50,9 +50,10 @@ def node_pairing(node: onnx.NodeProto, shape: tuple[int, ...]) -> Pairing | None
 
 def bound_plan_pairs(model: onnx.ModelProto, plan: QuantPlan, recipe: Recipe) -> QuantPlan:
     """`plan` whose int8 weights of integer matrix kernels keep every pair sum within 16 bits:
-    weights rounded to nearest get, per scale, the step that costs least once bounded
-    (pairs.fit_pairs); integers chosen beforehand (GPTQ, stochastic) are bounded as they are.
-    Weights already within the limit are left alone, so that bounding twice changes nothing."""
+    weights rounded here (to nearest, or stochastically) get, per scale, the step that costs
+    least once bounded (pairs.portable_weight); integers chosen beforehand (GPTQ, or an earlier
+    pass of this function) are bounded as they are. Weights already within the limit are left
+    alone, so that bounding twice changes nothing."""
     if not recipe.bounds_pairs:
         return plan
     index = GraphIndex(model.graph)
@@ -69,15 +70,17 @@ def bound_plan_pairs(model: onnx.ModelProto, plan: QuantPlan, recipe: Recipe) ->
         q = weight.integers(value)
         if not saturates(worst_pair_sums(q, pairing)):
             continue
-        weights[(node_name, tensor)] = _bounded(weight, value, q, pairing)
+        weights[(node_name, tensor)] = _bounded(weight, value, q, pairing, recipe.weights.power_of_two)
     return _with_weights(plan, weights)
 
 
-def _bounded(weight: WeightPlan, value: np.ndarray, q: np.ndarray, pairing: Pairing) -> WeightPlan:
-    if weight.rounded is not None:  # GPTQ's integers: bounded as they are (GPTQ bounds its own pairs)
+def _bounded(weight: WeightPlan, value: np.ndarray, q: np.ndarray, pairing: Pairing,
+             power_of_two: bool) -> WeightPlan:
+    if weight.rounded is not None:  # integers chosen before (GPTQ, which bounds its own pairs)
         return replace(weight, rounded=bound_pairs(q, unrounded(value, weight.params), pairing))
     rng = None if weight.stochastic_seed is None else weight_rng(weight.stochastic_seed, weight.tensor)
-    params, integers = portable_weight(value, weight.params, pairing, rng)
+    params, integers = portable_weight(value, weight.params, pairing, rng,
+                                       POWER_OF_TWO_STEPS if power_of_two else SCALE_STEPS)
     return replace(weight, params=params, rounded=integers)
 
 

@@ -23,10 +23,10 @@ from ptq_cli.errors import UsageError
 from ptq_cli.model.graph import GraphIndex, NameAllocator, attribute, drop_unused_initializers
 from ptq_cli.quantize.placement.plan import SkipReason
 from ptq_cli.quantize.emitters.dynamic_lstm import MS_DOMAIN, dynamic_lstm, refuse_lstm
-from ptq_cli.quantize.arithmetic.pairs import pairing_for, portable_weight
+from ptq_cli.quantize.arithmetic.pairs import POWER_OF_TWO_STEPS, SCALE_STEPS, pairing_for, portable_weight
 from ptq_cli.quantize.arithmetic.scheme import QParams, compute_qparams, quantize, weight_range
 from ptq_cli.quantize.arithmetic.stochastic import weight_rng
-from ptq_cli.recipe import PerChannel, QType, Recipe, Rounding, TensorSpec
+from ptq_cli.recipe import PerChannel, QType, Recipe, Rounding, Target, TensorSpec
 
 DYNAMIC_DATA = "none: dynamic quantization measures activation ranges at run time"
 _REWRITTEN = ("MatMul", "Gemm", "Conv", "LSTM")
@@ -88,7 +88,8 @@ class _DynamicRewriter:
         if node.op_type == "Conv":
             self._conv(node)
         elif node.op_type == "LSTM":
-            lstm, initializers = dynamic_lstm(node, self.index, self.names, self.recipe.bounds_pairs)
+            # DynamicQuantizeLSTM's weights are int8 whatever --weight-type says: bounded for the target alone
+            lstm, initializers = dynamic_lstm(node, self.index, self.names, self.recipe.target is Target.PORTABLE)
             self.nodes.append(lstm)
             self.initializers.extend(initializers)
         else:
@@ -159,7 +160,8 @@ class _DynamicRewriter:
         pairing = pairing_for(kernel, weight.shape) if self.recipe.bounds_pairs else None
         if pairing is None:
             return qp, quantize(weight, qp, rng=rng)
-        return portable_weight(weight, qp, pairing, rng)
+        steps = POWER_OF_TWO_STEPS if self.recipe.weights.power_of_two else SCALE_STEPS
+        return portable_weight(weight, qp, pairing, rng, steps)
 
     def _rescale(self, node: onnx.NodeProto, accumulator: str, x_scale: str, w_scale: np.ndarray,
                  output: str) -> str:

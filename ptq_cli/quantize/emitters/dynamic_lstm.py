@@ -28,7 +28,7 @@ def refuse_lstm(node: onnx.NodeProto, index: GraphIndex) -> str | None:
     return None
 
 
-def dynamic_lstm(node: onnx.NodeProto, index: GraphIndex, names: NameAllocator, bounds_pairs: bool = True
+def dynamic_lstm(node: onnx.NodeProto, index: GraphIndex, names: NameAllocator, bounds_pairs: bool
                  ) -> tuple[onnx.NodeProto, list[onnx.TensorProto]]:
     """The DynamicQuantizeLSTM replacing `node`, and its new initializers; with `bounds_pairs`,
     its kernel's 16-bit pair sums (pairs of inputs k, k+1 of each gate row) stay in range."""
