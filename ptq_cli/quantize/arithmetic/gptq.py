@@ -69,7 +69,10 @@ def gptq_round(w: np.ndarray, h: np.ndarray, scale: np.ndarray, zero: np.ndarray
 
 def _partner_positions(order: np.ndarray, partner: np.ndarray) -> np.ndarray:
     """[G, d]: where, in each group's rounding order, the partner of the j-th rounded input is (-1: none)."""
-    position = np.argsort(order, axis=1)
+    # The inverse permutation by scattering, not sorting: also the same under qemu's AVX2 emulation,
+    # where numpy's vectorised argsort (x86-simd-sort) returns a wrong order (qemu 7.2, numpy 2.4).
+    position = np.empty_like(order)
+    np.put_along_axis(position, order, np.broadcast_to(np.arange(order.shape[1]), order.shape), axis=1)
     mate = partner[order]  # the partner (original index) of each input, in rounding order
     return np.where(mate >= 0, np.take_along_axis(position, np.maximum(mate, 0), axis=1), -1)
 
