@@ -2,12 +2,45 @@
 
 from __future__ import annotations
 
+import copy
+from dataclasses import dataclass, field
+
 import numpy as np
 
 from ptq_cli.drift.kinds import OutputKind
-from ptq_cli.drift.metrics import ClassAccumulator, ErrorAccumulator, LabelOutOfRange, as_rows, hist_edges
+from ptq_cli.drift.metrics import (ClassAccumulator, ErrorAccumulator, LabelOutOfRange, PerfectRows, as_rows,
+                                   hist_edges)
 from ptq_cli.drift.report import ClassReport, OutputReport
-from ptq_cli.drift.sequences import SequenceAccumulator
+from ptq_cli.drift.sequences import SequenceAccumulator, best_classes, class_counts
+
+
+@dataclass(frozen=True)
+class PerfectBatch:
+    """What one batch of an output adds to its figures when the candidate equals the reference
+    there (the best any candidate can do on it, labels aside): OutputState.update's bookkeeping
+    with nothing to disagree."""
+
+    errors: PerfectRows
+    rows: int = 0           # rows of an integer output, or of class scores
+    classes: int = 0        # classes of a scores / step-scores output (0: none)
+    class_rows: int = 0     # rows (or steps) whose best class is compared
+    sequences: int = 0      # samples of a [N, T, C] output decoded as sequences
+    counts: dict[int, int] = field(default_factory=dict)  # reference best classes of those steps
+
+    @staticmethod
+    def of(kind: OutputKind, ref, size: int) -> "PerfectBatch | None":
+        if kind is OutputKind.OTHER or not isinstance(ref, np.ndarray):
+            return None
+        r = as_rows(ref, size)
+        batch = PerfectBatch(PerfectRows.of(r), rows=r.shape[0] if kind is OutputKind.INTEGER else 0)
+        if kind is OutputKind.SCORES and ref.ndim == 2 and ref.shape[1] > 1:
+            return PerfectBatch(batch.errors, classes=ref.shape[1], class_rows=r.shape[0])
+        if kind is OutputKind.STEP_SCORES and ref.ndim == 3:
+            decoded = ref.shape[0] == size
+            return PerfectBatch(batch.errors, classes=ref.shape[2], class_rows=ref.shape[0] * ref.shape[1],
+                                sequences=ref.shape[0] if decoded else 0,
+                                counts=class_counts(best_classes(ref)) if decoded else {})
+        return batch
 from ptq_cli.errors import DataError, ModelError
 
 
@@ -48,6 +81,25 @@ class OutputState:
             self._classes(classes).update(steps_ref, cand.reshape(-1, classes).astype(np.float64, copy=False), None)
             if ref.shape[0] == size:  # batch-major [N, T, C]; a time-major [T, N, C] is not decoded
                 self.sequences.update(ref, cand)
+
+    def best_case(self, rest) -> "OutputState":
+        """A copy that has also seen the batches `rest` (PerfectBatch or None each) with a
+        candidate equal to the reference: every figure at the best it can still reach."""
+        best = copy.copy(self)
+        errors = classes = sequences = None
+        for batch in rest:
+            if batch is None:
+                continue
+            errors = (errors or self.errors).best_case(batch.errors)
+            if batch.classes:
+                classes = (classes or self.classes or ClassAccumulator(batch.classes)).best_case(batch.class_rows)
+            if batch.sequences:
+                sequences = (sequences or self.sequences).best_case(batch.sequences, batch.counts)
+            best.equal, best.rows = best.equal + batch.rows, best.rows + batch.rows
+        best.errors = errors or self.errors
+        best.classes = classes or self.classes
+        best.sequences = sequences or self.sequences
+        return best
 
     def _classes(self, classes: int) -> ClassAccumulator:
         if self.classes is None:

@@ -17,7 +17,7 @@ import numpy as np
 import onnx
 
 from ptq_cli.drift.kinds import OutputKind, output_kinds
-from ptq_cli.drift.outputs import OutputState
+from ptq_cli.drift.outputs import OutputState, PerfectBatch
 from ptq_cli.drift.report import OutputReport, ThresholdResult
 from ptq_cli.drift.runtime import make_session, run
 from ptq_cli.drift.sensitivity import regroup
@@ -33,6 +33,10 @@ class Drift:
     description: str
     outputs: tuple[OutputReport, ...]
     results: tuple[ThresholdResult, ...] = ()
+    # False when the measurement stopped once the candidate could no longer pass: `outputs` are
+    # the figures of the samples run, `results` the verdicts of the best the candidate could
+    # still have reached (DriftProbe.measure).
+    complete: bool = True
 
     @property
     def passed(self) -> bool:
@@ -71,18 +75,50 @@ class DriftProbe:
         self.description = description
         session = make_session(reference, "reference")
         self.expected = [run(session, chunk, "reference", [r for r, _ in self.pairs]) for chunk in self.chunks]
+        self._perfect_batches: list[dict[str, PerfectBatch | None]] | None = None
 
-    def measure(self, candidate: onnx.ModelProto | bytes, judge: Judge | None = None) -> Drift:
+    def measure(self, candidate: onnx.ModelProto | bytes, judge: Judge | None = None, *,
+                stop_early: bool = False) -> Drift:
         """The candidate's drift, judged by `judge` (per-output figures in, threshold results out;
         e.g. `Budget.judge`, or `lambda outputs: evaluate(thresholds, outputs)`)."""
-        session = make_session(candidate, "candidate")
+        return self.measure_session(make_session(candidate, "candidate"), judge, stop_early=stop_early)
+
+    def measure_session(self, session, judge: Judge | None = None, *, stop_early: bool = False) -> Drift:
+        """`measure` on a session already made (its creation timed apart).
+
+        stop_early: stop as soon as the candidate can no longer pass `judge`, that is when even a
+        candidate equal to the reference on every sample not yet run would miss a limit. Every
+        limit (SQNR, cosine, agreement of scores, steps, sequences or integers, top-1 disagreement)
+        can only rise when a sample is added that agrees exactly, so this stop never turns a pass
+        into a fail nor a fail into a pass: its error rates are zero, and a candidate that passes
+        always runs every sample. With labels (top-1 accuracy: a candidate may beat the reference
+        on a sample) it never stops."""
         states = [OutputState(r, c, self.kinds.get(r, OutputKind.TENSOR), histogram=False) for r, c in self.pairs]
-        for chunk, expected, labels in zip(self.chunks, self.expected, self.labels):
+        rest = self._perfect() if stop_early and judge is not None and not any(self.labels) else None
+        measured = 0
+        for index, (chunk, expected, labels) in enumerate(zip(self.chunks, self.expected, self.labels)):
             got = run(session, chunk, "candidate", [c for _, c in self.pairs])
             for state in states:
                 state.update(expected[state.name], got[state.cand_name], _rows(chunk), labels)
+            measured += _rows(chunk)
+            if rest is None or index + 1 == len(self.chunks):
+                continue
+            best = tuple(s.best_case([batch[s.name] for batch in rest[index + 1:]]).report() for s in states)
+            verdicts = judge(best)
+            if not all(r.passed for r in verdicts):
+                outputs = tuple(state.report() for state in states)
+                return Drift(measured, self.description, outputs, verdicts, complete=False)
         outputs = tuple(state.report() for state in states)
         return Drift(self.samples, self.description, outputs, judge(outputs) if judge is not None else ())
+
+    def _perfect(self) -> list[dict[str, PerfectBatch | None]]:
+        """Per chunk, what each output would add with a candidate equal to the reference."""
+        if self._perfect_batches is None:
+            self._perfect_batches = [
+                {name: PerfectBatch.of(self.kinds.get(name, OutputKind.TENSOR), expected[name], _rows(chunk))
+                 for name, _ in self.pairs}
+                for chunk, expected in zip(self.chunks, self.expected)]
+        return self._perfect_batches
 
 
 def _rows(feeds: dict[str, np.ndarray]) -> int:

@@ -23,18 +23,23 @@ class SequenceAccumulator:
     def __init__(self) -> None:
         self.pairs: list[tuple[np.ndarray, np.ndarray]] = []
         self.counts: dict[int, int] = {}
+        self.perfect = 0  # samples known to decode as the reference's (see best_case)
 
     def update(self, ref: np.ndarray, cand: np.ndarray) -> None:
         """`ref`, `cand`: [N, T, C] scores of N samples."""
-        # A non-finite step decodes as no class (-1), in either model: a candidate's is never the
-        # reference's class, and a model compared with itself agrees with itself.
-        ref_best = np.where(np.isfinite(ref).all(axis=-1), np.nan_to_num(ref, nan=-np.inf).argmax(axis=-1), -1)
-        cand_best = np.where(np.isfinite(cand).all(axis=-1), np.nan_to_num(cand, nan=-np.inf).argmax(axis=-1), -1)
+        ref_best, cand_best = best_classes(ref), best_classes(cand)
         for r, c in zip(ref_best, cand_best):
             self.pairs.append((r, c))
-        classes, counts = np.unique(ref_best, return_counts=True)
-        for cls, count in zip(classes.tolist(), counts.tolist()):
-            self.counts[cls] = self.counts.get(cls, 0) + count
+        _add_counts(self.counts, class_counts(ref_best))
+
+    def best_case(self, samples: int, counts: dict[int, int]) -> "SequenceAccumulator":
+        """As if `samples` more samples, whose reference steps choose `counts` (class_counts),
+        decoded as the reference's: the most agreement any candidate can end with. The pairs
+        already seen are shared, not copied."""
+        best = SequenceAccumulator()
+        best.pairs, best.counts, best.perfect = self.pairs, dict(self.counts), self.perfect + samples
+        _add_counts(best.counts, counts)
+        return best
 
     @property
     def blank(self) -> int | None:
@@ -45,7 +50,24 @@ class SequenceAccumulator:
             return math.nan
         blank = self.blank
         same = sum(np.array_equal(greedy_decode(r, blank), greedy_decode(c, blank)) for r, c in self.pairs)
-        return same / len(self.pairs)
+        return (same + self.perfect) / (len(self.pairs) + self.perfect)
+
+
+def best_classes(scores: np.ndarray) -> np.ndarray:
+    """[N, T, C] scores -> [N, T] best classes. A non-finite step decodes as no class (-1), in
+    either model: a candidate's is never the reference's class, and a model compared with itself
+    agrees with itself."""
+    return np.where(np.isfinite(scores).all(axis=-1), np.nan_to_num(scores, nan=-np.inf).argmax(axis=-1), -1)
+
+
+def class_counts(best: np.ndarray) -> dict[int, int]:
+    classes, counts = np.unique(best, return_counts=True)
+    return dict(zip(classes.tolist(), counts.tolist()))
+
+
+def _add_counts(total: dict[int, int], more: dict[int, int]) -> None:
+    for cls, count in more.items():
+        total[cls] = total.get(cls, 0) + count
 
 
 def greedy_decode(best: np.ndarray, blank: int | None) -> np.ndarray:

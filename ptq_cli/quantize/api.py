@@ -28,6 +28,7 @@ from ptq_cli.quantize.placement.latency.feeds import timing_feeds
 from ptq_cli.quantize.placement.latency.machine import Machine, OnnxruntimeMachine
 from ptq_cli.quantize.placement.latency.search import retime
 from ptq_cli.quantize.placement.plan import SkipReason
+from ptq_cli.quantize.timings import Stopwatch
 from ptq_cli.quantize.transform import Ranges, quantize_model, required_opset
 from ptq_cli.recipe import Recipe
 
@@ -58,6 +59,7 @@ class QuantizeResult:
     fallback_seconds: float = 0.0
     range_sources: dict[str, str] = field(default_factory=dict)  # activation -> where its range came from (data-free)
     probed_host: HostKernels | None = None  # this machine's kernels, when --target host chose by them
+    seconds: dict = field(default_factory=dict)  # where the time went (timings.py: Stopwatch.to_dict)
 
     def to_dict(self) -> dict:
         return {
@@ -78,6 +80,7 @@ class QuantizeResult:
             "range_sources": dict(self.range_sources),
             "target": self.recipe.target.value,
             "probed_host": self.probed_host.value if self.probed_host else None,
+            "seconds": self.seconds,
         }
 
 
@@ -120,8 +123,10 @@ def quantize(model: str | os.PathLike | onnx.ModelProto, output: str | os.PathLi
     """
     if data_free and (recipe.dynamic or recipe.weight_codebook is not None):
         raise UsageError("--data-free is for static quantization; --dynamic and --weight-codebook need no data")
-    source, source_sha, path = _load_source(model)
-    source, widened = _float32(source)
+    stopwatch = Stopwatch()
+    with stopwatch.phase("load"):
+        source, source_sha, path = _load_source(model)
+        source, widened = _float32(source)
     if objective is not Objective.SIZE and not model_size(source).total < PROTOBUF_LIMIT:
         # Timing placements hands onnxruntime the model as bytes, which protobuf cannot hold here.
         objective = Objective.SIZE
@@ -141,30 +146,34 @@ def quantize(model: str | os.PathLike | onnx.ModelProto, output: str | os.PathLi
         if objective is not Objective.SIZE:
             machine = machine or OnnxruntimeMachine()
         mode = static_mode(source, source_sha, data, calibration, recipe, image, data_free=data_free,
-                           objective=objective, if_slower=if_slower, machine=machine, **collect)
+                           objective=objective, if_slower=if_slower, machine=machine, stopwatch=stopwatch, **collect)
     build, recipe, floating, decision = mode.build, mode.recipe, mode.floating, mode.decision
     # The drift is measured on real samples only (`data`), never on data-free synthetic ones.
-    samples = eval_samples(source, data, eval_data, image, labels)
-    outcome = _within_budget(source, floating, build, recipe, samples, budget, progress)
+    with stopwatch.phase("reference"):
+        samples = eval_samples(source, data, eval_data, image, labels)
+    outcome = _within_budget(source, floating, build, recipe, samples, budget, progress, stopwatch)
     if outcome is not None:
         quantized, plan, recipe = outcome.trial.model, outcome.trial.plan, outcome.trial.recipe
     elif decision is not None and recipe == decision.recipe:
         quantized, plan = decision.model, decision.plan
     else:
-        quantized, plan = build(recipe)
+        with stopwatch.phase("build"):
+            quantized, plan = build(recipe)
     if decision is not None and recipe != decision.recipe:  # the verdict is about what is written: time it
         searched = outcome is not None and bool(outcome.trial.fallback or outcome.trial.run_time)
         why = "after the drift budget's fallback" if searched else "every node quantized"
         timed_on = mode.timing_data if mode.timing_data is not None else data
-        decision = retime(decision, source, quantized, plan, recipe, timing_feeds(source, timed_on, image)[0],
-                          machine or OnnxruntimeMachine(), why)
+        with stopwatch.phase("latency search"):
+            decision = retime(decision, source, quantized, plan, recipe, timing_feeds(source, timed_on, image)[0],
+                              machine or OnnxruntimeMachine(), why)
     check_excludes(asked, source, plan)
     check_run_time(recipe, plan)
     if not plan.quantizes_anything and decision is None and not (outcome and outcome.searched) and output is not None:
         raise ModelError(nothing_quantized(plan))  # (without an output, the result says why)
     drift = outcome.metadata(budget) if outcome else None
     stamp(quantized, recipe, source_sha, mode.data_description, drift, probed_host)
-    verify_loads(quantized, source)
+    with stopwatch.phase("check"):
+        verify_loads(quantized, source)
     slower = decision is not None and not decision.pays
     if slower and if_slower is IfSlower.FAIL:
         raise SlowerThanFloat(decision)
@@ -172,7 +181,8 @@ def quantize(model: str | os.PathLike | onnx.ModelProto, output: str | os.PathLi
     # A large model given with external data gets its output written the same way: whoever
     # loads it (compare, onnxruntime) then maps the weights instead of parsing them.
     external = model_size(source).external > 0 and model_size(written_model).total >= LAZY_ABOVE
-    written = save_model(written_model, output, force=force, protect=inputs, external=external) if output else None
+    with stopwatch.phase("write"):
+        written = save_model(written_model, output, force=force, protect=inputs, external=external) if output else None
     skipped = tuple(_fallback_reason(s, outcome.trial.fallback if outcome else ()) for s in plan.skipped)
     if decision is not None:
         skipped = tuple(_latency_reason(s, asked, decision) for s in skipped)
@@ -184,7 +194,7 @@ def quantize(model: str | os.PathLike | onnx.ModelProto, output: str | os.PathLi
                           fallback_trials=outcome.trials if outcome else 0,
                           fallback_seconds=outcome.seconds if outcome else 0.0,
                           range_sources=mode.range_sources(plan) if mode.range_sources else {},
-                          probed_host=probed_host)
+                          probed_host=probed_host, seconds=stopwatch.to_dict())
 
 
 def _latency_reason(skip: SkipReason, asked: Recipe, decision: LatencyDecision) -> SkipReason:
@@ -201,7 +211,7 @@ def _fallback_reason(skip: SkipReason, fallback: tuple[str, ...]) -> SkipReason:
 
 
 def _within_budget(source, floating, build, recipe: Recipe, samples, budget: Budget,
-                   progress: bool) -> BudgetOutcome | None:
+                   progress: bool, stopwatch: Stopwatch) -> BudgetOutcome | None:
     """The candidate of `recipe`, held to the drift budget on the evaluation samples; None when
     there are no samples to measure on."""
     if samples is None:
@@ -209,7 +219,8 @@ def _within_budget(source, floating, build, recipe: Recipe, samples, budget: Bud
             raise UsageError("a drift budget needs samples to measure on: pass --data or --eval-data DIR")
         return None
     return hold_budget(source, build, recipe, samples, budget,
-                       lambda: prepare(floating, min_opset=required_opset(recipe)), progress=progress)
+                       lambda: prepare(floating, min_opset=required_opset(recipe)), progress=progress,
+                       stopwatch=stopwatch)
 
 
 def _input_paths(*given) -> tuple[str | os.PathLike, ...]:

@@ -24,6 +24,7 @@ from ptq_cli.quantize.placement.latency.feeds import timing_feeds
 from ptq_cli.quantize.placement.latency.machine import Machine
 from ptq_cli.quantize.placement.opsets import all_float, fit_recipe
 from ptq_cli.quantize.placement.plan import QuantPlan
+from ptq_cli.quantize.timings import Stopwatch
 from ptq_cli.quantize.transform import quantize_model, required_opset
 from ptq_cli.recipe import CalibMethod, Recipe, Rounding
 
@@ -72,7 +73,8 @@ def codebook_mode(source, path, source_sha, data, calibration, recipe: Recipe, i
 
 
 def static_mode(source, source_sha, data, calibration, recipe: Recipe, image, *, data_free: bool,
-                objective: Objective, if_slower: IfSlower, machine: Machine, max_samples=None, **collect) -> Mode:
+                objective: Objective, if_slower: IfSlower, machine: Machine, max_samples=None,
+                stopwatch: Stopwatch | None = None, **collect) -> Mode:
     """Calibrated activation ranges on one prepared graph, which calibration measures and the plan
     quantizes (equalized, when asked: its activations between the Conv pairs are rescaled); with
     the speed objective, the placement timed fastest on `machine`."""
@@ -81,12 +83,16 @@ def static_mode(source, source_sha, data, calibration, recipe: Recipe, image, *,
         from ptq_cli.quantize.datafree import synthetic_data
 
         data = synthetic_data(source, data, calibration, image, seed=recipe.seed, max_samples=max_samples)
-    prepared = prepare_with_result(source, min_opset=required_opset(recipe))
+    stopwatch = stopwatch or Stopwatch()
+    with stopwatch.phase("prepare"):
+        prepared = prepare_with_result(source, min_opset=required_opset(recipe))
     floating = prepared.model
     collect = dict(collect, max_samples=max_samples)
     if recipe.equalize:
-        floating = _equalized(floating, data, recipe, image, **collect)
-    table = _calibration_table(floating, source_sha, data, calibration, recipe, image, **collect)
+        with stopwatch.phase("equalize"):
+            floating = _equalized(floating, data, recipe, image, **collect)
+    with stopwatch.phase("calibrate"):
+        table = _calibration_table(floating, source_sha, data, calibration, recipe, image, **collect)
     means = {name: table.channel_mean(name) for name in table.names if table.channel_mean(name) is not None}
     ranges = _activation_ranges(table, floating)
     if data_free:
@@ -101,7 +107,8 @@ def static_mode(source, source_sha, data, calibration, recipe: Recipe, image, *,
         return model, plan
     decision = None
     if objective is not Objective.SIZE:
-        decision = _measured(source, floating, recipe, build, data, image, machine, objective)
+        with stopwatch.phase("latency search"):
+            decision = _measured(source, floating, recipe, build, data, image, machine, objective)
         # When nothing pays and INT8 is written all the same, it is written for its size: every
         # node quantized, not the fastest placement (whose float prefix only made it bigger).
         if decision.pays or if_slower is not IfSlower.INT8:

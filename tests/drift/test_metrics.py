@@ -3,7 +3,7 @@ import math
 import numpy as np
 import pytest
 
-from ptq_cli.drift.metrics import (ClassAccumulator, ErrorAccumulator, SqnrAccumulator, as_rows, hist_edges,
+from ptq_cli.drift.metrics import (ClassAccumulator, ErrorAccumulator, SqnrAccumulator, as_rows, hist_edges, rank_of,
                                      is_classification, sqnr_db)
 
 
@@ -129,3 +129,43 @@ def test_sqnr_accumulator_agrees_with_the_full_one_and_counts_nonfinite_rows(rng
     unbatched = SqnrAccumulator()
     unbatched.update(ref[0], cand[0], 7)   # no batch axis: one row
     assert unbatched.summary().samples == 1
+
+
+def _sorted_top(scores: np.ndarray, k: int) -> np.ndarray:
+    """The definition rank_of replaces: a stable descending sort, ties by lower index."""
+    return np.argsort(-scores, axis=1, kind="stable")[:, :k]
+
+
+@pytest.mark.parametrize("classes", [3, 6, 50])
+def test_rank_of_places_a_class_where_a_stable_descending_sort_does(rng, classes):
+    # Few distinct values, so that ties are everywhere; -inf and the largest float at the edges.
+    scores = rng.integers(0, 4, size=(400, classes)).astype(np.float64)
+    scores[::7, 0] = -np.inf
+    scores[::11, -1] = np.finfo(np.float64).max
+    wanted = rng.integers(0, classes, size=400)
+    order = np.argsort(-scores, axis=1, kind="stable")
+    expected = np.argmax(order == wanted[:, None], axis=1)
+    np.testing.assert_array_equal(rank_of(scores, wanted), expected)
+    np.testing.assert_array_equal(scores.argmax(axis=1), _sorted_top(scores, 1)[:, 0])
+
+
+def test_class_figures_with_ties_and_nan_equal_those_of_a_sort(rng):
+    ref = rng.integers(0, 3, size=(300, 8)).astype(np.float32)
+    cand = rng.integers(0, 3, size=(300, 8)).astype(np.float32)
+    cand[::13, 2] = np.nan
+    labels = [int(v) if i % 5 else None for i, v in enumerate(rng.integers(0, 8, size=300))]
+    acc = ClassAccumulator(8)
+    acc.update(ref[:170].astype(np.float64), cand[:170].astype(np.float64), labels[:170])
+    acc.update(ref[170:].astype(np.float64), cand[170:].astype(np.float64), labels[170:])
+    r_top = _sorted_top(np.nan_to_num(ref, nan=-np.inf), 5)
+    c_top = _sorted_top(np.nan_to_num(cand, nan=-np.inf), 5)
+    bad = ~np.isfinite(cand).all(axis=1)
+    known = np.array([label is not None for label in labels])
+    truth = np.array([label if label is not None else -1 for label in labels])
+    got = acc.summary()
+    assert got.top1_agreement == ((r_top[:, 0] == c_top[:, 0]) & ~bad).mean()
+    assert got.top5_agreement == ((c_top == r_top[:, :1]).any(axis=1) & ~bad).mean()
+    assert got.reference_top1 == (r_top[known, 0] == truth[known]).mean()
+    assert got.reference_top5 == (r_top[known] == truth[known, None]).any(axis=1).mean()
+    assert got.candidate_top1 == ((c_top[:, 0] == truth) & ~bad)[known].mean()
+    assert got.candidate_top5 == ((c_top == truth[:, None]).any(axis=1) & ~bad)[known].mean()

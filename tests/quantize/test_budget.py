@@ -243,7 +243,7 @@ def test_the_ladder_keeps_the_fewest_units_off_int8_and_measures_each_recipe_onc
 
     measured = []
 
-    def fake_evaluate(build, probe, judge, recipe, floated=(), run_time=()):
+    def fake_evaluate(build, probe, judge, recipe, floated=(), run_time=(), stop_early=False):
         measured.append((tuple(sorted(recipe.exclude)), tuple(sorted(recipe.run_time))))
         ok = "M" in recipe.exclude or {"C1", "C2", "C3"} <= set(recipe.exclude)
         drift = types.SimpleNamespace(passed=ok, score=lambda: 1.0 if ok else 0.0, results=(), outputs=())
@@ -272,7 +272,7 @@ def test_a_prefix_that_leaves_nothing_quantized_bounds_the_search_from_above(mon
 
     ranked = [(f"C{i}",) for i in range(10)] + [("pool",)]
 
-    def fake_evaluate(build, probe, judge, recipe, floated=(), run_time=()):
+    def fake_evaluate(build, probe, judge, recipe, floated=(), run_time=(), stop_early=False):
         k = len(recipe.exclude)
         anything = k < len(ranked) - 1  # the pool is glue: float once every Conv is
         ok = 9 <= k  # above 8, the last power of two the search tries
@@ -304,7 +304,8 @@ def test_under_a_share_limit_the_passing_prefix_is_not_pruned(monkeypatch):
     cases = (("min_sequence_agreement", sequences, False), ("min_cosine", sequences, True),
              ("min_agreement", integers, True))
     for limit, output, pruned in cases:
-        def fake_evaluate(build, probe, judge, recipe, floated=(), run_time=(), limit=limit, output=output):
+        def fake_evaluate(build, probe, judge, recipe, floated=(), run_time=(), limit=limit, output=output,
+                          stop_early=False):
             ok = "A" in recipe.exclude  # only A is needed; B rides along in the prefix
             results = (ThresholdResult(limit, 0.9, 0.95 if ok else 0.5, ok, ""),)
             drift = types.SimpleNamespace(passed=ok, score=lambda: 1.0 if ok else 0.0, results=results,

@@ -29,6 +29,7 @@ from ptq_cli.drift.kinds import OutputKind
 from ptq_cli.drift.report import OutputReport, ThresholdResult
 from ptq_cli.drift.thresholds import Thresholds, evaluate
 from ptq_cli.errors import PtqError, UsageError
+from ptq_cli.quantize.timings import Stopwatch
 from ptq_cli.recipe import Recipe
 
 if TYPE_CHECKING:
@@ -157,19 +158,29 @@ class BudgetOutcome:
 
 
 def hold_budget(source: onnx.ModelProto, build, recipe: Recipe, samples: EvalSamples, budget: Budget,
-                prepared: Callable[[], onnx.ModelProto], *, progress: bool) -> BudgetOutcome:
+                prepared: Callable[[], onnx.ModelProto], *, progress: bool,
+                stopwatch: Stopwatch | None = None) -> BudgetOutcome:
     """Measure `build(recipe)`'s drift on `samples`; fall back until the budget holds if it does not.
-    Raises DriftBudgetError when it cannot be met and best effort was not asked for."""
+    Raises DriftBudgetError when it cannot be met and best effort was not asked for.
+
+    A candidate that can no longer pass stops running samples (DriftProbe.measure: the same
+    verdicts), except under best effort, which may write the best failing candidate and so
+    compares full figures, and without the fallback, which reports the first candidate's."""
     from ptq_cli.drift.probe import DriftProbe
     from ptq_cli.quantize.placement.fallback import evaluate, search
 
-    probe = DriftProbe(source, samples.feeds, description=samples.description, batch_free=samples.batch_free,
-                       labels=samples.labels)
-    first = evaluate(build, probe, budget.judge, recipe)
+    stopwatch = stopwatch or Stopwatch()
+    stop_early = budget.fallback and not budget.best_effort
+    with stopwatch.phase("reference"):
+        probe = DriftProbe(source, samples.feeds, description=samples.description, batch_free=samples.batch_free,
+                           labels=samples.labels)
+    with stopwatch.phase("first candidate"):
+        first = evaluate(build, probe, budget.judge, recipe, stop_early=stop_early)
+    stopwatch.trials.append(first.seconds)
     if first.drift.passed or not budget.fallback:
         return BudgetOutcome(first, first.drift.passed, False)
-    found = search(build, probe, budget.judge, first, prepared(), seconds=budget.seconds, progress=progress)
-    # A candidate with every node in float meets any budget (its SQNR is infinite) but is no answer.
+    found = search(build, probe, budget.judge, first, prepared(), seconds=budget.seconds, progress=progress,
+                   stop_early=stop_early, stopwatch=stopwatch)
     passed = found.passed and found.trial.plan.quantizes_anything
     outcome = BudgetOutcome(found.trial, passed, True, found.trials - 1, found.seconds)
     if not passed and not budget.best_effort:

@@ -35,12 +35,14 @@ from tqdm import tqdm
 
 from ptq_cli.drift.layers import Matching
 from ptq_cli.drift.probe import Drift, DriftProbe, Judge
+from ptq_cli.drift.runtime import make_session
 from ptq_cli.drift.sensitivity import isolated_rows
 from ptq_cli.drift.switches import FloatBase
 from ptq_cli.model.graph import GraphIndex
 from ptq_cli.quantize.placement.handlers import OutputRule, handler_for
 from ptq_cli.quantize.placement.plan import QuantPlan
 from ptq_cli.quantize.placement.transformer import runs_at_run_time
+from ptq_cli.quantize.timings import Stopwatch, TrialTime
 from ptq_cli.recipe import Format, Recipe
 
 Build = Callable[[Recipe], tuple[onnx.ModelProto, QuantPlan]]
@@ -57,6 +59,7 @@ class Trial:
     drift: Drift
     fallback: tuple[str, ...] = ()  # units the search returned to float (also in recipe.exclude)
     run_time: tuple[str, ...] = ()  # units the search quantizes at run time instead (also in recipe.run_time)
+    seconds: TrialTime | None = None
 
 
 @dataclass(frozen=True)
@@ -69,22 +72,37 @@ class SearchResult:
 
 
 def evaluate(build: Build, probe: DriftProbe, judge: Judge, recipe: Recipe, fallback: tuple[str, ...] = (),
-             run_time: tuple[str, ...] = ()) -> Trial:
-    """The contract: quantize with `recipe`, measure the candidate's drift, judge it (`Budget.judge`)."""
+             run_time: tuple[str, ...] = (), *, stop_early: bool = False) -> Trial:
+    """The contract: quantize with `recipe`, measure the candidate's drift, judge it (`Budget.judge`).
+    `stop_early`: stop running samples once the candidate can no longer pass (DriftProbe.measure)."""
+    start = time.perf_counter()
     model, plan = build(recipe)
-    return Trial(recipe, model, plan, probe.measure(model, judge), fallback, run_time)
+    built = time.perf_counter()
+    session = make_session(model, "candidate")
+    ready = time.perf_counter()
+    drift = probe.measure_session(session, judge, stop_early=stop_early)
+    seconds = TrialTime(built - start, ready - built, time.perf_counter() - ready, drift.samples, probe.samples,
+                        drift.passed)
+    return Trial(recipe, model, plan, drift, fallback, run_time, seconds)
 
 
 def search(build: Build, probe: DriftProbe, judge: Judge, first: Trial, prepared: onnx.ModelProto, *,
-           seconds: float, progress: bool = False, clock: Callable[[], float] = time.monotonic) -> SearchResult:
-    """Fall back the fewest ranked units until `first.recipe` passes `judge` (see the module doc)."""
+           seconds: float, progress: bool = False, clock: Callable[[], float] = time.monotonic,
+           stop_early: bool = False, stopwatch: Stopwatch | None = None) -> SearchResult:
+    """Fall back the fewest ranked units until `first.recipe` passes `judge` (see the module doc).
+    `stop_early`: each trial stops running samples once it can no longer pass (the same verdicts;
+    the figures of a failed trial then cover the samples it ran)."""
     start = clock()
     if first.drift.passed:
         return SearchResult(first, True, 1, 0.0)
+    stopwatch = stopwatch or Stopwatch()
     ranking_ends = start + seconds * RANKING_SHARE
-    ranked = rank_units(build, probe, first, prepared, progress=progress, in_time=lambda: clock() < ranking_ends)
-    with tqdm(total=None, unit="trial", desc="fallback", disable=not progress, file=sys.stderr) as bar:
-        trials = _Trials(build, probe, judge, first, bar, lambda: clock() - start < seconds)
+    with stopwatch.phase("ranking"):
+        ranked = rank_units(build, probe, first, prepared, progress=progress,
+                            in_time=lambda: clock() < ranking_ends)
+    with tqdm(total=None, unit="trial", desc="fallback", disable=not progress, file=sys.stderr) as bar, \
+            stopwatch.phase("trials"):
+        trials = _Trials(build, probe, judge, first, bar, lambda: clock() - start < seconds, stop_early, stopwatch)
         run_time = _run_time_units(prepared, ranked, first.plan.dynamic, first.recipe)
         _grow(trials, ranked, run_time)
         _prune(trials, run_time)
@@ -100,9 +118,9 @@ class _Trials:
     A candidate with nothing left quantized meets any budget and is no answer: it never passes."""
 
     def __init__(self, build: Build, probe: DriftProbe, judge: Judge, first: Trial, bar,
-                 in_time: Callable[[], bool]) -> None:
+                 in_time: Callable[[], bool], stop_early: bool = False, stopwatch: Stopwatch | None = None) -> None:
         self.build, self.probe, self.judge, self.first, self.bar = build, probe, judge, first, bar
-        self.in_time = in_time
+        self.in_time, self.stop_early, self.stopwatch = in_time, stop_early, stopwatch or Stopwatch()
         self.best, self.passing, self.count = first, None, 1
         self.passing_units: tuple[Unit, ...] = ()      # the units the passing trial takes off static INT8
         self.passing_run_time: tuple[Unit, ...] = ()   # of those, the ones quantized at run time
@@ -119,7 +137,8 @@ class _Trials:
             return self.verdicts[(floated, dynamic)]
         recipe = self.first.recipe.with_(exclude=self.first.recipe.exclude + floated,
                                          run_time=self.first.recipe.run_time + dynamic)
-        result = evaluate(self.build, self.probe, self.judge, recipe, floated, dynamic)
+        result = evaluate(self.build, self.probe, self.judge, recipe, floated, dynamic, stop_early=self.stop_early)
+        self.stopwatch.trials.append(result.seconds)
         self.count += 1
         self.bar.update(1)
         anything = result.plan.quantizes_anything
