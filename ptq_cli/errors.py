@@ -1,7 +1,9 @@
 """The errors ptq raises. Each message names the thing that went wrong and what to do next.
 
-The CLI maps them to exit codes: a usage error exits 2, every other failure exits 3
-(exit 1 is reserved for `ptq compare` thresholds that were missed).
+The CLI maps them to exit codes through each class's `exit_code`: a usage error exits 2, every
+other failure exits 3. Exit 1 means a threshold was missed: `ptq compare`'s, or the speed
+objective's `--if-slower fail` (SlowerThanFloat, quantize/placement/latency/search.py). The
+table of every code is docs/exit-codes.md.
 """
 
 

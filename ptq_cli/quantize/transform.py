@@ -73,7 +73,8 @@ def quantize_model(model: onnx.ModelProto, recipe: Recipe, ranges: Ranges,
 
 
 def _with_dynamic_matmuls(model: onnx.ModelProto, plan: QuantPlan, recipe: Recipe) -> onnx.ModelProto:
-    """The MatMuls placement quantizes at run time (placement.py), rewritten after the static pass."""
+    """The MatMuls placement quantizes at run time (placement/plan.py, chosen by
+    placement/transformer.py), rewritten after the static pass."""
     if not plan.dynamic:
         return model
     rewritten, done, _ = rewrite_dynamic(model, recipe, only=frozenset(plan.dynamic))
