@@ -36,6 +36,12 @@ class SequenceAccumulator:
         for cls, count in zip(classes.tolist(), counts.tolist()):
             self.counts[cls] = self.counts.get(cls, 0) + count
 
+    def merge(self, other: "SequenceAccumulator") -> None:
+        """Append `other`'s samples after these (the blank is chosen from the summed counts)."""
+        self.pairs.extend(other.pairs)
+        for cls, count in other.counts.items():
+            self.counts[cls] = self.counts.get(cls, 0) + count
+
     @property
     def blank(self) -> int | None:
         return max(self.counts, key=lambda cls: (self.counts[cls], -cls)) if self.counts else None
