@@ -33,3 +33,7 @@ class DataError(PtqError):
 
 class CalibrationError(PtqError):
     """Calibration failed (NaN/Inf in an activation, a table for another model, ...)."""
+
+
+class EngineError(PtqError):
+    """The cluster that was asked for cannot be reached or started (--engine dask)."""

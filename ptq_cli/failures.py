@@ -35,6 +35,11 @@ def as_ptq_error(exc: BaseException) -> PtqError:
         return ModelError(onnxruntime_message(exc, "the model"))
     if type(exc).__module__.startswith("onnx"):
         return ModelError(f"onnx cannot process the model: {first_line(exc)}")
+    if type(exc).__module__.startswith("distributed"):  # KilledWorker, a lost scheduler, ...
+        from ptq_cli.errors import EngineError
+
+        return EngineError(f"the Dask cluster failed ({type(exc).__name__}: {first_line(exc)}); a worker "
+                           "that died more than --retries times, or a lost scheduler: see the workers' logs")
     if isinstance(exc, UnicodeError):
         return PtqError(f"a text file is not valid UTF-8 ({first_line(exc)}); save it as UTF-8")
     return PtqError(f"internal error ({type(exc).__name__}: {first_line(exc)}); "

@@ -116,8 +116,8 @@ def _code_contexts(path: Path) -> list[str]:
 
 
 _INVOCATION = re.compile(r"(?<![\w-])ptq\s+(" + "|".join(c.replace(" ", r"\s+") for c in COMMANDS) + r")\b")
-_FLAG = re.compile(r"(?<![\w./-])(--?[A-Za-z][\w-]*)")
-_OTHER_TOOL = re.compile(r"\b(python3?|pip|pytest|qemu-x86_64|git|apt-get)\b")
+_FLAG = re.compile(r"(?<![\w./*-])(--?[A-Za-z][\w-]*)")  # not inside a path or a glob (shard-*-of-4)
+_OTHER_TOOL = re.compile(r"\b(python3?|pip|pytest|qemu-x86_64|git|apt-get|kubectl|dask-scheduler|dask-worker)\b")
 
 
 def _cited_commands(contexts: list[str]) -> list[tuple[str, str, str]]:

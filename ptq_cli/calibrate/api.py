@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import onnx
 
@@ -16,6 +17,9 @@ from ptq_cli.model.io import input_specs, load_model
 from ptq_cli.model.prepare import prepare
 from ptq_cli.recipe import CalibrationSpec
 
+if TYPE_CHECKING:
+    from ptq_cli.engine import Engine
+
 
 def calibrate(model: str | os.PathLike | onnx.ModelProto, data: str | os.PathLike | Dataset, *,
               spec: CalibrationSpec = CalibrationSpec(), image: ImagePreprocess | None = None,
@@ -24,7 +28,8 @@ def calibrate(model: str | os.PathLike | onnx.ModelProto, data: str | os.PathLik
               tensors: Sequence[str] | None = None, progress: bool = True,
               histograms: bool | None = None, channel_axis: int | None = None,
               overlap: bool | None = None, grams: bool = False,
-              model_sha: str | None = None, prepared: bool = False) -> CalibrationTable:
+              model_sha: str | None = None, prepared: bool = False, threads: int = 0,
+              engine: "Engine | None" = None, parts: int | None = None) -> CalibrationTable:
     """Run `model` over `data` and return the statistics and ranges of its float activations.
 
     shard=(k, n) observes every n-th sample from offset k; merging the n tables (table.merge)
@@ -41,7 +46,16 @@ def calibrate(model: str | os.PathLike | onnx.ModelProto, data: str | os.PathLik
     instead of hashing the model again.
     grams=True also sums x·xᵀ of every MatMul/Gemm/Conv weight's input (GPTQ rounding needs
     them), in a second pass over the data on the prepared model (the graph quantize rewrites).
+    threads > 0 fixes onnxruntime's intra-op threads (0: chosen for this machine).
+    engine (ptq_cli.engine.open_engine) runs the work as `parts` tasks on its executor, a Dask
+    cluster for instance, and returns the same table byte for byte (calibrate/sharded.py); the
+    model must then be a path and the data a folder or Dataset of files the workers can read.
     """
+    if engine is not None:
+        return _on_engine(engine, model, data, spec=spec, image=image, batch_size=batch_size,
+                          max_samples=max_samples, shard=shard, parts=parts, provider=provider,
+                          tensors=tensors, progress=progress, histograms=histograms,
+                          channel_axis=channel_axis, grams=grams, prepared=prepared)
     if isinstance(model, onnx.ModelProto):
         proto, sha = model, model_sha or model_sha256(model)
     else:
@@ -66,7 +80,7 @@ def calibrate(model: str | os.PathLike | onnx.ModelProto, data: str | os.PathLik
     batches = iter_batches(dataset, specs, batch_size=batch_size, max_samples=max_samples)
     stats, samples = collect(proto, batches, spec=spec, tensors=tensors, provider=provider,
                              progress=progress, total=total, histograms=histograms,
-                             channel_axis=channel_axis, overlap=overlap)
+                             channel_axis=channel_axis, overlap=overlap, threads=threads)
     if samples == 0:
         raise DataError(f"{dataset.description} holds no rows to calibrate on (every array has 0 rows "
                         "along its batch axis); give arrays with at least one sample")
@@ -75,6 +89,22 @@ def calibrate(model: str | os.PathLike | onnx.ModelProto, data: str | os.PathLik
         from ptq_cli.calibrate.gram import collect_grams
 
         batches = iter_batches(dataset, specs, batch_size=batch_size, max_samples=max_samples)
-        second_order = collect_grams(proto, batches, progress=progress, total=total)
+        second_order = collect_grams(proto, batches, progress=progress, total=total, threads=threads)
     return CalibrationTable.build(sha, spec, stats, data=dataset.description, samples=samples,
                                   shard=shard, grams=second_order)
+
+
+def _on_engine(engine: "Engine", model, data, *, spec: CalibrationSpec, image: ImagePreprocess | None,
+               shard: tuple[int, int] | None, prepared: bool, **options) -> CalibrationTable:
+    from ptq_cli.calibrate.sharded import calibrate_on
+
+    if shard is not None:
+        raise UsageError("--shard runs one shard on this machine and --engine dask splits all the data "
+                         "across the cluster: give one or the other")
+    if prepared:
+        raise UsageError("an engine calibrates the model file as given (the workers prepare it)")
+    if isinstance(model, onnx.ModelProto):
+        raise UsageError("calibrating on an engine needs the model as a file path (the workers read it)")
+    dataset = data if isinstance(data, Dataset) else \
+        open_dataset(data, input_specs(load_model(model, check=False)), image=image)
+    return calibrate_on(engine, model, dataset, spec=spec, **options)

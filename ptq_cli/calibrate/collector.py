@@ -45,8 +45,11 @@ def select_tensors(model: onnx.ModelProto, tensors: Sequence[str] | None,
     return list(dict.fromkeys(tensors))
 
 
-def make_session(model: onnx.ModelProto, provider: str, *, numpy_work: bool = True) -> ort.InferenceSession:
-    """A session on `model`, from bytes (no file in the cwd); via a private temp dir over 2 GB."""
+def make_session(model: onnx.ModelProto, provider: str, *, numpy_work: bool = True,
+                 threads: int = 0) -> ort.InferenceSession:
+    """A session on `model`, from bytes (no file in the cwd); via a private temp dir over 2 GB.
+    threads > 0 fixes onnxruntime's intra-op threads (a cluster worker: one per task); 0 picks
+    them for this machine as below."""
     if provider not in ort.get_available_providers():
         raise UsageError(f"execution provider {provider!r} is not available here; "
                          f"choose one of {ort.get_available_providers()}")
@@ -57,7 +60,7 @@ def make_session(model: onnx.ModelProto, provider: str, *, numpy_work: bool = Tr
     # runs the graph faster than 2 (2.0 vs 4.4 ms/sample with all activations fetched), because
     # the observers and onnxruntime's spinning threads otherwise fight for the cores. With only
     # reductions in the graph there is no numpy work: onnxruntime's default (all cores).
-    options.intra_op_num_threads = max(1, (os.cpu_count() or 1) - 1) if numpy_work else 0
+    options.intra_op_num_threads = threads or (max(1, (os.cpu_count() or 1) - 1) if numpy_work else 0)
     # The default order runs the reductions added at the end of the graph after everything
     # else, which keeps every activation alive until then (+10 MB on MobileNetV1-0.25, and
     # slower); priority-based order runs each right after its producer, as in plain inference.
@@ -88,7 +91,8 @@ def _attr(node: onnx.NodeProto, name: str) -> int:
 def collect(model: onnx.ModelProto, batches: Iterable[Batch], *, spec: CalibrationSpec,
             tensors: Sequence[str] | None = None, provider: str = "CPUExecutionProvider",
             progress: bool = True, total: int | None = None, histograms: bool | None = None,
-            channel_axis: int | None = None, overlap: bool | None = None) -> tuple[dict[str, TensorStats], int]:
+            channel_axis: int | None = None, overlap: bool | None = None,
+            threads: int = 0) -> tuple[dict[str, TensorStats], int]:
     """Observe every wanted tensor over all batches; returns (stats per tensor, samples seen).
 
     Inputs of Conv/Gemm also get per-channel means, which bias correction needs. With overlap
@@ -112,7 +116,7 @@ def collect(model: onnx.ModelProto, batches: Iterable[Batch], *, spec: Calibrati
             stats.setdefault(p.name, TensorStats.for_spec(spec, histogram=False))
         fetched += [n for p in bodies for n in (p.min, p.max, p.size)]
     augmented, plan = augment(model, reduced, [n for n in reduced if stats[n].mean is not None], fetched)
-    session = make_session(augmented, provider, numpy_work=bool(plan.fetched))
+    session = make_session(augmented, provider, numpy_work=bool(plan.fetched), threads=threads)
     del augmented  # onnxruntime holds its own copy
     scratch = Scratch()
     samples = 0

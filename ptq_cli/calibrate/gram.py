@@ -197,7 +197,8 @@ def _is_pointwise(conv: onnx.NodeProto) -> bool:
 
 
 def collect_grams(model: onnx.ModelProto, batches: Iterable[Batch], *, progress: bool = False,
-                  total: int | None = None, sites: list[GramSite] | None = None) -> dict[str, Gram]:
+                  total: int | None = None, sites: list[GramSite] | None = None,
+                  threads: int = 0) -> dict[str, Gram]:
     """Σ x·xᵀ of every MatMul/Gemm/Conv weight's input over `batches`, keyed by gram_key."""
     from ptq_cli.calibrate.collector import _run, make_session
     from ptq_cli.calibrate.probes import Augmented
@@ -207,7 +208,7 @@ def collect_grams(model: onnx.ModelProto, batches: Iterable[Batch], *, progress:
     if not sites:
         return grams
     augmented, outputs = augment_grams(model, sites)
-    session = make_session(augmented, "CPUExecutionProvider", numpy_work=False)
+    session = make_session(augmented, "CPUExecutionProvider", numpy_work=False, threads=threads)
     plan = Augmented(outputs, [], [])
     with tqdm(total=total, unit="sample", desc="second-order statistics", file=sys.stderr,
               disable=not progress, leave=False) as bar:

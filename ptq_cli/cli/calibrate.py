@@ -16,6 +16,7 @@ import click
 
 from ptq_cli.cli import echo_json, reported_errors
 from ptq_cli.cli.data_options import data_options, dataset_from_options, pop_data_options
+from ptq_cli.cli.engine_options import engine_options, engine_spec_from_options, pop_engine_options
 from ptq_cli.model.io import check_writable
 from ptq_cli.recipe import CalibMethod, CalibrationSpec
 
@@ -55,7 +56,9 @@ class _CalibrateCommand(click.Command):
 @click.command("calibrate", cls=_CalibrateCommand, epilog=(
     "Shards: run `ptq calibrate MODEL --data DIR --shard K/N` for K = 0..N-1 (anywhere), then "
     "`ptq calibrate merge model.calib.shard-*.json -o model.calib.json` gives the table of one "
-    "run over all the data. See `ptq calibrate merge --help`."))
+    "run over all the data. See `ptq calibrate merge --help`. On a Dask cluster: --engine dask "
+    "(--address URL, or local); the table is the one this process writes, byte for byte "
+    "(not with --moving-average, which has no exact merge). See docs/distributed.md."))
 @click.argument("model", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @data_options
 @click.option("--method", type=click.Choice([m.value for m in CalibMethod]), default="minmax",
@@ -75,6 +78,7 @@ class _CalibrateCommand(click.Command):
 @click.option("--batch-size", type=click.IntRange(min=1), default=1, show_default=True,
               help="Rows per inference run (a model whose batch is fixed at 1 is fed one at a time).")
 @click.option("--shard", type=ShardType(), help="Calibrate every N-th sample from offset K.")
+@engine_options
 @click.option("--provider", default="CPUExecutionProvider", show_default=True,
               help="onnxruntime execution provider.")
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path),
@@ -94,6 +98,7 @@ def calibrate_command(ctx: click.Context, model: Path, **kwargs: Any) -> None:
         from ptq_cli.calibrate.api import calibrate
 
         data_opts = pop_data_options(kwargs)
+        engine_spec, parts = engine_spec_from_options(**pop_engine_options(kwargs))
         spec = CalibrationSpec(method=CalibMethod(kwargs["method"]), percentile=kwargs["percentile"],
                                bins=kwargs["bins"], moving_average=kwargs["moving_average"])
         output = kwargs["output"] or default_output(model, kwargs["shard"])
@@ -101,11 +106,17 @@ def calibrate_command(ctx: click.Context, model: Path, **kwargs: Any) -> None:
         check_writable(output, force=kwargs["force"], protect=inputs)
         dataset = dataset_from_options(model, **data_opts)
         started = time.perf_counter()
-        table = calibrate(model, dataset, spec=spec, batch_size=kwargs["batch_size"],
-                          max_samples=kwargs["max_samples"], shard=kwargs["shard"],
-                          provider=kwargs["provider"], histograms=kwargs["keep_histograms"] or None,
-                          grams=kwargs["gram"],
-                          progress=not kwargs["quiet"])
+        options = dict(spec=spec, batch_size=kwargs["batch_size"], max_samples=kwargs["max_samples"],
+                       shard=kwargs["shard"], provider=kwargs["provider"],
+                       histograms=kwargs["keep_histograms"] or None, grams=kwargs["gram"],
+                       progress=not kwargs["quiet"])
+        if engine_spec is None:
+            table = calibrate(model, dataset, **options)
+        else:
+            from ptq_cli.engine import open_engine
+
+            with open_engine(engine_spec) as engine:
+                table = calibrate(model, dataset, engine=engine, parts=parts, **options)
         table.save(output, force=kwargs["force"], protect=inputs)
         seconds = time.perf_counter() - started
         if not kwargs["quiet"]:

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import os
+from contextlib import ExitStack
 from pathlib import Path
 
 import click
 
 from ptq_cli.cli import echo_json, reported_errors
 from ptq_cli.cli.data_options import data_options, image_preprocess_from_options, pop_data_options
+from ptq_cli.cli.engine_options import engine_options, engine_spec_from_options, pop_engine_options
 
 _FILE = click.Path(dir_okay=False, writable=True, path_type=Path)
 
@@ -48,6 +50,7 @@ _FILE = click.Path(dir_okay=False, writable=True, path_type=Path)
 @click.option("--max-samples", type=click.IntRange(min=1), metavar="N", help="Use at most N samples.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=1, show_default=True, metavar="N",
               help="Samples per run (models with a batch fixed at 1 are fed one at a time).")
+@engine_options
 @click.option("-f", "--force", is_flag=True, help="Replace report files (--markdown, --junit, --html) that exist.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 @click.pass_context
@@ -62,9 +65,13 @@ def compare_command(ctx: click.Context, reference: Path, candidate: Path, **kwar
     host's integer kernels (exact 32-bit, or saturating 16-bit pairs: x86 without VNNI) and warns
     when CANDIDATE can saturate on CPUs without VNNI but this host cannot show it.
 
+    \b
+    With --engine dask the output figures are measured on the cluster's workers (the same
+    figures as one process); --latency still times this machine, on the first batches it reads
+    itself, and --per-layer is not available (it runs in one process).
+
     Exit codes: 0 ok, 1 a threshold was missed, 2 usage error, 3 failure.
     """
-    from ptq_cli.compare import Thresholds, compare
     from ptq_cli.compare.files import append_step_summary, write_report
     from ptq_cli.compare.html import render_html
     from ptq_cli.compare.junit import render_junit
@@ -73,20 +80,22 @@ def compare_command(ctx: click.Context, reference: Path, candidate: Path, **kwar
 
     with reported_errors(ctx):
         data = pop_data_options(kwargs)
+        engine_spec, parts = engine_spec_from_options(**pop_engine_options(kwargs))
+        if engine_spec is not None and kwargs["per_layer"]:
+            raise click.UsageError("--per-layer runs in one process; drop --engine dask for it")
         inputs = (reference, candidate, data["data"], data.get("labels"))
         reports = [kwargs[option] for option in ("markdown", "junit", "html")]
         check_distinct(reports)
         for path in reports:  # before the long measurement, so that a refusal costs nothing
             if path is not None:
                 check_output(path, force=kwargs["force"], protect=inputs)
-        report = compare(
-            reference, candidate, data["data"], labels=data.get("labels"),
-            image=image_preprocess_from_options(**data), per_layer=kwargs["per_layer"],
-            per_layer_samples=kwargs["per_layer_samples"],
-            latency=kwargs["latency"], max_samples=kwargs["max_samples"], batch_size=kwargs["batch_size"],
-            thresholds=Thresholds(kwargs["min_sqnr"], kwargs["max_top1_drop"], kwargs["min_cosine"],
-                                  kwargs["min_agreement"], kwargs["min_sequence_agreement"]),
-            progress=not kwargs["quiet"])
+        with ExitStack() as stack:
+            engine = None
+            if engine_spec is not None:
+                from ptq_cli.engine import open_engine
+
+                engine = stack.enter_context(open_engine(engine_spec))
+            report = _compare(reference, candidate, data, kwargs, engine, parts)
         markdown = render_markdown(report)
         for option, render in (("markdown", lambda: markdown), ("junit", lambda: render_junit(report)),
                                ("html", lambda: render_html(report))):
@@ -105,3 +114,17 @@ def compare_command(ctx: click.Context, reference: Path, candidate: Path, **kwar
     for failure in report.failures:
         click.echo(f"ptq: threshold missed: {failure}", err=True)
     ctx.exit(report.exit_code)
+
+
+def _compare(reference: Path, candidate: Path, data: dict, kwargs: dict, engine, parts):
+    """compare() with the command's flags; `engine` None runs it in this process."""
+    from ptq_cli.compare import Thresholds, compare
+
+    return compare(
+        reference, candidate, data["data"], labels=data.get("labels"),
+        image=image_preprocess_from_options(**data), per_layer=kwargs["per_layer"],
+        per_layer_samples=kwargs["per_layer_samples"],
+        latency=kwargs["latency"], max_samples=kwargs["max_samples"], batch_size=kwargs["batch_size"],
+        thresholds=Thresholds(kwargs["min_sqnr"], kwargs["max_top1_drop"], kwargs["min_cosine"],
+                              kwargs["min_agreement"], kwargs["min_sequence_agreement"]),
+        progress=not kwargs["quiet"], engine=engine, parts=parts)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import replace
+from typing import TYPE_CHECKING
 
 import onnx
 
@@ -24,6 +25,9 @@ from ptq_cli.drift.thresholds import Thresholds, evaluate
 from ptq_cli.errors import DataError, ModelError, UsageError
 from ptq_cli.model.io import InputSpec, input_specs, load_model, sha256_file
 
+if TYPE_CHECKING:
+    from ptq_cli.engine import Engine
+
 __all__ = ["compare", "compare_batches", "Thresholds", "LatencySettings", "CompareReport"]
 
 ModelLike = str | os.PathLike | onnx.ModelProto
@@ -34,13 +38,18 @@ def compare(reference: ModelLike, candidate: ModelLike, data, *, labels: str | o
             image=None, per_layer: bool = False, latency: bool = False, max_samples: int | None = None,
             batch_size: int = 1, thresholds: Thresholds = Thresholds(), progress: bool = True,
             latency_settings: LatencySettings = LatencySettings(),
-            per_layer_samples: int = DEFAULT_SENSITIVITY_SAMPLES) -> CompareReport:
+            per_layer_samples: int = DEFAULT_SENSITIVITY_SAMPLES, engine: "Engine | None" = None,
+            parts: int | None = None) -> CompareReport:
     """Run both models on `data` (a folder, or a `ptq_cli.data.Dataset`) and measure the drift.
 
     `labels`: a file of integer labels in sample order (class sub-folders of an image folder are
     read as labels without it); `image`: an `ImagePreprocess` for image folders. `per_layer` adds
     the per-tensor SQNR and each quantized node's isolated sensitivity, measured on the first
     `per_layer_samples` samples.
+    `engine` (ptq_cli.engine.open_engine) measures the output figures as `parts` tasks on its
+    executor, a Dask cluster for instance, with the same figures as one process
+    (compare/sharded.py); both models must be paths. Not with per_layer; latency is measured
+    here, on this machine.
     """
     if batch_size < 1:
         raise UsageError(f"batch size must be at least 1, got {batch_size}")
@@ -57,6 +66,12 @@ def compare(reference: ModelLike, candidate: ModelLike, data, *, labels: str | o
         if labels is not None or image is not None:
             raise UsageError("labels= and image= apply when data is a folder; build the Dataset with them")
         dataset = data
+    if engine is not None:
+        report = _compare_on(engine, reference, candidate, ref_model, cand_model, dataset, per_layer=per_layer,
+                             latency=latency, max_samples=max_samples, batch_size=batch_size,
+                             thresholds=thresholds, progress=progress, latency_settings=latency_settings,
+                             parts=parts)
+        return replace(report, reference=ref_ref, candidate=cand_ref)
     total = min(len(dataset), max_samples) if max_samples else len(dataset)
     batches = iter_batches(dataset, specs, batch_size=batch_size, max_samples=max_samples)
     report = compare_batches(ref_model, cand_model, batches, description=dataset.description,
@@ -82,6 +97,38 @@ def compare_batches(reference: onnx.ModelProto, candidate: onnx.ModelProto, batc
     measured = measure(reference, candidate, batches, pairs, kinds, matching=matching, total=total,
                        progress=progress, keep_inputs=latency_settings.max_inputs if latency else 0,
                        keep_samples=per_layer_samples if per_layer else 0)
+    return _report(reference, candidate, measured, notes, description=description, matching=matching,
+                   latency=latency, thresholds=thresholds, progress=progress, latency_settings=latency_settings,
+                   per_layer_samples=per_layer_samples, pairs=pairs, kinds=kinds, specs=specs)
+
+
+def _compare_on(engine: "Engine", reference: ModelLike, candidate: ModelLike, ref_model: onnx.ModelProto,
+                cand_model: onnx.ModelProto, dataset, *, per_layer: bool, latency: bool,
+                max_samples: int | None, batch_size: int, thresholds: Thresholds, progress: bool,
+                latency_settings: LatencySettings, parts: int | None) -> CompareReport:
+    from ptq_cli.compare.sharded import measure_on
+
+    if per_layer:
+        raise UsageError("--per-layer runs in one process (it needs both models' intermediate tensors "
+                         "side by side); drop --engine dask for it")
+    if not all(isinstance(m, (str, os.PathLike)) for m in (reference, candidate)):
+        raise UsageError("comparing on an engine needs both models as file paths (the workers read them)")
+    pairs, notes = output_pairs(ref_model, cand_model)
+    kinds = output_kinds(ref_model)
+    measured = measure_on(engine, reference, candidate, dataset, pairs, kinds, batch_size=batch_size,
+                          max_samples=max_samples, parts=parts, progress=progress,
+                          keep_inputs=latency_settings.max_inputs if latency else 0)
+    return _report(ref_model, cand_model, measured, notes, description=dataset.description, matching=None,
+                   latency=latency, thresholds=thresholds, progress=progress,
+                   latency_settings=latency_settings, per_layer_samples=DEFAULT_SENSITIVITY_SAMPLES,
+                   pairs=pairs, kinds=kinds, specs=check_same_inputs(ref_model, cand_model))
+
+
+def _report(reference: onnx.ModelProto, candidate: onnx.ModelProto, measured, notes: list[str], *,
+            description: str, matching, latency: bool, thresholds: Thresholds, progress: bool,
+            latency_settings: LatencySettings, per_layer_samples: int, pairs, kinds, specs) -> CompareReport:
+    """The report of what `measure` (or a cluster) measured: per-layer sensitivity and latency
+    are measured here, in this process."""
     if measured.samples == 0:
         raise DataError(f"no samples were read from {description}; nothing to compare")
     layers = measured.layers

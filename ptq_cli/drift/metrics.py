@@ -151,6 +151,23 @@ class ErrorAccumulator:
         logs = np.clip(logs, edges[0], edges[-1])
         self.hist += np.histogram(logs, bins=edges)[0]
 
+    def merge(self, other: "ErrorAccumulator") -> None:
+        """Add `other`'s figures. Counts, max and min merge exactly in any order; the float sums
+        are the ones `update` would have made when `other` holds one batch and batches are merged
+        in their order (0.0 + x is x), which is how compare/sharded.py uses it."""
+        self.samples += other.samples
+        self.nonfinite_cand += other.nonfinite_cand
+        self.nonfinite_ref += other.nonfinite_ref
+        self.elements += other.elements
+        self.sum_sq_ref += other.sum_sq_ref
+        self.sum_sq_err += other.sum_sq_err
+        self.sum_abs_err += other.sum_abs_err
+        self.max_abs_err = max(self.max_abs_err, other.max_abs_err)
+        self.sum_cos += other.sum_cos
+        self.min_cos = min(self.min_cos, other.min_cos)
+        if self.hist is not None and other.hist is not None:
+            self.hist += other.hist
+
     def summary(self) -> ErrorSummary:
         n = self.elements
         return ErrorSummary(
@@ -289,6 +306,17 @@ class ClassAccumulator:
         best = copy.copy(self)
         best.samples, best.agree1, best.agree5 = self.samples + rows, self.agree1 + rows, self.agree5 + rows
         return best
+
+    def merge(self, other: "ClassAccumulator") -> None:
+        """Add `other`'s counts (integers: exact in any order)."""
+        if other.classes != self.classes:
+            raise ValueError(f"cannot merge top-k counts of {self.classes} and {other.classes} classes")
+        self.samples += other.samples
+        self.agree1 += other.agree1
+        self.agree5 += other.agree5
+        self.labelled += other.labelled
+        self.ref_hits = [a + b for a, b in zip(self.ref_hits, other.ref_hits)]
+        self.cand_hits = [a + b for a, b in zip(self.cand_hits, other.cand_hits)]
 
     def summary(self) -> ClassSummary:
         n, k = self.samples, self.labelled

@@ -101,6 +101,20 @@ class OutputState:
         best.sequences = sequences or self.sequences
         return best
 
+    def merge(self, other: "OutputState") -> None:
+        """Fold in the figures of the batches `other` saw, as if they came after these: exact
+        when `other` holds one batch (see ErrorAccumulator.merge), so a cluster's per-batch
+        states folded in batch order give the single run's report."""
+        if other.shape is not None:
+            self._note_shape(other.shape)
+        self.equal += other.equal
+        self.rows += other.rows
+        self.errors.merge(other.errors)
+        if other.classes is not None:
+            self._classes(other.classes.classes).merge(other.classes)
+        if other.sequences is not None and self.sequences is not None:
+            self.sequences.merge(other.sequences)
+
     def _classes(self, classes: int) -> ClassAccumulator:
         if self.classes is None:
             self.classes = ClassAccumulator(classes)

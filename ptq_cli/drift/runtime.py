@@ -15,14 +15,18 @@ from ptq_cli.failures import onnxruntime_message
 
 
 def make_session(model: onnx.ModelProto | bytes, what: str, *, extra_outputs: tuple[str, ...] = (),
-                 disabled_optimizers: tuple[str, ...] = (), literal: bool = False) -> ort.InferenceSession:
+                 disabled_optimizers: tuple[str, ...] = (), literal: bool = False,
+                 threads: int = 0) -> ort.InferenceSession:
     """A CPU session for `model` (or its serialized bytes), optionally exposing `extra_outputs` too
     (the input is not modified). `literal`: no graph optimization at all, so Q/DQ pairs run as
-    written (exact fake quantization) and the session loads several times faster."""
+    written (exact fake quantization) and the session loads several times faster. threads > 0
+    fixes onnxruntime's intra-op threads (one per task on a cluster worker)."""
     if extra_outputs:
         model = with_outputs(model, extra_outputs)
     options = ort.SessionOptions()
     options.log_severity_level = 3  # keep onnxruntime's warnings off the user's terminal
+    if threads:
+        options.intra_op_num_threads = threads
     if literal:
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     try:

@@ -41,6 +41,12 @@ class SequenceAccumulator:
         _add_counts(best.counts, counts)
         return best
 
+    def merge(self, other: "SequenceAccumulator") -> None:
+        """Append `other`'s samples after these (the blank is chosen from the summed counts)."""
+        self.pairs.extend(other.pairs)
+        self.perfect += other.perfect
+        _add_counts(self.counts, other.counts)
+
     @property
     def blank(self) -> int | None:
         return max(self.counts, key=lambda cls: (self.counts[cls], -cls)) if self.counts else None
