@@ -76,6 +76,8 @@ class DriftProbe:
         session = make_session(reference, "reference")
         self.expected = [run(session, chunk, "reference", [r for r, _ in self.pairs]) for chunk in self.chunks]
         self._perfect_batches: list[dict[str, PerfectBatch | None]] | None = None
+        self._order: list[int] = list(range(len(self.chunks)))  # the order early-stopped runs take
+        self._hardness: dict[int, tuple[int, float]] = {}  # per chunk, from its last run: see _hardness
 
     def measure(self, candidate: onnx.ModelProto | bytes, judge: Judge | None = None, *,
                 stop_early: bool = False) -> Drift:
@@ -92,24 +94,43 @@ class DriftProbe:
         can only rise when a sample is added that agrees exactly, so this stop never turns a pass
         into a fail nor a fail into a pass: its error rates are zero, and a candidate that passes
         always runs every sample. With labels (top-1 accuracy: a candidate may beat the reference
-        on a sample) it never stops."""
-        states = [OutputState(r, c, self.kinds.get(r, OutputKind.TENSOR), histogram=False) for r, c in self.pairs]
+        on a sample) it never stops.
+
+        So that a failing candidate fails after few samples, the samples that disagreed most in
+        the previous measurements run first; the figures are still summed in the samples' own
+        order (one state per sample, merged in order: 0.0 + x is x), so they do not depend on it."""
         rest = self._perfect() if stop_early and judge is not None and not any(self.labels) else None
-        measured = 0
-        for index, (chunk, expected, labels) in enumerate(zip(self.chunks, self.expected, self.labels)):
+        order = self._order if rest is not None else range(len(self.chunks))
+        done: dict[int, list[OutputState]] = {}
+        so_far = self._states()
+        for step, index in enumerate(order):
+            chunk, expected = self.chunks[index], self.expected[index]
             got = run(session, chunk, "candidate", [c for _, c in self.pairs])
-            for state in states:
-                state.update(expected[state.name], got[state.cand_name], _rows(chunk), labels)
-            measured += _rows(chunk)
-            if rest is None or index + 1 == len(self.chunks):
+            done[index] = self._states()
+            for state, whole in zip(done[index], so_far):
+                state.update(expected[state.name], got[state.cand_name], _rows(chunk), self.labels[index])
+                whole.merge(state)
+            self._hardness[index] = _hardness(done[index])
+            if rest is None or step + 1 == len(self.chunks):
                 continue
-            best = tuple(s.best_case([batch[s.name] for batch in rest[index + 1:]]).report() for s in states)
-            verdicts = judge(best)
+            left = [rest[i] for i in order[step + 1:]]
+            verdicts = judge(tuple(s.best_case([batch[s.name] for batch in left]).report() for s in so_far))
             if not all(r.passed for r in verdicts):
-                outputs = tuple(state.report() for state in states)
+                self._reorder()
+                measured = sum(_rows(self.chunks[i]) for i in done)
+                outputs = tuple(state.report() for state in _merged(self._states(), done))
                 return Drift(measured, self.description, outputs, verdicts, complete=False)
-        outputs = tuple(state.report() for state in states)
+        if rest is not None:
+            self._reorder()
+        outputs = tuple(state.report() for state in _merged(self._states(), done))
         return Drift(self.samples, self.description, outputs, judge(outputs) if judge is not None else ())
+
+    def _states(self) -> list[OutputState]:
+        return [OutputState(r, c, self.kinds.get(r, OutputKind.TENSOR), histogram=False) for r, c in self.pairs]
+
+    def _reorder(self) -> None:
+        """Samples that disagreed first, then those never run, then the rest, worst first."""
+        self._order = sorted(range(len(self.chunks)), key=lambda i: (*self._hardness.get(i, (0, -math.inf)), i))
 
     def _perfect(self) -> list[dict[str, PerfectBatch | None]]:
         """Per chunk, what each output would add with a candidate equal to the reference."""
@@ -119,6 +140,29 @@ class DriftProbe:
                  for name, _ in self.pairs}
                 for chunk, expected in zip(self.chunks, self.expected)]
         return self._perfect_batches
+
+
+def _merged(states: list[OutputState], done: dict[int, list[OutputState]]) -> list[OutputState]:
+    """`states` with every chunk's figures folded in, in chunk order."""
+    for index in sorted(done):
+        for state, part in zip(states, done[index]):
+            state.merge(part)
+    return states
+
+
+def _hardness(states: list[OutputState]) -> tuple[int, float]:
+    """How badly a candidate did on one chunk, as a sort key (worst first): the rows, steps or
+    integers that disagree with the reference, then the noise-to-signal ratio of its outputs."""
+    disagree, noise = 0, 0.0
+    for state in states:
+        if state.classes is not None:
+            disagree += state.classes.samples - state.classes.agree1
+        disagree += state.rows - state.equal
+        errors = state.errors
+        disagree += errors.nonfinite_cand
+        if errors.sum_sq_ref > 0:
+            noise += errors.sum_sq_err / errors.sum_sq_ref
+    return -disagree, -noise
 
 
 def _rows(feeds: dict[str, np.ndarray]) -> int:

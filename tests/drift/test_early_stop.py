@@ -108,3 +108,19 @@ def test_labels_turn_the_early_stop_off():
                        labels=[(c,) for c in classes])
     drift = probe.measure(scores_model(SWAP_0_1), judge, stop_early=True)
     assert drift.complete and drift.samples == SAMPLES and not drift.passed
+
+
+def test_samples_that_disagreed_run_first_and_the_figures_do_not_depend_on_the_order():
+    """A failing candidate reorders the probe (its disagreeing samples first): the next failing
+    one stops sooner, and a passing one gets the very figures of a probe never reordered."""
+    classes = [5] * 60 + [0] * 40  # the disagreements of SWAP_0_1 come last
+    reference = scores_model(list(range(CLASSES)))
+    probe = DriftProbe(reference, samples_with_best(classes), description="test", batch_free=False)
+    first = probe.measure(scores_model(SWAP_0_1), judge, stop_early=True)
+    assert not first.passed and first.samples == 71  # 60 agreeing samples, then 11 that do not
+    again = probe.measure(scores_model(SWAP_0_1), judge, stop_early=True)
+    assert not again.passed and again.samples == 11
+    swap_2_3 = [0, 1, 3, 2, *range(4, CLASSES)]  # disagrees on no sample: passes
+    reordered = probe.measure(scores_model(swap_2_3), judge, stop_early=True)
+    fresh = DriftProbe(reference, samples_with_best(classes), description="test", batch_free=False)
+    assert reordered.passed and reordered.outputs == fresh.measure(scores_model(swap_2_3), judge).outputs

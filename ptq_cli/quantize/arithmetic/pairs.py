@@ -36,6 +36,8 @@ instead of 58.44 % (58.00 by the variance).
 
 from __future__ import annotations
 
+import hashlib
+from collections import OrderedDict
 from dataclasses import dataclass
 
 import numpy as np
@@ -174,7 +176,22 @@ def portable_weight(value: np.ndarray, qp: QParams, pairing: Pairing, rng: np.ra
     already keep every pair in range is left as it is. Otherwise, for symmetric weights whose
     scales are one per row (or one in all), the step of `steps` (SCALE_STEPS; powers of two
     keep power-of-two scales: POWER_OF_TWO_STEPS) that fit_pairs finds, rounded to nearest there
-    or stochastically with `rng` and then bounded; for other weights, their integers bounded."""
+    or stochastically with `rng` and then bounded; for other weights, their integers bounded.
+
+    Rounded to nearest, the answer is remembered (_FITTED): the drift budget's search builds the
+    same weights with the same scales once per trial, and fitting 21 steps was a third of a
+    build (PP-OCRv4: 0.7 of 1.7 s)."""
+    if rng is not None:
+        return _portable_weight(value, qp, pairing, rng, steps)
+    key = _FITTED.key(value, qp, pairing, steps)
+    found = _FITTED.get(key)
+    if found is None:
+        found = _FITTED.put(key, _portable_weight(value, qp, pairing, None, steps))
+    return found
+
+
+def _portable_weight(value: np.ndarray, qp: QParams, pairing: Pairing, rng: np.random.Generator | None,
+                     steps: np.ndarray | None) -> tuple[QParams, np.ndarray]:
     integers = quantize(value, qp, rng=rng)
     if not saturates(worst_pair_sums(integers, pairing)):
         return qp, integers
@@ -191,6 +208,44 @@ def portable_weight(value: np.ndarray, qp: QParams, pairing: Pairing, rng: np.ra
     if rng is not None:
         fitted_integers = bound_pairs(quantize(value, fitted, rng=rng), unrounded(value, fitted), pairing)
     return fitted, fitted_integers.astype(qp.qtype.numpy_type)
+
+
+class _Remembered:
+    """The last answers of a pure function of arrays, up to `limit` bytes of answers, keyed by a
+    digest of every argument (not by identity: each build makes new arrays of the same values)."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit, self.size = limit, 0
+        self.answers: OrderedDict[bytes, tuple[QParams, np.ndarray]] = OrderedDict()
+
+    @staticmethod
+    def key(value: np.ndarray, qp: QParams, pairing: Pairing, steps) -> bytes:
+        digest = hashlib.blake2b(digest_size=20)
+        for array in (value, qp.scale, qp.zero_point, pairing.partner, np.asarray([] if steps is None else steps)):
+            array = np.ascontiguousarray(array)
+            digest.update(f"{array.dtype.str}{array.shape}".encode())
+            digest.update(array.data)
+        digest.update(f"{qp.qtype}|{qp.axis}|{pairing.kind}|{pairing.shape}".encode())
+        return digest.digest()
+
+    def get(self, key: bytes):
+        found = self.answers.get(key)
+        if found is not None:
+            self.answers.move_to_end(key)
+        return found
+
+    def put(self, key: bytes, answer: tuple[QParams, np.ndarray]) -> tuple[QParams, np.ndarray]:
+        for array in (answer[0].scale, answer[1]):
+            array.setflags(write=False)  # shared by every build that asks again
+        self.answers[key] = answer
+        self.size += answer[1].nbytes
+        while self.size > self.limit and len(self.answers) > 1:
+            _, (_, integers) = self.answers.popitem(last=False)
+            self.size -= integers.nbytes
+        return answer
+
+
+_FITTED = _Remembered(limit=256 << 20)  # int8 integers: a 1 GB float32 model's weights
 
 
 def unrounded(value: np.ndarray, qp: QParams) -> np.ndarray:
