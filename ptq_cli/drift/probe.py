@@ -9,8 +9,12 @@ pays only for running the candidates. Figures are those of `ptq compare` (drift/
 
 from __future__ import annotations
 
+import collections
+import itertools
 import math
+import queue
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -80,13 +84,23 @@ class DriftProbe:
         self._hardness: dict[int, tuple[int, float]] = {}  # per chunk, from its last run: see _hardness
 
     def measure(self, candidate: onnx.ModelProto | bytes, judge: Judge | None = None, *,
-                stop_early: bool = False) -> Drift:
+                stop_early: bool = False, workers: int = 1) -> Drift:
         """The candidate's drift, judged by `judge` (per-output figures in, threshold results out;
-        e.g. `Budget.judge`, or `lambda outputs: evaluate(thresholds, outputs)`)."""
-        return self.measure_session(make_session(candidate, "candidate"), judge, stop_early=stop_early)
+        e.g. `Budget.judge`, or `lambda outputs: evaluate(thresholds, outputs)`). `workers`:
+        sessions that run samples at the same time, one onnxruntime thread each (see
+        measure_sessions)."""
+        return self.measure_sessions(self.sessions(candidate, workers), judge, stop_early=stop_early)
 
-    def measure_session(self, session, judge: Judge | None = None, *, stop_early: bool = False) -> Drift:
-        """`measure` on a session already made (its creation timed apart).
+    @staticmethod
+    def sessions(candidate: onnx.ModelProto | bytes, workers: int = 1) -> list:
+        """`workers` sessions of the candidate: one with onnxruntime's own threads, or one thread
+        each (their outputs are the same bits: onnxruntime's CPU kernels split work, not sums)."""
+        threads = 1 if workers > 1 else 0
+        return [make_session(candidate, "candidate", threads=threads) for _ in range(max(1, workers))]
+
+    def measure_sessions(self, sessions: Sequence, judge: Judge | None = None, *, stop_early: bool = False) -> Drift:
+        """`measure` on sessions already made (their creation timed apart); several sessions run
+        samples in threads, and the results are taken in the order the samples were given out.
 
         stop_early: stop as soon as the candidate can no longer pass `judge`, that is when even a
         candidate equal to the reference on every sample not yet run would miss a limit. Every
@@ -98,32 +112,33 @@ class DriftProbe:
 
         So that a failing candidate fails after few samples, the samples that disagreed most in
         the previous measurements run first; the figures are still summed in the samples' own
-        order (one state per sample, merged in order: 0.0 + x is x), so they do not depend on it."""
+        order (one state per sample, merged in order: 0.0 + x is x), so they depend neither on
+        that order nor on the number of sessions."""
         rest = self._perfect() if stop_early and judge is not None and not any(self.labels) else None
-        order = self._order if rest is not None else range(len(self.chunks))
+        order = list(self._order if rest is not None else range(len(self.chunks)))
         done: dict[int, list[OutputState]] = {}
         so_far = self._states()
-        for step, index in enumerate(order):
-            chunk, expected = self.chunks[index], self.expected[index]
-            got = run(session, chunk, "candidate", [c for _, c in self.pairs])
-            done[index] = self._states()
-            for state, whole in zip(done[index], so_far):
-                state.update(expected[state.name], got[state.cand_name], _rows(chunk), self.labels[index])
-                whole.merge(state)
-            self._hardness[index] = _hardness(done[index])
-            if rest is None or step + 1 == len(self.chunks):
-                continue
-            left = [rest[i] for i in order[step + 1:]]
-            verdicts = judge(tuple(s.best_case([batch[s.name] for batch in left]).report() for s in so_far))
-            if not all(r.passed for r in verdicts):
-                self._reorder()
-                measured = sum(_rows(self.chunks[i]) for i in done)
-                outputs = tuple(state.report() for state in _merged(self._states(), done))
-                return Drift(measured, self.description, outputs, verdicts, complete=False)
+        with _Runner(sessions, self.chunks, [c for _, c in self.pairs]) as outputs:
+            for step, (index, got) in enumerate(outputs.run(order)):
+                chunk, expected = self.chunks[index], self.expected[index]
+                done[index] = self._states()
+                for state, whole in zip(done[index], so_far):
+                    state.update(expected[state.name], got[state.cand_name], _rows(chunk), self.labels[index])
+                    whole.merge(state)
+                self._hardness[index] = _hardness(done[index])
+                if rest is None or step + 1 == len(self.chunks):
+                    continue
+                left = [rest[i] for i in order[step + 1:]]
+                verdicts = judge(tuple(s.best_case([batch[s.name] for batch in left]).report() for s in so_far))
+                if not all(r.passed for r in verdicts):
+                    self._reorder()
+                    measured = sum(_rows(self.chunks[i]) for i in done)
+                    figures = tuple(state.report() for state in _merged(self._states(), done))
+                    return Drift(measured, self.description, figures, verdicts, complete=False)
         if rest is not None:
             self._reorder()
-        outputs = tuple(state.report() for state in _merged(self._states(), done))
-        return Drift(self.samples, self.description, outputs, judge(outputs) if judge is not None else ())
+        figures = tuple(state.report() for state in _merged(self._states(), done))
+        return Drift(self.samples, self.description, figures, judge(figures) if judge is not None else ())
 
     def _states(self) -> list[OutputState]:
         return [OutputState(r, c, self.kinds.get(r, OutputKind.TENSOR), histogram=False) for r, c in self.pairs]
@@ -140,6 +155,47 @@ class DriftProbe:
                  for name, _ in self.pairs}
                 for chunk, expected in zip(self.chunks, self.expected)]
         return self._perfect_batches
+
+
+class _Runner:
+    """Runs chunks on one session in this thread, or on several in as many threads (onnxruntime
+    releases the GIL while it runs); yields (chunk index, outputs) in the order given. Leaving
+    it cancels what has not started."""
+
+    def __init__(self, sessions: Sequence, chunks: Sequence[dict], names: list[str]) -> None:
+        self.sessions, self.chunks, self.names = list(sessions), chunks, names
+        self.pool = ThreadPoolExecutor(len(self.sessions)) if len(self.sessions) > 1 else None
+        self.free: queue.SimpleQueue = queue.SimpleQueue()
+        for session in self.sessions:
+            self.free.put(session)
+
+    def _one(self, index: int) -> tuple[int, dict]:
+        session = self.free.get()
+        try:
+            return index, run(session, self.chunks[index], "candidate", self.names)
+        finally:
+            self.free.put(session)
+
+    def run(self, order: Sequence[int]):
+        if self.pool is None:
+            yield from (self._one(index) for index in order)
+            return
+        pending = collections.deque()
+        todo = iter(order)
+        for index in itertools.islice(todo, len(self.sessions)):
+            pending.append(self.pool.submit(self._one, index))
+        while pending:
+            result = pending.popleft().result()
+            for index in itertools.islice(todo, 1):
+                pending.append(self.pool.submit(self._one, index))
+            yield result
+
+    def __enter__(self) -> "_Runner":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.pool is not None:
+            self.pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _merged(states: list[OutputState], done: dict[int, list[OutputState]]) -> list[OutputState]:

@@ -35,7 +35,6 @@ from tqdm import tqdm
 
 from ptq_cli.drift.layers import Matching
 from ptq_cli.drift.probe import Drift, DriftProbe, Judge
-from ptq_cli.drift.runtime import make_session
 from ptq_cli.drift.sensitivity import isolated_rows
 from ptq_cli.drift.switches import FloatBase
 from ptq_cli.model.graph import GraphIndex
@@ -72,15 +71,16 @@ class SearchResult:
 
 
 def evaluate(build: Build, probe: DriftProbe, judge: Judge, recipe: Recipe, fallback: tuple[str, ...] = (),
-             run_time: tuple[str, ...] = (), *, stop_early: bool = False) -> Trial:
+             run_time: tuple[str, ...] = (), *, stop_early: bool = False, workers: int = 1) -> Trial:
     """The contract: quantize with `recipe`, measure the candidate's drift, judge it (`Budget.judge`).
-    `stop_early`: stop running samples once the candidate can no longer pass (DriftProbe.measure)."""
+    `stop_early`: stop running samples once the candidate can no longer pass (DriftProbe.measure);
+    `workers`: sessions that run samples at once (the same figures)."""
     start = time.perf_counter()
     model, plan = build(recipe)
     built = time.perf_counter()
-    session = make_session(model, "candidate")
+    sessions = probe.sessions(model, workers)
     ready = time.perf_counter()
-    drift = probe.measure_session(session, judge, stop_early=stop_early)
+    drift = probe.measure_sessions(sessions, judge, stop_early=stop_early)
     seconds = TrialTime(built - start, ready - built, time.perf_counter() - ready, drift.samples, probe.samples,
                         drift.passed)
     return Trial(recipe, model, plan, drift, fallback, run_time, seconds)
