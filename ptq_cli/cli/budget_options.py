@@ -8,7 +8,7 @@ from typing import Any
 import click
 
 BUDGET_OPTION_NAMES = ("eval_data", "min_sqnr", "min_cosine", "min_agreement", "min_sequence_agreement",
-                       "max_top1_drop", "no_budget", "best_effort", "budget_time")
+                       "max_top1_drop", "no_budget", "best_effort", "budget_time", "budget_trials", "jobs")
 
 
 def budget_options(func):
@@ -39,6 +39,13 @@ def budget_options(func):
                      help="Time limit of the fallback search, in seconds [default: none: the search ends "
                           "by itself, and the same inputs give the same bytes on any machine under any load; "
                           "with a limit, a slower or busier machine may stop at another candidate]."),
+        click.option("--budget-trials", type=click.IntRange(min=1), metavar="N", default=None,
+                     help="At most N candidates measured by the fallback search, the first included "
+                          "[default: 24]. Counted, not timed: the same bytes on any machine."),
+        click.option("--jobs", "-j", type=click.IntRange(min=1), metavar="N", default=None,
+                     help="onnxruntime sessions that run the search's samples at once, one thread each "
+                          "[default: one per core, up to 4; 1 for a model of 256 MB or more]. The result "
+                          "does not depend on it."),
     ]
     for option in reversed(options):
         func = option(func)
@@ -50,20 +57,23 @@ def pop_budget_options(kwargs: dict[str, Any]) -> dict[str, Any]:
 
 
 def budget_from_options(*, eval_data, min_sqnr, min_cosine, min_agreement, min_sequence_agreement, max_top1_drop,
-                        no_budget, best_effort, budget_time):
+                        no_budget, best_effort, budget_time, budget_trials, jobs):
     from ptq_cli.drift.thresholds import Thresholds
     from ptq_cli.errors import UsageError
-    from ptq_cli.quantize.placement.budget import DEFAULT_SECONDS, MEASURE_ONLY, Budget
+    from dataclasses import replace
+
+    from ptq_cli.quantize.placement.budget import DEFAULT_SECONDS, DEFAULT_TRIALS, MEASURE_ONLY, Budget
 
     given = Thresholds(min_sqnr, max_top1_drop, min_cosine, min_agreement, min_sequence_agreement)
     if no_budget:
-        if given.any or best_effort:
+        if given.any or best_effort or budget_trials:
             raise UsageError("--no-budget sets no limit; drop it, or drop the budget flags")
-        return MEASURE_ONLY
-    seconds = DEFAULT_SECONDS if budget_time is None else budget_time
+        return replace(MEASURE_ONLY, workers=jobs or 0)
+    search = dict(seconds=DEFAULT_SECONDS if budget_time is None else budget_time,
+                  trials=budget_trials or DEFAULT_TRIALS, workers=jobs or 0, best_effort=best_effort)
     if given.any:
-        return Budget(given, by_kind=(), seconds=seconds, best_effort=best_effort, where_measurable=False)
-    return Budget(seconds=seconds, best_effort=best_effort)
+        return Budget(given, by_kind=(), where_measurable=False, **search)
+    return Budget(**search)
 
 
 def drift_lines(result) -> list[str]:

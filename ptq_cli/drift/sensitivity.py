@@ -13,9 +13,11 @@ each on their own, and the nodes it ranked first recovered nothing when excluded
 
 from __future__ import annotations
 
+import collections
 import math
 import sys
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import onnx
@@ -57,23 +59,39 @@ def measure_sensitivity(reference: onnx.ModelProto, candidate: onnx.ModelProto, 
 def isolated_rows(base: FloatBase, chunks: Sequence[dict[str, np.ndarray]], expected: Sequence[dict],
                   output_pairs: list[tuple[str, str]], kinds: dict[str, OutputKind], *,
                   nodes: Sequence[int] | None = None, progress: bool = False,
-                  in_time: Callable[[], bool] | None = None, literal: bool = False) -> list[SensitivityRow]:
+                  in_time: Callable[[], bool] | None = None, literal: bool = False,
+                  workers: int = 1) -> list[SensitivityRow]:
     """One row per node of `base` (or the indices `nodes`): the outputs on `chunks` with only that
     node quantized, against the reference's `expected` outputs on the same chunks. Worst first.
     Stops early, with the rows measured so far, once `in_time()` turns false. `literal` runs the
-    variants unoptimized (see runtime.make_session): faster to load, for a ranking."""
-    rows = []
-    todo = range(len(base.nodes)) if nodes is None else nodes
-    for k in tqdm(todo, unit="node", desc="sensitivity", disable=not progress, file=sys.stderr):
-        if in_time is not None and not in_time():
-            break
+    variants unoptimized (see runtime.make_session): faster to load, for a ranking. `workers`
+    variants are measured at once, in threads, one onnxruntime thread each (the same rows)."""
+    todo = list(range(len(base.nodes)) if nodes is None else nodes)
+
+    def row(k: int) -> SensitivityRow:
         node = base.nodes[k]
         what = f"variant with only {node.name or node.op_type!r} quantized"
-        session = make_session(base.variant(k), what, disabled_optimizers=_KEEP_FLOAT_WEIGHTS, literal=literal)
+        session = make_session(base.variant(k), what, disabled_optimizers=_KEEP_FLOAT_WEIGHTS, literal=literal,
+                               threads=1 if workers > 1 else 0)
         state = _VariantState(output_pairs, kinds)
         for chunk, ref in zip(chunks, expected):
             state.update(ref, run(session, chunk, what, [c for _, c in output_pairs]), _rows(chunk))
-        rows.append(state.row(node.name, node.op_type))
+        return state.row(node.name, node.op_type)
+
+    rows = []
+    with tqdm(total=len(todo), unit="node", desc="sensitivity", disable=not progress, file=sys.stderr) as bar, \
+            ThreadPoolExecutor(max(1, workers)) as pool:
+        pending = collections.deque()
+        for k in todo:
+            if in_time is not None and not in_time():
+                break
+            pending.append(pool.submit(row, k))
+            while len(pending) > max(1, workers) or (pending and pending[0].done()):
+                rows.append(pending.popleft().result())
+                bar.update(1)
+        for future in pending:
+            rows.append(future.result())
+            bar.update(1)
     return sorted(rows, key=_rank)
 
 

@@ -243,7 +243,7 @@ def test_the_ladder_keeps_the_fewest_units_off_int8_and_measures_each_recipe_onc
 
     measured = []
 
-    def fake_evaluate(build, probe, judge, recipe, floated=(), run_time=(), stop_early=False):
+    def fake_evaluate(build, probe, judge, recipe, floated=(), run_time=(), stop_early=False, workers=1):
         measured.append((tuple(sorted(recipe.exclude)), tuple(sorted(recipe.run_time))))
         ok = "M" in recipe.exclude or {"C1", "C2", "C3"} <= set(recipe.exclude)
         drift = types.SimpleNamespace(passed=ok, score=lambda: 1.0 if ok else 0.0, results=(), outputs=())
@@ -272,7 +272,7 @@ def test_a_prefix_that_leaves_nothing_quantized_bounds_the_search_from_above(mon
 
     ranked = [(f"C{i}",) for i in range(10)] + [("pool",)]
 
-    def fake_evaluate(build, probe, judge, recipe, floated=(), run_time=(), stop_early=False):
+    def fake_evaluate(build, probe, judge, recipe, floated=(), run_time=(), stop_early=False, workers=1):
         k = len(recipe.exclude)
         anything = k < len(ranked) - 1  # the pool is glue: float once every Conv is
         ok = 9 <= k  # above 8, the last power of two the search tries
@@ -305,7 +305,7 @@ def test_under_a_share_limit_the_passing_prefix_is_not_pruned(monkeypatch):
              ("min_agreement", integers, True))
     for limit, output, pruned in cases:
         def fake_evaluate(build, probe, judge, recipe, floated=(), run_time=(), limit=limit, output=output,
-                          stop_early=False):
+                          stop_early=False, workers=1):
             ok = "A" in recipe.exclude  # only A is needed; B rides along in the prefix
             results = (ThresholdResult(limit, 0.9, 0.95 if ok else 0.5, ok, ""),)
             drift = types.SimpleNamespace(passed=ok, score=lambda: 1.0 if ok else 0.0, results=results,
@@ -320,3 +320,38 @@ def test_under_a_share_limit_the_passing_prefix_is_not_pruned(monkeypatch):
         fallback._grow(trials, [("B",), ("A",), ("C",)], set())
         fallback._prune(trials, set())
         assert trials.passing.fallback == (("A",) if pruned else ("B", "A")), limit
+
+
+def test_parallel_early_stopped_remembered_searches_write_the_bytes_of_the_plain_one(outlier, tmp_path):
+    """The search with one session and every sample run (best effort measures every candidate
+    whole), with two sessions, and again with the fitted weights remembered from the first runs:
+    the same file, byte for byte; the early stop ran fewer samples on the failing candidates."""
+    from ptq_cli.quantize.arithmetic import pairs
+
+    path, data = outlier
+    pairs._FITTED.answers.clear()
+    written = {}
+    for name, budget in (("plain", Budget(workers=1, best_effort=True)), ("early", Budget(workers=1)),
+                         ("parallel", Budget(workers=2)), ("remembered", Budget(workers=2))):
+        result = ptq_cli.quantize(path, tmp_path / f"{name}.onnx", data=data, progress=False, budget=budget)
+        written[name] = (tmp_path / f"{name}.onnx").read_bytes()
+        trials = result.seconds["trials"]
+        assert result.fallback_trials >= 2 and len(trials) == result.fallback_trials + 1
+        stopped = [t for t in trials if t["samples"] < t["of"]]
+        assert bool(stopped) is (name != "plain") and all(not t["passed"] for t in stopped)
+    assert len(set(written.values())) == 1
+    onnx.checker.check_model(onnx.load_from_string(written["plain"]), full_check=True)
+
+
+def test_the_search_measures_at_most_its_trials_and_says_so(outlier, tmp_path):
+    """Two candidates (the first one and one more) are too few for this model: nothing is
+    written and the message says how many were measured; enough trials meet the budget."""
+    path, data = outlier
+    with pytest.raises(DriftBudgetError, match="best of 2 candidates"):
+        ptq_cli.quantize(path, tmp_path / "out.onnx", data=data, progress=False, budget=Budget(trials=2))
+    assert not (tmp_path / "out.onnx").exists()
+    result = ptq_cli.quantize(path, tmp_path / "out.onnx", data=data, progress=False, budget=Budget(trials=24))
+    assert _drift(result.model)["met"] and result.fallback_trials + 1 <= 24
+    cli = CliRunner().invoke(main, ["quantize", str(path), "--data", str(data), "-o", str(tmp_path / "cli.onnx"),
+                                    "--budget-trials", "2", "-q"])
+    assert cli.exit_code == 3 and "best of 2 candidates" in cli.output

@@ -29,6 +29,7 @@ from ptq_cli.drift.kinds import OutputKind
 from ptq_cli.drift.report import OutputReport, ThresholdResult
 from ptq_cli.drift.thresholds import Thresholds, evaluate
 from ptq_cli.errors import PtqError, UsageError
+from ptq_cli.model.external import model_size
 from ptq_cli.quantize.timings import Stopwatch
 from ptq_cli.recipe import Recipe
 
@@ -56,6 +57,11 @@ DEFAULT_BY_KIND = ((OutputKind.EMBEDDING, Thresholds(min_cosine=0.99)),
 # its load. The search is bounded by its structure instead (one ranking pass, O(log n) prefix
 # trials, at most PRUNE_AT_MOST give-backs); --budget-time caps it for who prefers time to bytes.
 DEFAULT_SECONDS = math.inf
+# The default bound on the search, counted in candidates (the first one included) so that a slow
+# or busy machine writes the same file as a fast one. The shared models need at most 20
+# (PP-OCRv4: 20, MiniLM-L3: 1, the CNNs: 1); each candidate past the first costs one build and one
+# run of at most EVAL_SAMPLES samples, less when it fails (DriftProbe.measure stops it early).
+DEFAULT_TRIALS = 24
 
 
 @dataclass(frozen=True)
@@ -68,6 +74,8 @@ class Budget:
     thresholds: Thresholds = DEFAULT_THRESHOLDS
     by_kind: tuple[tuple[OutputKind, Thresholds], ...] = DEFAULT_BY_KIND  # more limits for some kinds
     seconds: float = DEFAULT_SECONDS
+    trials: int = DEFAULT_TRIALS  # candidates the search may measure, the first included
+    workers: int = 0  # onnxruntime sessions that run a candidate's samples at once (0: one per core)
     best_effort: bool = False
     fallback: bool = True  # return the most sensitive nodes to float until the limits hold
     # A limit no output can be judged by (top-1 agreement of a model without scores) is left out
@@ -78,6 +86,20 @@ class Budget:
     def __post_init__(self) -> None:
         if not self.seconds > 0:
             raise UsageError(f"the budget's time limit must be positive, got {self.seconds} s")
+        if self.trials < 1 or self.workers < 0:
+            raise UsageError(f"the search needs at least one trial and no negative worker count, got "
+                             f"{self.trials} trial(s) and {self.workers} worker(s)")
+
+    def sessions_for(self, model: onnx.ModelProto) -> int:
+        """How many sessions run a candidate's samples at once: `workers`, else one per core this
+        process may use, up to 4, and one for a model of 256 MB or more (each session holds its
+        own copy of the weights). The figures are the same for any number."""
+        if self.workers:
+            return self.workers
+        if model_size(model).total >= 256 << 20:
+            return 1
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        return max(1, min(4, cores))
 
     def judge(self, outputs: tuple[OutputReport, ...]) -> tuple[ThresholdResult, ...]:
         """The verdict of every limit on these per-output figures."""
@@ -174,13 +196,14 @@ def hold_budget(source: onnx.ModelProto, build, recipe: Recipe, samples: EvalSam
     with stopwatch.phase("reference"):
         probe = DriftProbe(source, samples.feeds, description=samples.description, batch_free=samples.batch_free,
                            labels=samples.labels)
+    workers = budget.sessions_for(source)
     with stopwatch.phase("first candidate"):
-        first = evaluate(build, probe, budget.judge, recipe, stop_early=stop_early)
+        first = evaluate(build, probe, budget.judge, recipe, stop_early=stop_early, workers=workers)
     stopwatch.trials.append(first.seconds)
     if first.drift.passed or not budget.fallback:
         return BudgetOutcome(first, first.drift.passed, False)
-    found = search(build, probe, budget.judge, first, prepared(), seconds=budget.seconds, progress=progress,
-                   stop_early=stop_early, stopwatch=stopwatch)
+    found = search(build, probe, budget.judge, first, prepared(), seconds=budget.seconds, max_trials=budget.trials,
+                   progress=progress, stop_early=stop_early, workers=workers, stopwatch=stopwatch)
     passed = found.passed and found.trial.plan.quantizes_anything
     outcome = BudgetOutcome(found.trial, passed, True, found.trials - 1, found.seconds)
     if not passed and not budget.best_effort:
@@ -191,5 +214,6 @@ def hold_budget(source: onnx.ModelProto, build, recipe: Recipe, samples: EvalSam
             f"{len(found.trial.run_time)} at run time) still misses "
             f"{reached}; nothing was written. Loosen the budget (--min-cosine, --min-agreement, ...), "
             + ("give more time (--budget-time), " if math.isfinite(budget.seconds) else "")
+            + ("allow more candidates (--budget-trials), " if found.trials >= budget.trials else "")
             + "or pass --best-effort to write the best candidate anyway")
     return outcome

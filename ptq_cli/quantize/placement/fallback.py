@@ -25,6 +25,7 @@ trial so far.
 
 from __future__ import annotations
 
+import math
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -87,11 +88,14 @@ def evaluate(build: Build, probe: DriftProbe, judge: Judge, recipe: Recipe, fall
 
 
 def search(build: Build, probe: DriftProbe, judge: Judge, first: Trial, prepared: onnx.ModelProto, *,
-           seconds: float, progress: bool = False, clock: Callable[[], float] = time.monotonic,
-           stop_early: bool = False, stopwatch: Stopwatch | None = None) -> SearchResult:
-    """Fall back the fewest ranked units until `first.recipe` passes `judge` (see the module doc).
+           seconds: float, max_trials: float = math.inf, progress: bool = False,
+           clock: Callable[[], float] = time.monotonic, stop_early: bool = False, workers: int = 1,
+           stopwatch: Stopwatch | None = None) -> SearchResult:
+    """Fall back the fewest ranked units until `first.recipe` passes `judge` (see the module doc),
+    measuring at most `max_trials` candidates (`first` included) in at most `seconds`.
     `stop_early`: each trial stops running samples once it can no longer pass (the same verdicts;
-    the figures of a failed trial then cover the samples it ran)."""
+    the figures of a failed trial then cover the samples it ran); `workers`: sessions that run
+    the ranking's variants and each trial's samples at once (the same figures)."""
     start = clock()
     if first.drift.passed:
         return SearchResult(first, True, 1, 0.0)
@@ -99,10 +103,11 @@ def search(build: Build, probe: DriftProbe, judge: Judge, first: Trial, prepared
     ranking_ends = start + seconds * RANKING_SHARE
     with stopwatch.phase("ranking"):
         ranked = rank_units(build, probe, first, prepared, progress=progress,
-                            in_time=lambda: clock() < ranking_ends)
+                            in_time=lambda: clock() < ranking_ends, workers=workers)
     with tqdm(total=None, unit="trial", desc="fallback", disable=not progress, file=sys.stderr) as bar, \
             stopwatch.phase("trials"):
-        trials = _Trials(build, probe, judge, first, bar, lambda: clock() - start < seconds, stop_early, stopwatch)
+        trials = _Trials(build, probe, judge, first, bar, lambda: clock() - start < seconds and trials.count < max_trials,
+                         stop_early, stopwatch, workers)
         run_time = _run_time_units(prepared, ranked, first.plan.dynamic, first.recipe)
         _grow(trials, ranked, run_time)
         _prune(trials, run_time)
@@ -118,9 +123,11 @@ class _Trials:
     A candidate with nothing left quantized meets any budget and is no answer: it never passes."""
 
     def __init__(self, build: Build, probe: DriftProbe, judge: Judge, first: Trial, bar,
-                 in_time: Callable[[], bool], stop_early: bool = False, stopwatch: Stopwatch | None = None) -> None:
+                 in_time: Callable[[], bool], stop_early: bool = False, stopwatch: Stopwatch | None = None,
+                 workers: int = 1) -> None:
         self.build, self.probe, self.judge, self.first, self.bar = build, probe, judge, first, bar
         self.in_time, self.stop_early, self.stopwatch = in_time, stop_early, stopwatch or Stopwatch()
+        self.workers = workers
         self.best, self.passing, self.count = first, None, 1
         self.passing_units: tuple[Unit, ...] = ()      # the units the passing trial takes off static INT8
         self.passing_run_time: tuple[Unit, ...] = ()   # of those, the ones quantized at run time
@@ -137,7 +144,8 @@ class _Trials:
             return self.verdicts[(floated, dynamic)]
         recipe = self.first.recipe.with_(exclude=self.first.recipe.exclude + floated,
                                          run_time=self.first.recipe.run_time + dynamic)
-        result = evaluate(self.build, self.probe, self.judge, recipe, floated, dynamic, stop_early=self.stop_early)
+        result = evaluate(self.build, self.probe, self.judge, recipe, floated, dynamic, stop_early=self.stop_early,
+                          workers=self.workers)
         self.stopwatch.trials.append(result.seconds)
         self.count += 1
         self.bar.update(1)
@@ -241,7 +249,7 @@ def _run_time_units(prepared: onnx.ModelProto, units: Sequence[Unit], already: S
 
 
 def rank_units(build: Build, probe: DriftProbe, first: Trial, prepared: onnx.ModelProto, *,
-               progress: bool = False, in_time: Callable[[], bool] | None = None) -> list[Unit]:
+               progress: bool = False, in_time: Callable[[], bool] | None = None, workers: int = 1) -> list[Unit]:
     """The fallback units of `first`, most harmful alone first (see the module doc): a unit ranks
     where its most harmful node does. Units left unmeasured when `in_time()` turns false follow,
     in graph order."""
@@ -254,7 +262,7 @@ def rank_units(build: Build, probe: DriftProbe, first: Trial, prepared: onnx.Mod
     picked = [k for k, node in enumerate(base.nodes) if node.name in unit_of]
     chunks, expected = _smallest(probe, RANKING_SAMPLES)
     rows = isolated_rows(base, chunks, expected, probe.pairs, probe.kinds, nodes=picked, progress=progress,
-                         in_time=in_time, literal=True)
+                         in_time=in_time, literal=True, workers=workers)
     measured = [unit_of[row.node] for row in rows]
     ranked = [u for unit in measured for u in (unit, *_feeding_units(unit, prepared, unit_of))]
     ranked += [unit_of[base.nodes[k].name] for k in picked] + units
