@@ -67,8 +67,10 @@ class DriftProbe:
     """The reference's outputs on fixed samples; `measure(candidate)` runs only the candidate."""
 
     def __init__(self, reference: onnx.ModelProto, feeds: Sequence[dict[str, np.ndarray]], *,
-                 description: str, batch_free: bool = True, labels: Sequence[tuple | None] | None = None) -> None:
-        """`labels`: one tuple of labels (one per row) or None per feed, for top-1 accuracy."""
+                 description: str, batch_free: bool = True, labels: Sequence[tuple | None] | None = None,
+                 workers: int = 1) -> None:
+        """`labels`: one tuple of labels (one per row) or None per feed, for top-1 accuracy;
+        `workers`: sessions that run the reference at once (the same outputs)."""
         self.kinds = output_kinds(reference)
         self.pairs = [(o.name, o.name) for o in reference.graph.output]
         labelled = labels is not None and any(label is not None for label in labels)
@@ -77,8 +79,9 @@ class DriftProbe:
         self.labels = list(labels) if labelled else [None] * len(self.chunks)
         self.samples = sum(_rows(c) for c in self.chunks)
         self.description = description
-        session = make_session(reference, "reference")
-        self.expected = [run(session, chunk, "reference", [r for r, _ in self.pairs]) for chunk in self.chunks]
+        with _Runner(self.sessions(reference, workers, "reference"), self.chunks, [r for r, _ in self.pairs],
+                     "reference") as runner:
+            self.expected = [outputs for _, outputs in runner.run(range(len(self.chunks)))]
         self._perfect_batches: list[dict[str, PerfectBatch | None]] | None = None
         self._order: list[int] = list(range(len(self.chunks)))  # the order early-stopped runs take
         self._hardness: dict[int, tuple[int, float]] = {}  # per chunk, from its last run: see _hardness
@@ -92,11 +95,11 @@ class DriftProbe:
         return self.measure_sessions(self.sessions(candidate, workers), judge, stop_early=stop_early)
 
     @staticmethod
-    def sessions(candidate: onnx.ModelProto | bytes, workers: int = 1) -> list:
+    def sessions(model: onnx.ModelProto | bytes, workers: int = 1, what: str = "candidate") -> list:
         """`workers` sessions of the candidate: one with onnxruntime's own threads, or one thread
         each (their outputs are the same bits: onnxruntime's CPU kernels split work, not sums)."""
         threads = 1 if workers > 1 else 0
-        return [make_session(candidate, "candidate", threads=threads) for _ in range(max(1, workers))]
+        return [make_session(model, what, threads=threads) for _ in range(max(1, workers))]
 
     def measure_sessions(self, sessions: Sequence, judge: Judge | None = None, *, stop_early: bool = False) -> Drift:
         """`measure` on sessions already made (their creation timed apart); several sessions run
@@ -162,8 +165,8 @@ class _Runner:
     releases the GIL while it runs); yields (chunk index, outputs) in the order given. Leaving
     it cancels what has not started."""
 
-    def __init__(self, sessions: Sequence, chunks: Sequence[dict], names: list[str]) -> None:
-        self.sessions, self.chunks, self.names = list(sessions), chunks, names
+    def __init__(self, sessions: Sequence, chunks: Sequence[dict], names: list[str], what: str = "candidate") -> None:
+        self.sessions, self.chunks, self.names, self.what = list(sessions), chunks, names, what
         self.pool = ThreadPoolExecutor(len(self.sessions)) if len(self.sessions) > 1 else None
         self.free: queue.SimpleQueue = queue.SimpleQueue()
         for session in self.sessions:
@@ -172,7 +175,7 @@ class _Runner:
     def _one(self, index: int) -> tuple[int, dict]:
         session = self.free.get()
         try:
-            return index, run(session, self.chunks[index], "candidate", self.names)
+            return index, run(session, self.chunks[index], self.what, self.names)
         finally:
             self.free.put(session)
 

@@ -193,10 +193,10 @@ def hold_budget(source: onnx.ModelProto, build, recipe: Recipe, samples: EvalSam
 
     stopwatch = stopwatch or Stopwatch()
     stop_early = budget.fallback and not budget.best_effort
+    workers = budget.sessions_for(source)
     with stopwatch.phase("reference"):
         probe = DriftProbe(source, samples.feeds, description=samples.description, batch_free=samples.batch_free,
-                           labels=samples.labels)
-    workers = budget.sessions_for(source)
+                           labels=samples.labels, workers=workers)
     with stopwatch.phase("first candidate"):
         first = evaluate(build, probe, budget.judge, recipe, stop_early=stop_early, workers=workers)
     stopwatch.trials.append(first.seconds)
