@@ -355,3 +355,31 @@ def test_the_search_measures_at_most_its_trials_and_says_so(outlier, tmp_path):
     cli = CliRunner().invoke(main, ["quantize", str(path), "--data", str(data), "-o", str(tmp_path / "cli.onnx"),
                                     "--budget-trials", "2", "-q"])
     assert cli.exit_code == 3 and "best of 2 candidates" in cli.output
+
+
+def test_a_weight_only_search_sends_no_matmul_to_run_time(tmp_path):
+    """Weight-only int4 that misses the budget: the search returns MatMuls to float (a recipe
+    of weight-only cannot name run-time MatMuls: the search used to fail with a usage error)."""
+    from ptq_cli.recipe import WeightOnly
+
+    rng = np.random.default_rng(4)
+    weights = [rng.normal(size=(32, 32)).astype(np.float32) for _ in range(3)]
+    nodes = [helper.make_node("MatMul", [f"h{i}", f"w{i}"], [f"h{i + 1}"], name=f"fc{i}") for i in range(3)]
+    graph = helper.make_graph(nodes, "mlp", [helper.make_tensor_value_info("h0", TensorProto.FLOAT, ["N", 32])],
+                              [helper.make_tensor_value_info("h3", TensorProto.FLOAT, ["N", 32])],
+                              [numpy_helper.from_array(w, f"w{i}") for i, w in enumerate(weights)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    path = tmp_path / "mlp.onnx"
+    onnx.save(model, path)
+    data = save_samples(tmp_path / "calib", [rng.normal(size=(1, 32)).astype(np.float32) for _ in range(24)])
+    strict = Budget(Thresholds(min_sqnr=22), by_kind=(), where_measurable=False)
+    result = ptq_cli.quantize(path, tmp_path / "out.onnx", data=data, progress=False, budget=strict,
+                              recipe=ptq_cli.Recipe(weight_only=WeightOnly(block_size=16)))
+    drift = _drift(result.model)
+    assert drift["met"] and drift["fallback"] and drift["run_time"] == [] and result.recipe.run_time == ()
+    assert drift["outputs"][0]["sqnr_db"] >= 22
+    written = onnx.load(tmp_path / "out.onnx")
+    x = rng.normal(size=(4, 32)).astype(np.float32)
+    ref, got = run(model, {"h0": x})[0], run(written, {"h0": x})[0]
+    assert 10 * np.log10(np.sum(ref ** 2) / np.sum((ref - got) ** 2)) >= 20

@@ -241,7 +241,10 @@ def _judged_by_shares(drift: Drift) -> bool:
 def _run_time_units(prepared: onnx.ModelProto, units: Sequence[Unit], already: Sequence[str],
                     recipe: Recipe) -> set[Unit]:
     """The units that can be quantized at run time and are not yet (`already`): one MatMul/Gemm
-    on a constant 2-D weight."""
+    on a constant 2-D weight, in a static quantization (--dynamic runs every one at run time
+    already; weight-only and codebook schemes keep activations float: no unit goes there)."""
+    if recipe.dynamic or recipe.weight_only is not None or recipe.weight_codebook is not None:
+        return set()
     index = GraphIndex(prepared.graph)
     by_name = {n.name: n for n in prepared.graph.node if n.name}
     return {unit for unit in units if len(unit) == 1 and unit[0] in by_name and unit[0] not in already
