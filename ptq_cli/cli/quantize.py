@@ -10,6 +10,7 @@ import click
 from ptq_cli.cli import echo_json, reported_errors
 from ptq_cli.cli.budget_options import budget_from_options, budget_options, drift_lines, pop_budget_options
 from ptq_cli.cli.data_options import data_options, image_preprocess_from_options, pop_data_options
+from ptq_cli.cli.engine_options import engine_options, engine_spec_from_options, pop_engine_options
 from ptq_cli.quantize.placement.latency.search import IfSlower, Objective
 from ptq_cli.recipe import (ExcludedConvInput, DEFAULT_DYNAMIC_OPS, CalibMethod, CalibrationSpec, Format, PerChannel, PerTensor, QType,
                             Recipe, Rounding, Target, TensorSpec, WeightCodebook)
@@ -103,6 +104,7 @@ _QTYPES = [q.value for q in QType]
               help="A recipe JSON (as recorded in an output's metadata); flags are then ignored and nothing "
                    "is timed: the recorded placement is reproduced byte for byte.")
 @budget_options
+@engine_options
 @click.option("-f", "--force", is_flag=True, help="Replace OUTPUT if it exists.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar and no summary on stderr.")
@@ -135,7 +137,12 @@ def quantize_command(ctx: click.Context, model: Path, output: Path | None, calib
 
     data_opts = pop_data_options(flags)
     budget_opts = pop_budget_options(flags)
+    engine_opts = pop_engine_options(flags)
     with reported_errors(ctx):
+        engine_spec, parts = engine_spec_from_options(**engine_opts)
+        if parts is not None:
+            raise click.UsageError("--parts splits a calibration's data (ptq calibrate); the search hands its "
+                                   "samples out by itself")
         probed = None
         if target == "host" and recipe_file is None:
             from ptq_cli.model.kernels import host_kernels
@@ -147,13 +154,20 @@ def quantize_command(ctx: click.Context, model: Path, output: Path | None, calib
         # Every file the command reads, flags included, is an input the output must not replace.
         check_output(output, force=force, protect=(model, data_opts.get("data"), data_opts.get("labels"),
                                                    calibration, recipe_file, budget_opts["eval_data"]))
-        result = quantize(model, output, data=data_opts.get("data"),
-                          calibration=calibration, recipe=recipe, image=image_preprocess_from_options(**data_opts),
-                          force=force, progress=not quiet, batch_size=batch_size, max_samples=max_samples,
-                          objective=Objective.SIZE if recipe_file else Objective(objective),
-                          if_slower=IfSlower(if_slower),
-                          eval_data=budget_opts["eval_data"], labels=data_opts.get("labels"),
-                          budget=budget_from_options(**budget_opts), data_free=data_free, probed_host=probed)
+        run = dict(data=data_opts.get("data"),
+                   calibration=calibration, recipe=recipe, image=image_preprocess_from_options(**data_opts),
+                   force=force, progress=not quiet, batch_size=batch_size, max_samples=max_samples,
+                   objective=Objective.SIZE if recipe_file else Objective(objective),
+                   if_slower=IfSlower(if_slower),
+                   eval_data=budget_opts["eval_data"], labels=data_opts.get("labels"),
+                   budget=budget_from_options(**budget_opts), data_free=data_free, probed_host=probed)
+        if engine_spec is None:
+            result = quantize(model, output, **run)
+        else:
+            from ptq_cli.engine import open_engine
+
+            with open_engine(engine_spec) as engine:
+                result = quantize(model, output, engine=engine, **run)
     if as_json:
         echo_json(result.to_dict(), indent=2)
     if not quiet:

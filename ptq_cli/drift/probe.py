@@ -9,13 +9,11 @@ pays only for running the candidates. Figures are those of `ptq compare` (drift/
 
 from __future__ import annotations
 
-import collections
-import itertools
+import contextlib
 import math
-import queue
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import onnx
@@ -23,8 +21,11 @@ import onnx
 from ptq_cli.drift.kinds import OutputKind, output_kinds
 from ptq_cli.drift.outputs import OutputState, PerfectBatch
 from ptq_cli.drift.report import OutputReport, ThresholdResult
-from ptq_cli.drift.runtime import make_session, run
+from ptq_cli.drift.runners import OnEngine, Sessions
 from ptq_cli.drift.sensitivity import regroup
+
+if TYPE_CHECKING:
+    from ptq_cli.engine import Engine
 
 Judge = Callable[[tuple[OutputReport, ...]], tuple[ThresholdResult, ...]]
 
@@ -68,9 +69,11 @@ class DriftProbe:
 
     def __init__(self, reference: onnx.ModelProto, feeds: Sequence[dict[str, np.ndarray]], *,
                  description: str, batch_free: bool = True, labels: Sequence[tuple | None] | None = None,
-                 workers: int = 1) -> None:
-        """`labels`: one tuple of labels (one per row) or None per feed, for top-1 accuracy;
-        `workers`: sessions that run the reference at once (the same outputs)."""
+                 workers: int = 1, engine: "Engine | None" = None) -> None:
+        """`labels`: one tuple of labels (one per row) or None per feed, for top-1 accuracy.
+        `workers`: sessions that run samples at once in this process, one onnxruntime thread each;
+        `engine` (a cluster: --engine dask) runs them on its workers instead. The figures are the
+        same either way (runners.py)."""
         self.kinds = output_kinds(reference)
         self.pairs = [(o.name, o.name) for o in reference.graph.output]
         labelled = labels is not None and any(label is not None for label in labels)
@@ -79,31 +82,28 @@ class DriftProbe:
         self.labels = list(labels) if labelled else [None] * len(self.chunks)
         self.samples = sum(_rows(c) for c in self.chunks)
         self.description = description
-        with _Runner(self.sessions(reference, workers, "reference"), self.chunks, [r for r, _ in self.pairs],
-                     "reference") as runner:
-            self.expected = [outputs for _, outputs in runner.run(range(len(self.chunks)))]
+        self.workers, self.engine = workers, engine if engine is not None and engine.distributed else None
+        names = [r for r, _ in self.pairs]
+        with contextlib.closing(self.load(reference, "reference").run(self.chunks, range(len(self.chunks)),
+                                                                      names)) as outputs:
+            self.expected = [got for _, got in outputs]
         self._perfect_batches: list[dict[str, PerfectBatch | None]] | None = None
         self._order: list[int] = list(range(len(self.chunks)))  # the order early-stopped runs take
         self._hardness: dict[int, tuple[int, float]] = {}  # per chunk, from its last run: see _hardness
 
+    def load(self, model: onnx.ModelProto | bytes, what: str = "candidate") -> Sessions | OnEngine:
+        """Where `model` runs: its sessions here, or the engine's workers (which load it there)."""
+        return OnEngine(self.engine, model, what) if self.engine is not None else Sessions(model, what, self.workers)
+
     def measure(self, candidate: onnx.ModelProto | bytes, judge: Judge | None = None, *,
-                stop_early: bool = False, workers: int = 1) -> Drift:
+                stop_early: bool = False) -> Drift:
         """The candidate's drift, judged by `judge` (per-output figures in, threshold results out;
-        e.g. `Budget.judge`, or `lambda outputs: evaluate(thresholds, outputs)`). `workers`:
-        sessions that run samples at the same time, one onnxruntime thread each (see
-        measure_sessions)."""
-        return self.measure_sessions(self.sessions(candidate, workers), judge, stop_early=stop_early)
+        e.g. `Budget.judge`, or `lambda outputs: evaluate(thresholds, outputs)`)."""
+        return self.measure_loaded(self.load(candidate), judge, stop_early=stop_early)
 
-    @staticmethod
-    def sessions(model: onnx.ModelProto | bytes, workers: int = 1, what: str = "candidate") -> list:
-        """`workers` sessions of the candidate: one with onnxruntime's own threads, or one thread
-        each (their outputs are the same bits: onnxruntime's CPU kernels split work, not sums)."""
-        threads = 1 if workers > 1 else 0
-        return [make_session(model, what, threads=threads) for _ in range(max(1, workers))]
-
-    def measure_sessions(self, sessions: Sequence, judge: Judge | None = None, *, stop_early: bool = False) -> Drift:
-        """`measure` on sessions already made (their creation timed apart); several sessions run
-        samples in threads, and the results are taken in the order the samples were given out.
+    def measure_loaded(self, loaded: Sessions | OnEngine, judge: Judge | None = None, *,
+                       stop_early: bool = False) -> Drift:
+        """`measure` on a candidate already loaded (`load`: its sessions' creation timed apart).
 
         stop_early: stop as soon as the candidate can no longer pass `judge`, that is when even a
         candidate equal to the reference on every sample not yet run would miss a limit. Every
@@ -116,13 +116,13 @@ class DriftProbe:
         So that a failing candidate fails after few samples, the samples that disagreed most in
         the previous measurements run first; the figures are still summed in the samples' own
         order (one state per sample, merged in order: 0.0 + x is x), so they depend neither on
-        that order nor on the number of sessions."""
+        that order nor on where the samples ran."""
         rest = self._perfect() if stop_early and judge is not None and not any(self.labels) else None
         order = list(self._order if rest is not None else range(len(self.chunks)))
         done: dict[int, list[OutputState]] = {}
         so_far = self._states()
-        with _Runner(sessions, self.chunks, [c for _, c in self.pairs]) as outputs:
-            for step, (index, got) in enumerate(outputs.run(order)):
+        with contextlib.closing(loaded.run(self.chunks, order, [c for _, c in self.pairs])) as outputs:
+            for step, (index, got) in enumerate(outputs):
                 chunk, expected = self.chunks[index], self.expected[index]
                 done[index] = self._states()
                 for state, whole in zip(done[index], so_far):
@@ -158,47 +158,6 @@ class DriftProbe:
                  for name, _ in self.pairs}
                 for chunk, expected in zip(self.chunks, self.expected)]
         return self._perfect_batches
-
-
-class _Runner:
-    """Runs chunks on one session in this thread, or on several in as many threads (onnxruntime
-    releases the GIL while it runs); yields (chunk index, outputs) in the order given. Leaving
-    it cancels what has not started."""
-
-    def __init__(self, sessions: Sequence, chunks: Sequence[dict], names: list[str], what: str = "candidate") -> None:
-        self.sessions, self.chunks, self.names, self.what = list(sessions), chunks, names, what
-        self.pool = ThreadPoolExecutor(len(self.sessions)) if len(self.sessions) > 1 else None
-        self.free: queue.SimpleQueue = queue.SimpleQueue()
-        for session in self.sessions:
-            self.free.put(session)
-
-    def _one(self, index: int) -> tuple[int, dict]:
-        session = self.free.get()
-        try:
-            return index, run(session, self.chunks[index], self.what, self.names)
-        finally:
-            self.free.put(session)
-
-    def run(self, order: Sequence[int]):
-        if self.pool is None:
-            yield from (self._one(index) for index in order)
-            return
-        pending = collections.deque()
-        todo = iter(order)
-        for index in itertools.islice(todo, len(self.sessions)):
-            pending.append(self.pool.submit(self._one, index))
-        while pending:
-            result = pending.popleft().result()
-            for index in itertools.islice(todo, 1):
-                pending.append(self.pool.submit(self._one, index))
-            yield result
-
-    def __enter__(self) -> "_Runner":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        if self.pool is not None:
-            self.pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _merged(states: list[OutputState], done: dict[int, list[OutputState]]) -> list[OutputState]:

@@ -96,7 +96,7 @@ def quantize(model: str | os.PathLike | onnx.ModelProto, output: str | os.PathLi
              objective: Objective = Objective.SIZE, if_slower: IfSlower = IfSlower.INT8,
              machine: Machine | None = None,
              eval_data=None, labels=None, budget: Budget = Budget(), data_free: bool = False,
-             probed_host: HostKernels | None = None) -> QuantizeResult:
+             probed_host: HostKernels | None = None, engine=None) -> QuantizeResult:
     """Quantize `model` (a path or a ModelProto) and write it to `output` (when given).
 
     Activation ranges come from `calibration` (a CalibrationTable or the path of one) or are
@@ -116,6 +116,11 @@ def quantize(model: str | os.PathLike | onnx.ModelProto, output: str | os.PathLi
     `recipe.target` says which CPUs the integer weights are exact on (Target.PORTABLE, the
     default: every one); `probed_host`, when the caller chose the target by probing this
     machine (model/kernels.py), is recorded in the output's metadata and the result.
+
+    `engine` (ptq_cli.engine.open_engine, a Dask cluster) runs the drift budget's reference and
+    candidates on its workers, with the same decisions and bytes as here; the calibration and
+    the ranking stay in this process (calibrate on the cluster first with `calibrate(...,
+    engine=)` and pass the table), and so does latency timing, which measures this machine.
 
     data_free=True needs neither data nor a table: ranges come from BatchNormalization statistics
     where the model has them and from synthetic inputs (seeded by recipe.seed) elsewhere
@@ -151,7 +156,7 @@ def quantize(model: str | os.PathLike | onnx.ModelProto, output: str | os.PathLi
     # The drift is measured on real samples only (`data`), never on data-free synthetic ones.
     with stopwatch.phase("reference"):
         samples = eval_samples(source, data, eval_data, image, labels)
-    outcome = _within_budget(source, floating, build, recipe, samples, budget, progress, stopwatch)
+    outcome = _within_budget(source, floating, build, recipe, samples, budget, progress, stopwatch, engine)
     if outcome is not None:
         quantized, plan, recipe = outcome.trial.model, outcome.trial.plan, outcome.trial.recipe
     elif decision is not None and recipe == decision.recipe:
@@ -211,7 +216,7 @@ def _fallback_reason(skip: SkipReason, fallback: tuple[str, ...]) -> SkipReason:
 
 
 def _within_budget(source, floating, build, recipe: Recipe, samples, budget: Budget,
-                   progress: bool, stopwatch: Stopwatch) -> BudgetOutcome | None:
+                   progress: bool, stopwatch: Stopwatch, engine=None) -> BudgetOutcome | None:
     """The candidate of `recipe`, held to the drift budget on the evaluation samples; None when
     there are no samples to measure on."""
     if samples is None:
@@ -220,7 +225,7 @@ def _within_budget(source, floating, build, recipe: Recipe, samples, budget: Bud
         return None
     return hold_budget(source, build, recipe, samples, budget,
                        lambda: prepare(floating, min_opset=required_opset(recipe)), progress=progress,
-                       stopwatch=stopwatch)
+                       stopwatch=stopwatch, engine=engine)
 
 
 def _input_paths(*given) -> tuple[str | os.PathLike, ...]:

@@ -181,13 +181,14 @@ class BudgetOutcome:
 
 def hold_budget(source: onnx.ModelProto, build, recipe: Recipe, samples: EvalSamples, budget: Budget,
                 prepared: Callable[[], onnx.ModelProto], *, progress: bool,
-                stopwatch: Stopwatch | None = None) -> BudgetOutcome:
+                stopwatch: Stopwatch | None = None, engine=None) -> BudgetOutcome:
     """Measure `build(recipe)`'s drift on `samples`; fall back until the budget holds if it does not.
     Raises DriftBudgetError when it cannot be met and best effort was not asked for.
 
     A candidate that can no longer pass stops running samples (DriftProbe.measure: the same
     verdicts), except under best effort, which may write the best failing candidate and so
-    compares full figures, and without the fallback, which reports the first candidate's."""
+    compares full figures, and without the fallback, which reports the first candidate's.
+    `engine` (a cluster) runs the reference and the candidates on its workers."""
     from ptq_cli.drift.probe import DriftProbe
     from ptq_cli.quantize.placement.fallback import evaluate, search
 
@@ -196,9 +197,9 @@ def hold_budget(source: onnx.ModelProto, build, recipe: Recipe, samples: EvalSam
     workers = budget.sessions_for(source)
     with stopwatch.phase("reference"):
         probe = DriftProbe(source, samples.feeds, description=samples.description, batch_free=samples.batch_free,
-                           labels=samples.labels, workers=workers)
+                           labels=samples.labels, workers=workers, engine=engine)
     with stopwatch.phase("first candidate"):
-        first = evaluate(build, probe, budget.judge, recipe, stop_early=stop_early, workers=workers)
+        first = evaluate(build, probe, budget.judge, recipe, stop_early=stop_early)
     stopwatch.trials.append(first.seconds)
     if first.drift.passed or not budget.fallback:
         return BudgetOutcome(first, first.drift.passed, False)

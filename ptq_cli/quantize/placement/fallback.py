@@ -72,16 +72,15 @@ class SearchResult:
 
 
 def evaluate(build: Build, probe: DriftProbe, judge: Judge, recipe: Recipe, fallback: tuple[str, ...] = (),
-             run_time: tuple[str, ...] = (), *, stop_early: bool = False, workers: int = 1) -> Trial:
+             run_time: tuple[str, ...] = (), *, stop_early: bool = False) -> Trial:
     """The contract: quantize with `recipe`, measure the candidate's drift, judge it (`Budget.judge`).
-    `stop_early`: stop running samples once the candidate can no longer pass (DriftProbe.measure);
-    `workers`: sessions that run samples at once (the same figures)."""
+    `stop_early`: stop running samples once the candidate can no longer pass (DriftProbe.measure)."""
     start = time.perf_counter()
     model, plan = build(recipe)
     built = time.perf_counter()
-    sessions = probe.sessions(model, workers)
+    loaded = probe.load(model)
     ready = time.perf_counter()
-    drift = probe.measure_sessions(sessions, judge, stop_early=stop_early)
+    drift = probe.measure_loaded(loaded, judge, stop_early=stop_early)
     seconds = TrialTime(built - start, ready - built, time.perf_counter() - ready, drift.samples, probe.samples,
                         drift.passed)
     return Trial(recipe, model, plan, drift, fallback, run_time, seconds)
@@ -95,7 +94,7 @@ def search(build: Build, probe: DriftProbe, judge: Judge, first: Trial, prepared
     measuring at most `max_trials` candidates (`first` included) in at most `seconds`.
     `stop_early`: each trial stops running samples once it can no longer pass (the same verdicts;
     the figures of a failed trial then cover the samples it ran); `workers`: sessions that run
-    the ranking's variants and each trial's samples at once (the same figures)."""
+    the ranking's variants at once (the same rows; the trials' samples run where `probe` says)."""
     start = clock()
     if first.drift.passed:
         return SearchResult(first, True, 1, 0.0)
@@ -107,7 +106,7 @@ def search(build: Build, probe: DriftProbe, judge: Judge, first: Trial, prepared
     with tqdm(total=None, unit="trial", desc="fallback", disable=not progress, file=sys.stderr) as bar, \
             stopwatch.phase("trials"):
         trials = _Trials(build, probe, judge, first, bar, lambda: clock() - start < seconds and trials.count < max_trials,
-                         stop_early, stopwatch, workers)
+                         stop_early, stopwatch)
         run_time = _run_time_units(prepared, ranked, first.plan.dynamic, first.recipe)
         _grow(trials, ranked, run_time)
         _prune(trials, run_time)
@@ -123,11 +122,9 @@ class _Trials:
     A candidate with nothing left quantized meets any budget and is no answer: it never passes."""
 
     def __init__(self, build: Build, probe: DriftProbe, judge: Judge, first: Trial, bar,
-                 in_time: Callable[[], bool], stop_early: bool = False, stopwatch: Stopwatch | None = None,
-                 workers: int = 1) -> None:
+                 in_time: Callable[[], bool], stop_early: bool = False, stopwatch: Stopwatch | None = None) -> None:
         self.build, self.probe, self.judge, self.first, self.bar = build, probe, judge, first, bar
         self.in_time, self.stop_early, self.stopwatch = in_time, stop_early, stopwatch or Stopwatch()
-        self.workers = workers
         self.best, self.passing, self.count = first, None, 1
         self.passing_units: tuple[Unit, ...] = ()      # the units the passing trial takes off static INT8
         self.passing_run_time: tuple[Unit, ...] = ()   # of those, the ones quantized at run time
@@ -144,8 +141,7 @@ class _Trials:
             return self.verdicts[(floated, dynamic)]
         recipe = self.first.recipe.with_(exclude=self.first.recipe.exclude + floated,
                                          run_time=self.first.recipe.run_time + dynamic)
-        result = evaluate(self.build, self.probe, self.judge, recipe, floated, dynamic, stop_early=self.stop_early,
-                          workers=self.workers)
+        result = evaluate(self.build, self.probe, self.judge, recipe, floated, dynamic, stop_early=self.stop_early)
         self.stopwatch.trials.append(result.seconds)
         self.count += 1
         self.bar.update(1)
