@@ -205,6 +205,7 @@ def hold_budget(source: onnx.ModelProto, build, recipe: Recipe, samples: EvalSam
         return BudgetOutcome(first, first.drift.passed, False)
     found = search(build, probe, budget.judge, first, prepared(), seconds=budget.seconds, max_trials=budget.trials,
                    progress=progress, stop_early=stop_early, workers=workers, stopwatch=stopwatch)
+    # A candidate with every node in float meets any budget (its SQNR is infinite) but is no answer.
     passed = found.passed and found.trial.plan.quantizes_anything
     outcome = BudgetOutcome(found.trial, passed, True, found.trials - 1, found.seconds)
     if not passed and not budget.best_effort:

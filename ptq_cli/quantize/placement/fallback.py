@@ -19,8 +19,9 @@ move smoothly (SQNR, cosine) each unit of the prefix is then tried back in INT8,
 first, or at run time, and kept there when the budget still holds (see _prune for why not under
 a share of the samples). 16-bit activations are no step of this ladder: onnxruntime's CPU
 kernels run them as float ops between Q/DQ pairs, slower than float itself. Every trial is one
-build and one run of the evaluation samples; the search stops at its time limit with the best
-trial so far.
+build and one run of the evaluation samples (stopped as soon as the candidate can no longer pass:
+drift/probe.py); the search stops at its limit in candidates (or seconds, when given) with the
+best trial so far.
 """
 
 from __future__ import annotations
@@ -105,8 +106,8 @@ def search(build: Build, probe: DriftProbe, judge: Judge, first: Trial, prepared
                             in_time=lambda: clock() < ranking_ends, workers=workers)
     with tqdm(total=None, unit="trial", desc="fallback", disable=not progress, file=sys.stderr) as bar, \
             stopwatch.phase("trials"):
-        trials = _Trials(build, probe, judge, first, bar, lambda: clock() - start < seconds and trials.count < max_trials,
-                         stop_early, stopwatch)
+        trials = _Trials(build, probe, judge, first, bar, lambda: clock() - start < seconds, stop_early, stopwatch,
+                         max_trials)
         run_time = _run_time_units(prepared, ranked, first.plan.dynamic, first.recipe)
         _grow(trials, ranked, run_time)
         _prune(trials, run_time)
@@ -122,13 +123,19 @@ class _Trials:
     A candidate with nothing left quantized meets any budget and is no answer: it never passes."""
 
     def __init__(self, build: Build, probe: DriftProbe, judge: Judge, first: Trial, bar,
-                 in_time: Callable[[], bool], stop_early: bool = False, stopwatch: Stopwatch | None = None) -> None:
+                 in_time: Callable[[], bool], stop_early: bool = False, stopwatch: Stopwatch | None = None,
+                 max_trials: float = math.inf) -> None:
         self.build, self.probe, self.judge, self.first, self.bar = build, probe, judge, first, bar
-        self.in_time, self.stop_early, self.stopwatch = in_time, stop_early, stopwatch or Stopwatch()
+        self.in_seconds, self.max_trials = in_time, max_trials
+        self.stop_early, self.stopwatch = stop_early, stopwatch or Stopwatch()
         self.best, self.passing, self.count = first, None, 1
         self.passing_units: tuple[Unit, ...] = ()      # the units the passing trial takes off static INT8
         self.passing_run_time: tuple[Unit, ...] = ()   # of those, the ones quantized at run time
         self.verdicts: dict[tuple[tuple[str, ...], tuple[str, ...]], bool | None] = {}  # each recipe measured once
+
+    def in_time(self) -> bool:
+        """Whether another candidate may be measured: within the count and the seconds."""
+        return self.count < self.max_trials and self.in_seconds()
 
     def met(self, units: tuple[Unit, ...], run_time: tuple[Unit, ...] = ()) -> bool | None:
         """Whether the budget holds with `units` off static INT8: those of `run_time` quantized at
