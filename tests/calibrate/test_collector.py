@@ -75,3 +75,25 @@ def test_sharded_max_samples_add_up(data_dir):
     merged = merge([calibrate(tiny_model(), data_dir, max_samples=7, shard=(k, 2), progress=False)
                     for k in range(2)])
     assert merged.samples == 7 and merged.ranges == single.ranges
+
+
+@pytest.mark.parametrize("cores", [2, 3])
+def test_batches_spread_over_sessions_give_the_one_session_table(tmp_path, monkeypatch, cores):
+    """Min/max calibration runs one session per core (one onnxruntime thread each) and folds
+    the batches in order: the very table of one session, Conv input means included."""
+    from ptq_cli.calibrate import collector
+    from tests.conftest import save_samples, tiny_conv_relu
+
+    rng = np.random.default_rng(3)
+    model = tiny_conv_relu(rng)
+    data = save_samples(tmp_path / "calib", [rng.normal(size=(1, 3, 8, 8)).astype(np.float32) for _ in range(11)])
+    monkeypatch.setattr(collector, "_cores", lambda: 1)
+    one = calibrate(model, data, progress=False).to_dict()
+    monkeypatch.setattr(collector, "_cores", lambda: cores)
+    sessions = []
+    made = collector.make_session
+    monkeypatch.setattr(collector, "make_session", lambda *a, **k: sessions.append(k) or made(*a, **k))
+    spread = calibrate(model, data, progress=False).to_dict()
+    assert len(sessions) == cores and all(k["threads"] == 1 for k in sessions)
+    assert spread == one
+    assert any(stats.get("channel_mean") for stats in one["tensors"].values())  # Conv input means compared too
