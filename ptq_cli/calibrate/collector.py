@@ -25,7 +25,7 @@ from ptq_cli.calibrate.probes import float_tensors as float_tensors  # re-export
 from ptq_cli.calibrate.stats import TensorStats, needs_histogram
 from ptq_cli.calibrate.subgraphs import SubProbe, expose_bodies, has_bodies
 from ptq_cli.data import Batch
-from ptq_cli.model.sessions import inference_session
+from ptq_cli.model.sessions import CPU, SessionSpec, open_session
 from ptq_cli.errors import CalibrationError, DataError, ModelError, UsageError
 from ptq_cli.failures import is_onnxruntime_error, onnxruntime_message
 from ptq_cli.recipe import CalibrationSpec
@@ -45,29 +45,23 @@ def select_tensors(model: onnx.ModelProto, tensors: Sequence[str] | None,
     return list(dict.fromkeys(tensors))
 
 
-def make_session(model: onnx.ModelProto, provider: str, *, numpy_work: bool = True,
-                 threads: int = 0) -> ort.InferenceSession:
+def calibration_session(model: onnx.ModelProto, provider: str, *, numpy_work: bool = True,
+                        threads: int = 0) -> ort.InferenceSession:
     """A session on `model`, from bytes (no file in the cwd); via a private temp dir over 2 GB.
     threads > 0 fixes onnxruntime's intra-op threads (a cluster worker: one per task); 0 picks
     them for this machine as below."""
-    if provider not in ort.get_available_providers():
-        raise UsageError(f"execution provider {provider!r} is not available here; "
-                         f"choose one of {ort.get_available_providers()}")
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
     # With arrays to fold (histograms), one core is left to the numpy observers, which run
     # between inferences. Measured on 2 cores (MobileNetV1-0.25, batch 1): 1 onnxruntime thread
     # runs the graph faster than 2 (2.0 vs 4.4 ms/sample with all activations fetched), because
     # the observers and onnxruntime's spinning threads otherwise fight for the cores. With only
     # reductions in the graph there is no numpy work: onnxruntime's default (all cores).
-    options.intra_op_num_threads = threads or (max(1, (os.cpu_count() or 1) - 1) if numpy_work else 0)
+    threads = threads or (max(1, (os.cpu_count() or 1) - 1) if numpy_work else 0)
     # The default order runs the reductions added at the end of the graph after everything
     # else, which keeps every activation alive until then (+10 MB on MobileNetV1-0.25, and
     # slower); priority-based order runs each right after its producer, as in plain inference.
-    options.execution_order = ort.ExecutionOrder.PRIORITY_BASED
-    providers = list(dict.fromkeys([provider, "CPUExecutionProvider"]))  # CPU runs what it cannot
+    providers = tuple(dict.fromkeys([provider, CPU]))  # CPU runs what it cannot
     try:
-        return inference_session(model, options, providers)
+        return open_session(model, SessionSpec(providers=providers, threads=threads, priority_order=True))
     except Exception as exc:  # onnxruntime raises its own exception types for every load failure
         if not is_onnxruntime_error(exc):
             raise
@@ -116,7 +110,7 @@ def collect(model: onnx.ModelProto, batches: Iterable[Batch], *, spec: Calibrati
             stats.setdefault(p.name, TensorStats.for_spec(spec, histogram=False))
         fetched += [n for p in bodies for n in (p.min, p.max, p.size)]
     augmented, plan = augment(model, reduced, [n for n in reduced if stats[n].mean is not None], fetched)
-    session = make_session(augmented, provider, numpy_work=bool(plan.fetched), threads=threads)
+    session = calibration_session(augmented, provider, numpy_work=bool(plan.fetched), threads=threads)
     del augmented  # onnxruntime holds its own copy
     scratch = Scratch()
     samples = 0

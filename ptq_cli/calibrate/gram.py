@@ -200,7 +200,7 @@ def collect_grams(model: onnx.ModelProto, batches: Iterable[Batch], *, progress:
                   total: int | None = None, sites: list[GramSite] | None = None,
                   threads: int = 0) -> dict[str, Gram]:
     """Σ x·xᵀ of every MatMul/Gemm/Conv weight's input over `batches`, keyed by gram_key."""
-    from ptq_cli.calibrate.collector import _run, make_session
+    from ptq_cli.calibrate.collector import _run, calibration_session
     from ptq_cli.calibrate.probes import Augmented
 
     sites = gram_sites(model) if sites is None else sites
@@ -208,7 +208,7 @@ def collect_grams(model: onnx.ModelProto, batches: Iterable[Batch], *, progress:
     if not sites:
         return grams
     augmented, outputs = augment_grams(model, sites)
-    session = make_session(augmented, "CPUExecutionProvider", numpy_work=False, threads=threads)
+    session = calibration_session(augmented, "CPUExecutionProvider", numpy_work=False, threads=threads)
     plan = Augmented(outputs, [], [])
     with tqdm(total=total, unit="sample", desc="second-order statistics", file=sys.stderr,
               disable=not progress, leave=False) as bar:

@@ -252,7 +252,7 @@ def write_with_external_data(model: onnx.ModelProto, data_path: Path, data_name:
 
 def serialized(model: onnx.ModelProto) -> bytes:
     """The model as one self-contained message, for code that hands onnxruntime bytes (weights
-    still on disk are read in). Above 2 GB there is no such message: use sessions.inference_session."""
+    still on disk are read in). Above 2 GB there is no such message: use sessions.open_session."""
     if not any(is_external(t) for t in model.graph.initializer):
         return model.SerializeToString()
     if model_size(model).total >= PROTOBUF_LIMIT:

@@ -66,7 +66,7 @@ def load_model(path: str | os.PathLike, *, check: bool = True, lazy: bool | None
     With lazy (by default when its external data exceeds LAZY_ABOVE) external data stays on
     disk: each tensor is read, memory-mapped, when a pass needs it, so loading costs what the
     graph costs, whatever the size of the weights. Sessions on such a model go through
-    model.sessions.inference_session, and saving through save_model."""
+    model.sessions.open_session, and saving through save_model."""
     path = Path(path)
     if not path.is_file():
         raise ModelError(f"model file not found: {path}")

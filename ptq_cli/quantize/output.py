@@ -11,7 +11,7 @@ from ptq_cli import __version__
 from ptq_cli.errors import ModelError, UsageError
 from ptq_cli.failures import is_onnxruntime_error, onnxruntime_message
 from ptq_cli.model.io import check_model
-from ptq_cli.model.sessions import inference_session
+from ptq_cli.model.sessions import open_session
 from ptq_cli.quantize.placement.plan import QuantPlan
 from ptq_cli.recipe import Recipe
 
@@ -53,12 +53,8 @@ def verify_loads(model: onnx.ModelProto, source: onnx.ModelProto | None = None) 
 
 
 def _ort_load_failure(model: onnx.ModelProto) -> Exception | None:
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
     try:
-        inference_session(model, options)
+        open_session(model)
     except Exception as exc:  # onnxruntime raises its own exception types
         if not is_onnxruntime_error(exc):
             raise

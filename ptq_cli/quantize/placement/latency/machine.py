@@ -18,6 +18,8 @@ from typing import Protocol
 
 import numpy as np
 
+from ptq_cli.model.sessions import SessionSpec, open_session
+
 Feeds = dict[str, np.ndarray]
 
 
@@ -64,15 +66,7 @@ class OnnxruntimeMachine:
     profile_runs: int = 20
 
     def _session(self, model: bytes, profile_prefix: str | None = None):
-        import onnxruntime as ort
-
-        options = ort.SessionOptions()
-        options.log_severity_level = 3
-        options.intra_op_num_threads = self.threads
-        if profile_prefix:
-            options.enable_profiling = True
-            options.profile_file_prefix = profile_prefix
-        return ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
+        return open_session(model, SessionSpec(threads=self.threads, profile_prefix=profile_prefix))
 
     def time(self, models: Sequence[bytes], feeds: Sequence[Feeds]) -> list[Timing]:
         sessions = [self._session(m) for m in models]
