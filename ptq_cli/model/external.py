@@ -261,3 +261,17 @@ def serialized(model: onnx.ModelProto) -> bytes:
         raise ModelError("this step needs the model as one protobuf message, and it is 2 GB or more; "
                          "use --objective size (no latency timing) for models this large")
     return inlined(model).SerializeToString()
+
+
+def external_data_files(path: str | os.PathLike) -> list[Path]:
+    """The files a model's external tensors live in (an input too: no output may replace them)."""
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception:  # not a model: it has no companions
+        return []
+    files = set()
+    for tensor in model.graph.initializer:
+        for entry in tensor.external_data:
+            if entry.key == "location":
+                files.add(Path(path).parent / entry.value)
+    return sorted(files)

@@ -173,20 +173,6 @@ def _with_shape_fields(model: onnx.ModelProto) -> onnx.ModelProto:
     return copy
 
 
-def external_data_files(path: str | os.PathLike) -> list[Path]:
-    """The files a model's external tensors live in (an input too: no output may replace them)."""
-    try:
-        model = onnx.load(str(path), load_external_data=False)
-    except Exception:  # not a model: it has no companions
-        return []
-    files = set()
-    for tensor in model.graph.initializer:
-        for entry in tensor.external_data:
-            if entry.key == "location":
-                files.add(Path(path).parent / entry.value)
-    return sorted(files)
-
-
 def check_writable(path: str | os.PathLike, *, force: bool = False,
                    protect: tuple[str | os.PathLike | None, ...] = ()) -> None:
     """Refuse to write over an input (`protect`), or over an existing file without `force`.
