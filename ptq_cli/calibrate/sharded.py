@@ -27,6 +27,7 @@ from pathlib import Path
 import onnx
 
 from ptq_cli.calibrate.gram import Gram
+from ptq_cli.calibrate.in_process import calibrate_in_process
 from ptq_cli.calibrate.stats import TensorStats
 from ptq_cli.calibrate.table import CalibrationTable, model_sha256
 from ptq_cli.data import Dataset
@@ -105,13 +106,11 @@ _PREPARED: dict[tuple[str, str], onnx.ModelProto] = {}  # per worker process: (p
 
 def calibrate_part(task: PartTask) -> CalibrationTable:
     """Run on a worker: one part's table (only its statistics are used: fold_parts adds them up)."""
-    from ptq_cli.calibrate.api import calibrate
-
-    return calibrate(_prepared(task.model, task.model_sha), task.part.dataset, spec=task.spec,
-                     batch_size=task.batch_size, max_samples=task.part.max_samples, provider=task.provider,
-                     tensors=task.tensors, progress=False, histograms=task.histograms,
-                     channel_axis=task.channel_axis, grams=task.grams, model_sha=task.model_sha,
-                     prepared=True, threads=task.threads)
+    return calibrate_in_process(_prepared(task.model, task.model_sha), task.part.dataset, spec=task.spec,
+                                batch_size=task.batch_size, max_samples=task.part.max_samples,
+                                provider=task.provider, tensors=task.tensors, progress=False,
+                                histograms=task.histograms, channel_axis=task.channel_axis, grams=task.grams,
+                                model_sha=task.model_sha, prepared=True, threads=task.threads)
 
 
 def _prepared(path: str, sha: str) -> onnx.ModelProto:

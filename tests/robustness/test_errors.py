@@ -105,7 +105,7 @@ def test_ctrl_c_during_calibration_leaves_nothing(work, monkeypatch, command):
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(importlib.import_module("ptq_cli.calibrate.api"), "collect", interrupted)
+    monkeypatch.setattr(importlib.import_module("ptq_cli.calibrate.in_process"), "collect", interrupted)
     extra = ("--objective", "size") if command == "quantize" else ()
     run = invoke(work, command, work / "model.onnx", "--data", work / "data", *extra, "-q")
     run.refused(130, "interrupted")
