@@ -14,7 +14,7 @@ from typing import Any
 
 import click
 
-from ptq_cli.cli import echo_json, reported_errors
+from ptq_cli.cli.reporting import echo_json, reported_errors
 from ptq_cli.cli.data_options import data_options, dataset_from_options, pop_data_options
 from ptq_cli.cli.engine_options import engine_options, engine_spec_from_options, pop_engine_options
 from ptq_cli.model.io import check_writable

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from ptq_cli.cli import echo_json, reported_errors
+from ptq_cli.cli.reporting import echo_json, reported_errors
 from ptq_cli.cli.data_options import data_options, image_preprocess_from_options, pop_data_options
 from ptq_cli.cli.engine_options import engine_options, engine_spec_from_options, pop_engine_options
 

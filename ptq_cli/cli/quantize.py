@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from ptq_cli.cli import echo_json, reported_errors
+from ptq_cli.cli.reporting import echo_json, reported_errors
 from ptq_cli.cli.budget_options import budget_from_options, budget_options, drift_lines, pop_budget_options
 from ptq_cli.cli.data_options import data_options, image_preprocess_from_options, pop_data_options
 from ptq_cli.quantize.placement.latency.search import IfSlower, Objective
