@@ -27,7 +27,7 @@ from ptq_cli.quantize.placement.latency import IfSlower, LatencyDecision, Object
 from ptq_cli.quantize.placement.latency.feeds import timing_feeds
 from ptq_cli.quantize.placement.latency.machine import Machine, OnnxruntimeMachine
 from ptq_cli.quantize.placement.latency.search import retime
-from ptq_cli.quantize.placement.plan import SkipReason
+from ptq_cli.quantize.plan import SkipReason
 from ptq_cli.quantize.timings import Stopwatch
 from ptq_cli.quantize.transform import Ranges, quantize_model, required_opset
 from ptq_cli.recipe import Recipe

@@ -12,7 +12,7 @@ from ptq_cli.errors import ModelError, UsageError
 from ptq_cli.failures import is_onnxruntime_error, onnxruntime_message
 from ptq_cli.model.io import check_model
 from ptq_cli.model.sessions import open_session
-from ptq_cli.quantize.placement.plan import QuantPlan
+from ptq_cli.quantize.plan import QuantPlan
 from ptq_cli.recipe import Recipe
 
 

@@ -20,7 +20,8 @@ from ptq_cli.quantize.emitters.dynamic import rewrite_dynamic
 from ptq_cli.quantize.emitters.qdq import insert_qdq
 from ptq_cli.quantize.emitters.subgraphs import has_bodies, quantize_bodies, without_owners
 from ptq_cli.quantize.placement.opsets import all_float, fit_recipe
-from ptq_cli.quantize.placement.plan import QuantPlan, make_plan, replan_weights
+from ptq_cli.quantize.plan import QuantPlan
+from ptq_cli.quantize.placement.place import make_plan, replan_weights
 from ptq_cli.recipe import Format, Recipe, Rounding
 
 Ranges = Mapping[str, tuple[float, float]]
@@ -73,7 +74,7 @@ def quantize_model(model: onnx.ModelProto, recipe: Recipe, ranges: Ranges,
 
 
 def _with_dynamic_matmuls(model: onnx.ModelProto, plan: QuantPlan, recipe: Recipe) -> onnx.ModelProto:
-    """The MatMuls placement quantizes at run time (placement/plan.py, chosen by
+    """The MatMuls placement quantizes at run time (placement/place.py, chosen by
     placement/transformer.py), rewritten after the static pass."""
     if not plan.dynamic:
         return model

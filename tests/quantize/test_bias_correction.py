@@ -8,7 +8,7 @@ from onnx import TensorProto, helper, numpy_helper
 from ptq_cli.model.prepare import prepare
 from ptq_cli.quantize.api import quantize_model
 from ptq_cli.quantize.arithmetic.bias_correction import correct_biases
-from ptq_cli.quantize.placement.plan import make_plan
+from ptq_cli.quantize.placement.place import make_plan
 from ptq_cli.quantize.arithmetic.scheme import dequantize, quantize
 from ptq_cli.recipe import PerTensor, Recipe, TensorSpec, QType
 from tests.conftest import make_model, minmax_ranges, run
@@ -96,7 +96,7 @@ def test_channel_means_stream_and_merge_exactly(rng):
 
 
 def test_replanning_only_the_corrected_nodes_equals_planning_again(rng):
-    from ptq_cli.quantize.placement.plan import replan_weights
+    from ptq_cli.quantize.placement.place import replan_weights
 
     model = prepare(_depthwise_then_gemm(rng))
     batches = _batches(rng)

@@ -19,7 +19,7 @@ import onnx
 from onnx import numpy_helper
 
 from ptq_cli.model.graph import GraphIndex, NameAllocator, attribute
-from ptq_cli.quantize.placement.plan import QuantPlan
+from ptq_cli.quantize.plan import QuantPlan
 from ptq_cli.quantize.arithmetic.scheme import dequantize
 
 log = logging.getLogger(__name__)

@@ -24,7 +24,7 @@ from ptq_cli.quantize.arithmetic.gptq import gptq_round
 from ptq_cli.quantize.arithmetic.pairs import (PAIR_LIMIT, POWER_OF_TWO_STEPS, SCALE_STEPS, Pairing, bound_pairs,
                                               pairing_for, portable_weight, saturates, unrounded, worst_pair_sums)
 from ptq_cli.quantize.arithmetic.stochastic import weight_rng
-from ptq_cli.quantize.placement.plan import QuantPlan, WeightPlan, _fit_bias_in_int32
+from ptq_cli.quantize.plan import QuantPlan, WeightPlan, fit_bias_in_int32
 from ptq_cli.quantize.arithmetic.scheme import QParams, integer_range
 from ptq_cli.recipe import Recipe, TensorSpec
 
@@ -172,7 +172,7 @@ def _fitted(weight: WeightPlan, node: onnx.NodeProto, plan: QuantPlan, index: Gr
     bias = plan.biases.get(node.name)
     if bias is None:
         return weight
-    return _fit_bias_in_int32(weight, index.constant(bias.tensor), plan.activations[bias.input_tensor].scale)
+    return fit_bias_in_int32(weight, index.constant(bias.tensor), plan.activations[bias.input_tensor].scale)
 
 
 def carry_rounding(before: QuantPlan, after: QuantPlan, model: onnx.ModelProto) -> QuantPlan:

@@ -30,7 +30,7 @@ from onnx import TensorProto, helper, numpy_helper
 from ptq_cli.model.graph import GraphIndex, NameAllocator, attribute
 from ptq_cli.quantize.emitters.codebook_gptq import gptq_assign
 from ptq_cli.quantize.arithmetic.kmeans import kmeans_rows
-from ptq_cli.quantize.placement.plan import SkipReason
+from ptq_cli.quantize.plan import SkipReason
 from ptq_cli.quantize.arithmetic.stochastic import weight_rng
 from ptq_cli.recipe import PerChannel, Recipe
 

@@ -21,7 +21,7 @@ from onnx import helper, numpy_helper
 
 from ptq_cli.errors import UsageError
 from ptq_cli.model.graph import GraphIndex, NameAllocator, attribute, drop_unused_initializers
-from ptq_cli.quantize.placement.plan import SkipReason
+from ptq_cli.quantize.plan import SkipReason
 from ptq_cli.quantize.emitters.dynamic_lstm import MS_DOMAIN, dynamic_lstm, refuse_lstm
 from ptq_cli.quantize.arithmetic.pairs import POWER_OF_TWO_STEPS, SCALE_STEPS, pairing_for, portable_weight
 from ptq_cli.quantize.arithmetic.scheme import QParams, compute_qparams, quantize, weight_range

@@ -26,7 +26,7 @@ from ptq_cli.model.io import opset_version
 from ptq_cli.model.prepare import QDQ_PER_AXIS_OPSET
 from ptq_cli.quantize.emitters.emit import Emitter, typed_constant
 from ptq_cli.quantize.placement.handlers import OutputRule, handler_for
-from ptq_cli.quantize.placement.plan import QuantPlan, WeightPlan
+from ptq_cli.quantize.plan import QuantPlan, WeightPlan
 from ptq_cli.quantize.arithmetic.scheme import quantize_bias
 
 

@@ -24,7 +24,7 @@ from ptq_cli.errors import UsageError
 from ptq_cli.model.graph import GraphIndex, attribute, drop_unused_initializers
 from ptq_cli.model.io import opset_version
 from ptq_cli.quantize.placement.handlers import Layout, OpHandler, OutputRule, activation_inputs, handler_for
-from ptq_cli.quantize.placement.plan import QuantPlan, WeightPlan
+from ptq_cli.quantize.plan import QuantPlan, WeightPlan
 from ptq_cli.quantize.emitters.emit import Emitter, typed_constant
 from ptq_cli.quantize.arithmetic.scheme import QParams, quantize_bias
 

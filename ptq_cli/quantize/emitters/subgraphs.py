@@ -15,7 +15,7 @@ import onnx
 from onnx import helper
 
 from ptq_cli.model.graph import drop_unused_initializers
-from ptq_cli.quantize.placement.plan import SkipReason
+from ptq_cli.quantize.plan import SkipReason
 
 _BODY_OPS = ("If", "Loop", "Scan")
 # A standalone body in, (the body quantized, nodes quantized, nodes left float) out.

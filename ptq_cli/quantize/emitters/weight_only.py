@@ -23,7 +23,7 @@ from ptq_cli.model.graph import GraphIndex, NameAllocator, attribute, drop_unuse
 from ptq_cli.quantize.arithmetic.blas import single_threaded_blas
 from ptq_cli.quantize.arithmetic.blocks import Blocks, block_params, pack_matmul_nbits, pack_nibbles, pack_zero_points
 from ptq_cli.quantize.arithmetic.gptq import gptq_round
-from ptq_cli.quantize.placement.plan import QuantPlan, SkipReason
+from ptq_cli.quantize.plan import QuantPlan, SkipReason
 from ptq_cli.recipe import Recipe, Rounding, WeightOnly
 
 MS_DOMAIN = "com.microsoft"

@@ -40,7 +40,7 @@ from ptq_cli.drift.sensitivity import isolated_rows
 from ptq_cli.drift.switches import FloatBase
 from ptq_cli.model.graph import GraphIndex
 from ptq_cli.quantize.placement.handlers import OutputRule, handler_for
-from ptq_cli.quantize.placement.plan import QuantPlan
+from ptq_cli.quantize.plan import QuantPlan
 from ptq_cli.quantize.placement.transformer import runs_at_run_time
 from ptq_cli.quantize.timings import Stopwatch, TrialTime
 from ptq_cli.recipe import Format, Recipe

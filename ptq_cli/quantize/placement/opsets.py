@@ -14,7 +14,7 @@ from dataclasses import replace
 import onnx
 
 from ptq_cli.model.prepare import DYNAMIC_OPSET, QDQ_4_16_BIT_OPSET, QDQ_PER_AXIS_OPSET, QDQ_PER_TENSOR_OPSET
-from ptq_cli.quantize.placement.plan import SkipReason
+from ptq_cli.quantize.plan import SkipReason
 from ptq_cli.recipe import PerChannel, PerTensor, QType, Recipe
 
 
