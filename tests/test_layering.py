@@ -15,7 +15,7 @@ from tests.conftest import REPO
 
 PACKAGE = REPO / "ptq_cli"
 ABOVE_ARITHMETIC = ("ptq_cli.quantize.placement", "ptq_cli.quantize.emitters", "ptq_cli.quantize.api",
-                    "ptq_cli.quantize.modes", "ptq_cli.quantize.transform", "ptq_cli.quantize.output",
+                    "ptq_cli.quantize.modes", "ptq_cli.quantize.static", "ptq_cli.quantize.output",
                     "ptq_cli.quantize.timings", "ptq_cli.quantize.datafree")
 
 
@@ -72,7 +72,7 @@ def test_the_plan_imports_only_the_arithmetic_at_run_time():
 def test_the_check_can_fail():
     assert _under("ptq_cli.quantize.placement.place.make_plan", ABOVE_ARITHMETIC)
     assert not _under("ptq_cli.quantize.placements", ABOVE_ARITHMETIC)
-    assert any(_under(name, ABOVE_ARITHMETIC) for _, name in _imports(PACKAGE / "quantize" / "transform.py"))
+    assert any(_under(name, ABOVE_ARITHMETIC) for _, name in _imports(PACKAGE / "quantize" / "static.py"))
 
 
 def _import_graph() -> dict[str, set[str]]:

@@ -27,7 +27,7 @@ from ptq_cli.calibrate.subgraphs import SubProbe, expose_bodies, has_bodies
 from ptq_cli.data import Batch
 from ptq_cli.model.sessions import CPU, SessionSpec, open_session
 from ptq_cli.errors import CalibrationError, DataError, ModelError, UsageError
-from ptq_cli.failures import is_onnxruntime_error, onnxruntime_message
+from ptq_cli.foreign_errors import is_onnxruntime_error, onnxruntime_message
 from ptq_cli.recipe import CalibrationSpec
 
 

@@ -13,7 +13,7 @@ import click
 
 from ptq_cli import __version__
 from ptq_cli.cli.reporting import fail, interrupted
-from ptq_cli.failures import as_ptq_error
+from ptq_cli.foreign_errors import as_ptq_error
 
 
 class _PtqGroup(click.Group):

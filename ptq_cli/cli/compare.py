@@ -72,7 +72,7 @@ def compare_command(ctx: click.Context, reference: Path, candidate: Path, **kwar
 
     Exit codes: 0 ok, 1 a threshold was missed, 2 usage error, 3 failure.
     """
-    from ptq_cli.compare.files import append_step_summary, write_report
+    from ptq_cli.compare.report_files import append_step_summary, write_report
     from ptq_cli.compare.html import render_html
     from ptq_cli.compare.junit import render_junit
     from ptq_cli.compare.render import render_markdown, render_text

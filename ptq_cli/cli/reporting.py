@@ -11,13 +11,13 @@ from contextlib import contextmanager
 
 import click
 
-from ptq_cli.failures import as_ptq_error
+from ptq_cli.foreign_errors import as_ptq_error
 
 
 @contextmanager
 def reported_errors(ctx: click.Context):
     """Turn any error into one line on stderr and its exit code (a traceback with --debug):
-    PtqErrors as they are, everything else through ptq_cli.failures."""
+    PtqErrors as they are, everything else through ptq_cli.foreign_errors."""
     try:
         yield
     except KeyboardInterrupt:

@@ -11,7 +11,7 @@ from onnx import helper
 
 from ptq_cli.errors import ModelError
 from ptq_cli.model.sessions import SessionSpec, open_session
-from ptq_cli.failures import onnxruntime_message
+from ptq_cli.foreign_errors import onnxruntime_message
 
 
 def make_session(model: onnx.ModelProto | bytes, what: str, *, extra_outputs: tuple[str, ...] = (),

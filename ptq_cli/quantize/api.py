@@ -29,7 +29,7 @@ from ptq_cli.quantize.placement.latency.machine import Machine, OnnxruntimeMachi
 from ptq_cli.quantize.placement.latency.search import retime
 from ptq_cli.quantize.plan import SkipReason
 from ptq_cli.quantize.timings import Stopwatch
-from ptq_cli.quantize.transform import Ranges, quantize_model, required_opset
+from ptq_cli.quantize.static import Ranges, quantize_model, required_opset
 from ptq_cli.recipe import Recipe
 
 __all__ = ["QuantizeResult", "Ranges", "default_output", "quantize", "quantize_model"]

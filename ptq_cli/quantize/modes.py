@@ -25,7 +25,7 @@ from ptq_cli.quantize.placement.latency.machine import Machine
 from ptq_cli.quantize.placement.opsets import all_float, fit_recipe
 from ptq_cli.quantize.plan import QuantPlan
 from ptq_cli.quantize.timings import Stopwatch
-from ptq_cli.quantize.transform import quantize_model, required_opset
+from ptq_cli.quantize.static import quantize_model, required_opset
 from ptq_cli.recipe import CalibMethod, Recipe, Rounding
 
 Build = Callable[[Recipe], tuple[onnx.ModelProto, QuantPlan]]

@@ -9,7 +9,7 @@ import onnx
 
 from ptq_cli import __version__
 from ptq_cli.errors import ModelError, UsageError
-from ptq_cli.failures import is_onnxruntime_error, onnxruntime_message
+from ptq_cli.foreign_errors import is_onnxruntime_error, onnxruntime_message
 from ptq_cli.model.io import check_model
 from ptq_cli.model.sessions import open_session
 from ptq_cli.quantize.plan import QuantPlan

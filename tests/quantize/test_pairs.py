@@ -23,7 +23,7 @@ from ptq_cli.model.kernels import HostKernels, host_kernels
 from ptq_cli.quantize.arithmetic.pairs import (PAIR_LIMIT, SCALE_STEPS, adjacent_partners, bound_pairs,
                                                conv_partners, fit_pairs, pairing_for, saturates, worst_pair_sums)
 from ptq_cli.quantize.arithmetic.scheme import dequantize, quantize
-from ptq_cli.quantize.transform import quantize_model
+from ptq_cli.quantize.static import quantize_model
 from ptq_cli.recipe import Format, QType, Recipe, Target
 from tests.conftest import make_model, minmax_ranges, run
 
