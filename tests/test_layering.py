@@ -1,8 +1,8 @@
 """The layering docs/architecture.md draws, checked on the source (ast only: nothing is imported).
 
-- `quantize/arithmetic/` is the bottom of quantization: plain numerics on arrays and plans. It
+- `quantization/arithmetic/` is the bottom of quantization: plain numerics on arrays and plans. It
   imports nothing from placement, the emitters or the stage modules above them.
-- `quantize/plan.py`, the plan every stage reads, imports only the arithmetic at run time.
+- `quantization/plan.py`, the plan every stage reads, imports only the arithmetic at run time.
 - No import cycle between ptq_cli's modules, counting imports inside functions.
 """
 
@@ -14,9 +14,9 @@ from pathlib import Path
 from tests.conftest import REPO
 
 PACKAGE = REPO / "ptq_cli"
-ABOVE_ARITHMETIC = ("ptq_cli.quantize.placement", "ptq_cli.quantize.emitters", "ptq_cli.quantize.api",
-                    "ptq_cli.quantize.modes", "ptq_cli.quantize.static", "ptq_cli.quantize.output",
-                    "ptq_cli.quantize.timings", "ptq_cli.quantize.datafree")
+ABOVE_ARITHMETIC = ("ptq_cli.quantization.placement", "ptq_cli.quantization.emitters", "ptq_cli.quantization.api",
+                    "ptq_cli.quantization.modes", "ptq_cli.quantization.static", "ptq_cli.quantization.output",
+                    "ptq_cli.quantization.timings", "ptq_cli.quantization.datafree")
 
 
 def _module(path: Path) -> str:
@@ -57,22 +57,22 @@ def _under(name: str, prefixes: tuple[str, ...]) -> bool:
 
 def test_arithmetic_imports_nothing_above_it():
     wrong = [f"{path.relative_to(REPO)}:{line} imports {name}"
-             for path in sorted((PACKAGE / "quantize" / "arithmetic").rglob("*.py"))
+             for path in sorted((PACKAGE / "quantization" / "arithmetic").rglob("*.py"))
              for line, name in _imports(path) if _under(name, ABOVE_ARITHMETIC)]
-    assert not wrong, "quantize/arithmetic/ imports from the layers above it:\n" + "\n".join(wrong)
+    assert not wrong, "quantization/arithmetic/ imports from the layers above it:\n" + "\n".join(wrong)
 
 
 def test_the_plan_imports_only_the_arithmetic_at_run_time():
-    path = PACKAGE / "quantize" / "plan.py"
+    path = PACKAGE / "quantization" / "plan.py"
     wrong = [f"line {line}: {name}" for line, name in _imports(path, runtime_only=True)
-             if name.startswith("ptq_cli.quantize.") and not _under(name, ("ptq_cli.quantize.arithmetic",))]
-    assert not wrong, f"quantize/plan.py imports from above the arithmetic: {wrong}"
+             if name.startswith("ptq_cli.quantization.") and not _under(name, ("ptq_cli.quantization.arithmetic",))]
+    assert not wrong, f"quantization/plan.py imports from above the arithmetic: {wrong}"
 
 
 def test_the_check_can_fail():
-    assert _under("ptq_cli.quantize.placement.place.make_plan", ABOVE_ARITHMETIC)
-    assert not _under("ptq_cli.quantize.placements", ABOVE_ARITHMETIC)
-    assert any(_under(name, ABOVE_ARITHMETIC) for _, name in _imports(PACKAGE / "quantize" / "static.py"))
+    assert _under("ptq_cli.quantization.placement.place.make_plan", ABOVE_ARITHMETIC)
+    assert not _under("ptq_cli.quantization.placements", ABOVE_ARITHMETIC)
+    assert any(_under(name, ABOVE_ARITHMETIC) for _, name in _imports(PACKAGE / "quantization" / "static.py"))
 
 
 def _import_graph() -> dict[str, set[str]]:
@@ -136,3 +136,19 @@ def test_no_import_cycles():
 
 def test_the_cycle_check_can_fail():
     assert _cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+
+
+def test_no_subpackage_shadows_a_public_name():
+    """`ptq_cli.quantize` is the function even after `import ptq_cli.quantization.api`: the import
+    system binds each submodule to the package's attribute of its own name, so no module may be
+    named like the API."""
+    import ptq_cli
+
+    modules = {p.stem for p in PACKAGE.glob("*.py")} | {p.parent.name for p in PACKAGE.glob("*/__init__.py")}
+    assert not modules & set(ptq_cli.__all__), modules & set(ptq_cli.__all__)
+    import ptq_cli.calibration.api  # noqa: F401
+    import ptq_cli.comparison.api  # noqa: F401
+    import ptq_cli.quantization.api  # noqa: F401
+
+    assert all(callable(getattr(ptq_cli, name)) for name in ("quantize", "calibrate", "compare"))
+    assert type(ptq_cli).__name__ == "module"  # a plain module: no class swap

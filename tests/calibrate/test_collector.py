@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from ptq_cli.calibrate import calibrate
-from ptq_cli.calibrate.collector import float_tensors
+from ptq_cli.calibration import calibrate
+from ptq_cli.calibration.collector import float_tensors
 from ptq_cli.errors import CalibrationError, UsageError
 from ptq_cli.recipe import CalibMethod, CalibrationSpec
 
@@ -56,7 +56,7 @@ def test_nan_activation_names_the_tensor(tmp_path):
 
 
 def test_shards_merge_to_a_single_run(data_dir):
-    from ptq_cli.calibrate import merge
+    from ptq_cli.calibration import merge
 
     spec = CalibrationSpec(method=CalibMethod.ENTROPY, bins=32)
     single = calibrate(tiny_model(), data_dir, spec=spec, progress=False)
@@ -69,7 +69,7 @@ def test_shards_merge_to_a_single_run(data_dir):
 
 
 def test_sharded_max_samples_add_up(data_dir):
-    from ptq_cli.calibrate import merge
+    from ptq_cli.calibration import merge
 
     single = calibrate(tiny_model(), data_dir, max_samples=7, progress=False)
     merged = merge([calibrate(tiny_model(), data_dir, max_samples=7, shard=(k, 2), progress=False)

@@ -78,7 +78,7 @@ def test_recipe_round_trips_through_json_and_rejects_unknown_keys():
 def test_lazy_external_weights_round_trip_and_stream_to_external_data(rng, tmp_path):
     """A model loaded lazily keeps its weights on disk; sessions and saves still see them, and the
     streaming writer puts every tensor in one .data file that onnxruntime loads."""
-    from ptq_cli.calibrate.table import model_sha256
+    from ptq_cli.calibration.table import model_sha256
     from ptq_cli.model.external import is_external, write_with_external_data
     from ptq_cli.model.sessions import open_session
 
