@@ -21,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import realdata  # noqa: E402
 
 import ptq_cli  # noqa: E402
-from ptq_cli.quantize.placement.budget import MEASURE_ONLY, Budget  # noqa: E402
+from ptq_cli.quantization.placement.budget import MEASURE_ONLY, Budget  # noqa: E402
 from ptq_cli.recipe import PerTensor, QType, Recipe, TensorSpec  # noqa: E402
 
 RECIPES = {"per-channel": Recipe(), "per-tensor": Recipe(weights=TensorSpec(QType.INT8, True, PerTensor()))}

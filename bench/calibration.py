@@ -55,7 +55,7 @@ def child_plain(folder: Path, n: int, threads: int = 0) -> None:
 
 
 def child_ptq(folder: Path, n: int, method: str) -> None:
-    from ptq_cli.calibrate import calibrate
+    from ptq_cli.calibration import calibrate
     from ptq_cli.recipe import CalibMethod, CalibrationSpec
 
     started = time.perf_counter()

@@ -151,9 +151,7 @@ def build(variant: Variant, model: RealModel, out_dir: Path) -> Outcome:
 
 
 def _ptq(variant: Variant, model: RealModel, out: Path) -> None:
-    # From its module rather than `ptq_cli.quantize`, a name the subpackage ptq_cli.quantize shadows
-    # unless ptq_cli/__init__ binds the function eagerly.
-    from ptq_cli.quantize.api import quantize
+    from ptq_cli.quantization.api import quantize
     from ptq_cli.recipe import (DEFAULT_ACTIVATIONS, CalibMethod, CalibrationSpec, Format, PerChannel, PerTensor,
                                 QType, Recipe, TensorSpec)
 
@@ -186,9 +184,9 @@ def _ort(variant: Variant, model: RealModel, out: Path) -> None:
 def ptq_available() -> str | None:
     """None when ptq's quantizer can be imported, else why not."""
     try:
-        import ptq_cli.quantize.api  # noqa: F401
+        import ptq_cli.quantization.api  # noqa: F401
     except Exception as exc:
-        return f"ptq_cli.quantize.api not importable ({_first_line(exc)})"
+        return f"ptq_cli.quantization.api not importable ({_first_line(exc)})"
     return None
 
 

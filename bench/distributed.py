@@ -97,7 +97,7 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2)
     args = parser.parse_args()
 
-    from ptq_cli.calibrate.api import calibrate
+    from ptq_cli.calibration.api import calibrate
     from ptq_cli.engine import EngineSpec, open_engine
 
     data = repeated(args.images)

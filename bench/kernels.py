@@ -1,5 +1,5 @@
 """Top-1 of the INT8 models on this CPU and on an emulated AVX2 CPU (no VNNI), whose u8·s8
-kernels add each pair of products in a saturating 16-bit lane (ptq_cli/quantize/arithmetic/pairs.py).
+kernels add each pair of products in a saturating 16-bit lane (ptq_cli/quantization/arithmetic/pairs.py).
 
 For each CNN of ../shared/realdata, from the same calibration files: ptq default (--target
 portable: pair-bounded int8 weights), ptq --target vnni (full-range int8), ptq --target vnni
@@ -129,7 +129,7 @@ def _one_model(name: str, args: argparse.Namespace) -> tuple[list[dict], str | N
 def _ptq(model: realdata.RealModel, out: Path, target: str, weights: str, reduce_range: bool) -> Outcome:
     """ptq through its Python API; a refusal (PtqError) is a result, reported in one line."""
     from ptq_cli.errors import PtqError
-    from ptq_cli.quantize.api import quantize
+    from ptq_cli.quantization.api import quantize
     from ptq_cli.recipe import PerChannel, QType, Recipe, Target, TensorSpec
 
     OUT.mkdir(parents=True, exist_ok=True)

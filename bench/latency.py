@@ -125,9 +125,9 @@ def _one_model(subject: Subject, args: argparse.Namespace) -> dict:
 
 def _build_all(subject: Subject, notes: dict) -> list[tuple[str, Path]]:
     """ptq default (latency-aware), ptq with every node quantized, onnxruntime's static QDQ."""
-    from ptq_cli.calibrate.api import calibrate
-    from ptq_cli.quantize.api import quantize
-    from ptq_cli.quantize.placement.latency import IfSlower, Objective
+    from ptq_cli.calibration.api import calibrate
+    from ptq_cli.quantization.api import quantize
+    from ptq_cli.quantization.placement.latency import IfSlower, Objective
 
     OUT.mkdir(parents=True, exist_ok=True)
     table = calibrate(str(subject.model_path), str(subject.calib_dir), progress=False)
@@ -166,8 +166,8 @@ def _ort_static(subject: Subject, out: Path) -> None:
 def slow_nodes(subject: Subject, int8_path: Path, threads: int, top: int = 6) -> list[dict]:
     """The float graph's compute nodes that take longest in the INT8 model, with their FP32 time."""
     from ptq_cli.model.prepare import prepare
-    from ptq_cli.quantize.placement.latency.cost import node_costs
-    from ptq_cli.quantize.placement.latency.machine import OnnxruntimeMachine
+    from ptq_cli.quantization.placement.latency.cost import node_costs
+    from ptq_cli.quantization.placement.latency.machine import OnnxruntimeMachine
 
     prepared = prepare(onnx.load(str(subject.model_path)))
     machine = OnnxruntimeMachine(threads=threads)

@@ -27,8 +27,8 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def _quantize(model: realdata.RealModel, out: Path, recipe, **kwargs) -> tuple[float, int]:
-    from ptq_cli.quantize.api import quantize
-    from ptq_cli.quantize.placement.budget import MEASURE_ONLY
+    from ptq_cli.quantization.api import quantize
+    from ptq_cli.quantization.placement.budget import MEASURE_ONLY
 
     kwargs.setdefault("data", str(model.calib_dir))
     kwargs.setdefault("budget", MEASURE_ONLY)  # measure what each method gives, no fallback to float
@@ -195,8 +195,8 @@ def codebook_attention(args) -> list[dict]:
                 label = f"uniform uint{args.bits}, per-channel"
                 size = uniform_weights(path, out, args.bits, True)
             else:
-                from ptq_cli.quantize.api import quantize
-                from ptq_cli.quantize.placement.budget import MEASURE_ONLY
+                from ptq_cli.quantization.api import quantize
+                from ptq_cli.quantization.placement.budget import MEASURE_ONLY
 
                 quantize(str(path), str(out), data=data, force=True, progress=False, budget=MEASURE_ONLY,
                          recipe=Recipe(weight_codebook=WeightCodebook(args.bits, PerChannel())))
@@ -247,8 +247,8 @@ def uniform_weights(source: Path, out: Path, bits: int, per_channel: bool) -> in
 
     from ptq_cli.model.graph import GraphIndex
     from ptq_cli.model.prepare import prepare
-    from ptq_cli.quantize.emitters.codebook import _refuse, _site
-    from ptq_cli.quantize.arithmetic.scheme import compute_qparams, quantize, weight_range
+    from ptq_cli.quantization.emitters.codebook import _refuse, _site
+    from ptq_cli.quantization.arithmetic.scheme import compute_qparams, quantize, weight_range
     from ptq_cli.recipe import QType, Recipe, WeightCodebook
 
     qtype = QType.UINT4 if bits <= 4 else QType.UINT8

@@ -84,7 +84,7 @@ def _parser() -> argparse.ArgumentParser:
 # --- the variants ---------------------------------------------------------------------------
 
 def _variants(block: int, only: str):
-    from ptq_cli.quantize.api import quantize
+    from ptq_cli.quantization.api import quantize
     from ptq_cli.recipe import QType, Recipe, Rounding, WeightOnly
 
     def ptq(rounding: Rounding, symmetric: bool = True, qdq: bool = False):

@@ -2,7 +2,7 @@
 
 The CLI maps them to exit codes through each class's `exit_code`: a usage error exits 2, every
 other failure exits 3. Exit 1 means a threshold was missed: `ptq compare`'s, or the speed
-objective's `--if-slower fail` (SlowerThanFloat, quantize/placement/latency/search.py). The
+objective's `--if-slower fail` (SlowerThanFloat, quantization/placement/latency/search.py). The
 table of every code is docs/exit-codes.md.
 """
 

@@ -99,7 +99,7 @@ class Target(enum.Enum):
     """The CPUs a model's integer weights must be exact on.
 
     onnxruntime's u8·s8 kernels on x86 without VNNI add pairs of products in saturating 16-bit
-    lanes (quantize/arithmetic/pairs.py); a weight whose same-sign pairs stay within 128 is exact
+    lanes (quantization/arithmetic/pairs.py); a weight whose same-sign pairs stay within 128 is exact
     there too."""
 
     PORTABLE = "portable"  # exact on every CPU: no pair of int8 weights can saturate a 16-bit lane

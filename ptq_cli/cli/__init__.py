@@ -1,21 +1,19 @@
 """The `ptq` command line. Only this package imports click.
 
 Each command lives in its own module and only translates flags into typed objects (Recipe,
-ImagePreprocess, ...) and calls the library; `run_command` maps PtqError to one line on stderr
-and the documented exit code (0 ok, 1 threshold missed, 2 usage error, 3 failure).
+ImagePreprocess, ...) and calls the library; `reported_errors` (reporting.py) maps PtqError to
+one line on stderr and the documented exit code (0 ok, 1 threshold missed, 2 usage error, 3 failure).
 """
 
 from __future__ import annotations
 
-import json
-import math
 import sys
-from contextlib import contextmanager
 
 import click
 
 from ptq_cli import __version__
-from ptq_cli.failures import as_ptq_error
+from ptq_cli.cli.reporting import fail, interrupted
+from ptq_cli.foreign_errors import as_ptq_error
 
 
 class _PtqGroup(click.Group):
@@ -33,16 +31,16 @@ class _PtqGroup(click.Group):
             sys.exit(exc.exit_code)
         except click.UsageError as exc:
             command = exc.ctx.command_path if exc.ctx is not None else "ptq"
-            _fail(f"{exc.format_message()} (see `{command} --help`)", 2)
+            fail(f"{exc.format_message()} (see `{command} --help`)", 2)
         except click.ClickException as exc:
-            _fail(exc.format_message(), 3)
+            fail(exc.format_message(), 3)
         except (click.Abort, KeyboardInterrupt):
-            _interrupted()
+            interrupted()
         except Exception as exc:
             if "--debug" in argv:
                 raise
             error = as_ptq_error(exc)
-            _fail(str(error), error.exit_code)
+            fail(str(error), error.exit_code)
         sys.exit(code if isinstance(code, int) else 0)
 
 
@@ -63,49 +61,6 @@ def main(ctx: click.Context, debug: bool) -> None:
     """
     ctx.ensure_object(dict)
     ctx.obj["debug"] = debug
-
-
-@contextmanager
-def reported_errors(ctx: click.Context):
-    """Turn any error into one line on stderr and its exit code (a traceback with --debug):
-    PtqErrors as they are, everything else through ptq_cli.failures."""
-    try:
-        yield
-    except KeyboardInterrupt:
-        _interrupted()
-    except Exception as exc:
-        if isinstance(exc, click.ClickException) or (ctx.find_root().obj or {}).get("debug"):
-            raise
-        error = as_ptq_error(exc)
-        _fail(str(error), error.exit_code)
-
-
-def echo_json(data, **dumps) -> None:
-    """Print `data` as strict JSON on stdout: NaN and infinities (an unknown scale, an exact
-    output's SQNR) become null, numpy scalars plain numbers, so every JSON parser reads it."""
-    click.echo(json.dumps(_plain(data), allow_nan=False, **dumps))
-
-
-def _plain(value):
-    if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    if hasattr(value, "item") and callable(value.item) and getattr(value, "ndim", 1) == 0:
-        value = value.item()  # a numpy scalar
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
-
-
-def _fail(message: str, code: int) -> None:
-    click.echo(f"ptq: error: {message}", err=True)
-    sys.exit(code)
-
-
-def _interrupted() -> None:
-    click.echo("ptq: interrupted; no output was written", err=True)
-    sys.exit(130)
 
 
 def _register() -> None:

@@ -62,7 +62,7 @@ def budget_from_options(*, eval_data, min_sqnr, min_cosine, min_agreement, min_s
     from ptq_cli.errors import UsageError
     from dataclasses import replace
 
-    from ptq_cli.quantize.placement.budget import DEFAULT_SECONDS, DEFAULT_TRIALS, MEASURE_ONLY, Budget
+    from ptq_cli.quantization.placement.budget import DEFAULT_SECONDS, DEFAULT_TRIALS, MEASURE_ONLY, Budget
 
     given = Thresholds(min_sqnr, max_top1_drop, min_cosine, min_agreement, min_sequence_agreement)
     if no_budget:

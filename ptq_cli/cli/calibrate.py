@@ -14,7 +14,7 @@ from typing import Any
 
 import click
 
-from ptq_cli.cli import echo_json, reported_errors
+from ptq_cli.cli.reporting import echo_json, reported_errors
 from ptq_cli.cli.data_options import data_options, dataset_from_options, pop_data_options
 from ptq_cli.cli.engine_options import engine_options, engine_spec_from_options, pop_engine_options
 from ptq_cli.model.io import check_writable
@@ -95,7 +95,7 @@ def calibrate_command(ctx: click.Context, model: Path, **kwargs: Any) -> None:
     without reading data again. Memory does not grow with the number of samples.
     """
     with reported_errors(ctx):
-        from ptq_cli.calibrate.api import calibrate
+        from ptq_cli.calibration.api import calibrate
 
         data_opts = pop_data_options(kwargs)
         engine_spec, parts = engine_spec_from_options(**pop_engine_options(kwargs))
@@ -142,7 +142,7 @@ def merge_command(ctx: click.Context, tables: tuple[Path, ...], output: Path, fo
     exactly (they share a power-of-two grid). Tables of different models are refused.
     """
     with reported_errors(ctx):
-        from ptq_cli.calibrate.table import CalibrationTable, merge
+        from ptq_cli.calibration.table import CalibrationTable, merge
 
         check_writable(output, force=force, protect=tables)
         started = time.perf_counter()

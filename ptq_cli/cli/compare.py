@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from ptq_cli.cli import echo_json, reported_errors
+from ptq_cli.cli.reporting import echo_json, reported_errors
 from ptq_cli.cli.data_options import data_options, image_preprocess_from_options, pop_data_options
 from ptq_cli.cli.engine_options import engine_options, engine_spec_from_options, pop_engine_options
 
@@ -41,7 +41,7 @@ _FILE = click.Path(dir_okay=False, writable=True, path_type=Path)
                    "decoded (greedy CTC: best class per step, repeats merged, blank dropped) as REFERENCE "
                    "decodes them is below F.")
 @click.option("--json", "as_json", is_flag=True,
-              help="Print the report as JSON on stdout (schema in ptq_cli/compare/report.py); "
+              help="Print the report as JSON on stdout (schema in ptq_cli/comparison/report.py); "
                    "the table then goes to stderr.")
 @click.option("--markdown", type=_FILE, metavar="FILE", help="Write a Markdown summary to FILE.")
 @click.option("--junit", type=_FILE, metavar="FILE", help="Write JUnit XML, one test case per threshold.")
@@ -72,10 +72,10 @@ def compare_command(ctx: click.Context, reference: Path, candidate: Path, **kwar
 
     Exit codes: 0 ok, 1 a threshold was missed, 2 usage error, 3 failure.
     """
-    from ptq_cli.compare.files import append_step_summary, write_report
-    from ptq_cli.compare.html import render_html
-    from ptq_cli.compare.junit import render_junit
-    from ptq_cli.compare.render import render_markdown, render_text
+    from ptq_cli.comparison.report_files import append_step_summary, write_report
+    from ptq_cli.comparison.html import render_html
+    from ptq_cli.comparison.junit import render_junit
+    from ptq_cli.comparison.render import render_markdown, render_text
     from ptq_cli.files import check_distinct, check_output
 
     with reported_errors(ctx):
@@ -118,7 +118,7 @@ def compare_command(ctx: click.Context, reference: Path, candidate: Path, **kwar
 
 def _compare(reference: Path, candidate: Path, data: dict, kwargs: dict, engine, parts):
     """compare() with the command's flags; `engine` None runs it in this process."""
-    from ptq_cli.compare import Thresholds, compare
+    from ptq_cli.comparison import Thresholds, compare
 
     return compare(
         reference, candidate, data["data"], labels=data.get("labels"),

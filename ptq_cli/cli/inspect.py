@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from ptq_cli.cli import echo_json, reported_errors
+from ptq_cli.cli.reporting import echo_json, reported_errors
 
 
 @click.command("inspect")

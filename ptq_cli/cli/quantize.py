@@ -7,11 +7,11 @@ from pathlib import Path
 
 import click
 
-from ptq_cli.cli import echo_json, reported_errors
+from ptq_cli.cli.reporting import echo_json, reported_errors
 from ptq_cli.cli.budget_options import budget_from_options, budget_options, drift_lines, pop_budget_options
 from ptq_cli.cli.data_options import data_options, image_preprocess_from_options, pop_data_options
 from ptq_cli.cli.engine_options import engine_options, engine_spec_from_options, pop_engine_options
-from ptq_cli.quantize.placement.latency.search import IfSlower, Objective
+from ptq_cli.quantization.placement.latency.search import IfSlower, Objective
 from ptq_cli.recipe import (ExcludedConvInput, DEFAULT_DYNAMIC_OPS, CalibMethod, CalibrationSpec, Format, PerChannel, PerTensor, QType,
                             Recipe, Rounding, Target, TensorSpec, WeightCodebook)
 
@@ -133,7 +133,7 @@ def quantize_command(ctx: click.Context, model: Path, output: Path | None, calib
     when it cannot be met (unless --best-effort).
     """
     from ptq_cli.files import check_output
-    from ptq_cli.quantize.api import default_output, quantize
+    from ptq_cli.quantization.api import default_output, quantize
 
     data_opts = pop_data_options(flags)
     budget_opts = pop_budget_options(flags)

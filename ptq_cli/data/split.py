@@ -6,7 +6,7 @@ run of consecutive files that starts where one of the single run's batches start
 batch a part feeds the model is, row for row, a batch of the single run: per-batch figures
 (the float32 sums onnxruntime computes for channel means and Gram matrices, compare's per-batch
 partial sums) come out bit for bit the same, and only how they are added up remains to be
-matched (see calibrate/sharded.py and compare/sharded.py). A part is a file list: the workers
+matched (see calibration/sharded.py and comparison/sharded.py). A part is a file list: the workers
 read the files themselves, nothing is shipped but paths.
 """
 

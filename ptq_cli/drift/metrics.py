@@ -154,7 +154,7 @@ class ErrorAccumulator:
     def merge(self, other: "ErrorAccumulator") -> None:
         """Add `other`'s figures. Counts, max and min merge exactly in any order; the float sums
         are the ones `update` would have made when `other` holds one batch and batches are merged
-        in their order (0.0 + x is x), which is how compare/sharded.py uses it."""
+        in their order (0.0 + x is x), which is how comparison/sharded.py uses it."""
         self.samples += other.samples
         self.nonfinite_cand += other.nonfinite_cand
         self.nonfinite_ref += other.nonfinite_ref

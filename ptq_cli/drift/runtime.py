@@ -10,8 +10,8 @@ import onnxruntime as ort
 from onnx import helper
 
 from ptq_cli.errors import ModelError
-from ptq_cli.model.sessions import inference_session
-from ptq_cli.failures import onnxruntime_message
+from ptq_cli.model.sessions import SessionSpec, open_session
+from ptq_cli.foreign_errors import onnxruntime_message
 
 
 def make_session(model: onnx.ModelProto | bytes, what: str, *, extra_outputs: tuple[str, ...] = (),
@@ -23,17 +23,9 @@ def make_session(model: onnx.ModelProto | bytes, what: str, *, extra_outputs: tu
     fixes onnxruntime's intra-op threads (one per task on a cluster worker)."""
     if extra_outputs:
         model = with_outputs(model, extra_outputs)
-    options = ort.SessionOptions()
-    options.log_severity_level = 3  # keep onnxruntime's warnings off the user's terminal
-    if threads:
-        options.intra_op_num_threads = threads
-    if literal:
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    spec = SessionSpec(threads=threads, literal=literal, disabled_optimizers=tuple(disabled_optimizers))
     try:
-        if isinstance(model, bytes):
-            return ort.InferenceSession(model, options, providers=["CPUExecutionProvider"],
-                                        disabled_optimizers=list(disabled_optimizers) or None)
-        return inference_session(model, options, disabled_optimizers=list(disabled_optimizers) or None)
+        return open_session(model, spec)
     except Exception as exc:  # onnxruntime raises its own exception types for every load failure
         raise ModelError(onnxruntime_message(exc, f"the {what} model", "load")) from None
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 
-from ptq_cli.engine import Engine, EngineSpec
+from ptq_cli.engine.base import Engine, EngineSpec
 from ptq_cli.errors import EngineError, UsageError
 
 INSTALL_HINT = "pip install 'ptq-cli[dask]'"

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from concurrent.futures import Executor, Future
 
+from ptq_cli.engine.base import Engine
+
 
 class InlineExecutor(Executor):
     """An Executor whose `submit` runs the call before returning its (finished) Future."""
@@ -22,7 +24,5 @@ class InlineExecutor(Executor):
         return future
 
 
-def local_engine():
-    from ptq_cli.engine import Engine
-
+def local_engine() -> Engine:
     return Engine(InlineExecutor(), slots=1, description="this process", threads=0)

@@ -18,7 +18,7 @@ def inspect_file(model: str | os.PathLike, calibration: str | os.PathLike | None
     loaded = load_model(path)
     ranges = None
     if calibration is not None:
-        from ptq_cli.calibrate.table import CalibrationTable
+        from ptq_cli.calibration.table import CalibrationTable
 
         table = CalibrationTable.load(calibration)
         source = {p.key: p.value for p in loaded.metadata_props}.get("ptq.source_sha256")

@@ -2,7 +2,7 @@
 integer matrix node.
 
 onnxruntime's u8·s8 kernels on x86 without VNNI (AVX2) add each pair of products
-a[k]·w[k] + a[k+1]·w[k+1] in a saturating 16-bit lane (quantize/arithmetic/pairs.py); a weight
+a[k]·w[k] + a[k+1]·w[k+1] in a saturating 16-bit lane (quantization/arithmetic/pairs.py); a weight
 whose pairs can leave [-32768, 32767] gives other results there than on a VNNI or ARM CPU.
 The int8 weight of every integer matrix node, and the op whose kernel pairs it, are found as
 onnxruntime will run them:
@@ -26,7 +26,7 @@ import numpy as np
 import onnx
 
 from ptq_cli.model.graph import GraphIndex, attribute
-from ptq_cli.quantize.arithmetic.pairs import Pairing, pairing_for, saturates, worst_pair_sums
+from ptq_cli.quantization.arithmetic.pairs import Pairing, pairing_for, saturates, worst_pair_sums
 
 _EIGHT_BITS = (onnx.TensorProto.UINT8, onnx.TensorProto.INT8)
 _QDQ_KERNELS = ("Conv", "MatMul", "Gemm")

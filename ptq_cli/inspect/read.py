@@ -29,9 +29,9 @@ import onnx
 from ptq_cli.inspect.portability import portability
 from ptq_cli.inspect.report import InspectReport, RequantInfo, TensorInfo
 from ptq_cli.model.graph import GraphIndex, attribute
-from ptq_cli.quantize.placement.handlers import HANDLERS, Layout, OutputRule
-from ptq_cli.quantize.emitters.qoperator import INTEGER_TENSORS_KEY
-from ptq_cli.quantize.arithmetic.scheme import fixed_point_multiplier
+from ptq_cli.quantization.placement.handlers import HANDLERS, Layout, OutputRule
+from ptq_cli.quantization.emitters.qoperator import INTEGER_TENSORS_KEY
+from ptq_cli.quantization.arithmetic.scheme import fixed_point_multiplier
 from ptq_cli.recipe import QType
 
 Range = tuple[float | None, float | None]

@@ -252,7 +252,7 @@ def write_with_external_data(model: onnx.ModelProto, data_path: Path, data_name:
 
 def serialized(model: onnx.ModelProto) -> bytes:
     """The model as one self-contained message, for code that hands onnxruntime bytes (weights
-    still on disk are read in). Above 2 GB there is no such message: use sessions.inference_session."""
+    still on disk are read in). Above 2 GB there is no such message: use sessions.open_session."""
     if not any(is_external(t) for t in model.graph.initializer):
         return model.SerializeToString()
     if model_size(model).total >= PROTOBUF_LIMIT:
@@ -261,3 +261,17 @@ def serialized(model: onnx.ModelProto) -> bytes:
         raise ModelError("this step needs the model as one protobuf message, and it is 2 GB or more; "
                          "use --objective size (no latency timing) for models this large")
     return inlined(model).SerializeToString()
+
+
+def external_data_files(path: str | os.PathLike) -> list[Path]:
+    """The files a model's external tensors live in (an input too: no output may replace them)."""
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception:  # not a model: it has no companions
+        return []
+    files = set()
+    for tensor in model.graph.initializer:
+        for entry in tensor.external_data:
+            if entry.key == "location":
+                files.add(Path(path).parent / entry.value)
+    return sorted(files)

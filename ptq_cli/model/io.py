@@ -66,7 +66,7 @@ def load_model(path: str | os.PathLike, *, check: bool = True, lazy: bool | None
     With lazy (by default when its external data exceeds LAZY_ABOVE) external data stays on
     disk: each tensor is read, memory-mapped, when a pass needs it, so loading costs what the
     graph costs, whatever the size of the weights. Sessions on such a model go through
-    model.sessions.inference_session, and saving through save_model."""
+    model.sessions.open_session, and saving through save_model."""
     path = Path(path)
     if not path.is_file():
         raise ModelError(f"model file not found: {path}")
@@ -171,20 +171,6 @@ def _with_shape_fields(model: onnx.ModelProto) -> onnx.ModelProto:
 
     visit(copy.graph)
     return copy
-
-
-def external_data_files(path: str | os.PathLike) -> list[Path]:
-    """The files a model's external tensors live in (an input too: no output may replace them)."""
-    try:
-        model = onnx.load(str(path), load_external_data=False)
-    except Exception:  # not a model: it has no companions
-        return []
-    files = set()
-    for tensor in model.graph.initializer:
-        for entry in tensor.external_data:
-            if entry.key == "location":
-                files.add(Path(path).parent / entry.value)
-    return sorted(files)
 
 
 def check_writable(path: str | os.PathLike, *, force: bool = False,

@@ -17,7 +17,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from ptq_cli.model.sessions import inference_session
+from ptq_cli.model.sessions import SessionSpec, open_session
 
 _EXACT_SUM = 2 * 255 * 127
 _SATURATED_SUM = 32767
@@ -48,12 +48,7 @@ def _probe_model() -> onnx.ModelProto:
 @functools.lru_cache(maxsize=1)
 def host_kernels() -> HostKernels:
     """Probe once per process (a few milliseconds)."""
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    options.intra_op_num_threads = 1
-    session = inference_session(_probe_model(), options)
+    session = open_session(_probe_model(), SessionSpec(threads=1))
     total = int(session.run(None, {"a": np.full((1, 2), 255, np.uint8)})[0].reshape(-1)[0])
     if total not in (_EXACT_SUM, _SATURATED_SUM):  # a kernel neither class describes: assume the worse
         log.warning("onnxruntime's pair-sum probe returned %d (exact: %d, saturated: %d); treating this "

@@ -1,34 +1,99 @@
-"""onnxruntime sessions on models of any size, with weights that may still be on disk."""
+"""The one place ptq builds onnxruntime sessions: calibration, drift and compare, the latency
+search's timings, the host-kernel probe and the load check before writing all come here.
+
+A `SessionSpec` says how a session runs; `open_session` builds it for a model given as a
+ModelProto (of any size, with weights that may still be on disk), as serialized bytes or as a
+path. Errors are onnxruntime's own: each caller words them for what it was loading.
+"""
 
 from __future__ import annotations
 
+import os
 import tempfile
-from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import onnx
 
+from ptq_cli.errors import UsageError
 from ptq_cli.model.external import fits_in_protobuf, runtime_view
+
+if TYPE_CHECKING:
+    import onnxruntime as ort
 
 # onnxruntime reads external data of a model given as bytes from this folder (1.17+).
 _EXTERNAL_FOLDER = "session.model_external_initializers_file_folder_path"
 
+CPU = "CPUExecutionProvider"
 
-def inference_session(model: onnx.ModelProto, options=None, providers: Sequence[str] = ("CPUExecutionProvider",),
-                      **kwargs):
-    """A session on `model`. The graph goes as bytes (with the folder of its external weights,
-    which onnxruntime maps itself); a model whose in-memory part is 2 GB or more is saved once
-    to a private temporary folder, weights streamed to external data, and loaded from there."""
+
+@dataclass(frozen=True)
+class SessionSpec:
+    """How a session runs. The defaults are what every ptq session shares: the CPU provider,
+    onnxruntime's own threads and graph optimizations, and its warnings kept off the terminal."""
+
+    # Tried in order; a provider that is not available here is a usage error, not a fallback.
+    providers: tuple[str, ...] = (CPU,)
+    threads: int = 0  # intra-op threads; 0 = onnxruntime's default (one per physical core)
+    log_severity: int = 3  # onnxruntime's log level: 3 = errors only
+    # No graph optimization at all: Q/DQ pairs run as written (exact fake quantization), and the
+    # session loads several times faster.
+    literal: bool = False
+    # onnxruntime optimizers to leave out (e.g. the ones that fold a DequantizeLinear of a
+    # constant into a float weight).
+    disabled_optimizers: tuple[str, ...] = ()
+    # Run nodes in priority order, each consumer right after its producer: reductions appended
+    # to the graph then free each activation as plain inference would (calibration).
+    priority_order: bool = False
+    profile_prefix: str | None = None  # profile every run into files with this prefix
+
+    def session_options(self) -> "ort.SessionOptions":
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.log_severity_level = self.log_severity
+        if self.threads:
+            options.intra_op_num_threads = self.threads
+        if self.literal:
+            options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+        if self.priority_order:
+            options.execution_order = ort.ExecutionOrder.PRIORITY_BASED
+        if self.profile_prefix:
+            options.enable_profiling = True
+            options.profile_file_prefix = self.profile_prefix
+        return options
+
+
+def open_session(model: onnx.ModelProto | bytes | str | os.PathLike,
+                 spec: SessionSpec = SessionSpec()) -> "ort.InferenceSession":
+    """A session on `model` as `spec` says.
+
+    A ModelProto goes as bytes, with the folder of its external weights (which onnxruntime
+    maps itself); one whose in-memory part is 2 GB or more is saved once to a private temporary
+    folder, weights streamed to external data, and loaded from there. Bytes and paths go to
+    onnxruntime as they are."""
     import onnxruntime as ort
 
-    options = options or ort.SessionOptions()
+    available = ort.get_available_providers()
+    for provider in spec.providers:
+        if provider not in available:
+            raise UsageError(f"execution provider {provider!r} is not available here; "
+                             f"choose one of {available}")
+    options = spec.session_options()
+    kwargs = {"providers": list(spec.providers),
+              "disabled_optimizers": list(spec.disabled_optimizers) or None}
+    if isinstance(model, bytes):
+        return ort.InferenceSession(model, options, **kwargs)
+    if not isinstance(model, onnx.ModelProto):
+        return ort.InferenceSession(str(model), options, **kwargs)
     with runtime_view(model) as folder:
         if fits_in_protobuf(model):
             if folder:
                 options.add_session_config_entry(_EXTERNAL_FOLDER, folder)
-            return ort.InferenceSession(model.SerializeToString(), options, providers=list(providers), **kwargs)
+            return ort.InferenceSession(model.SerializeToString(), options, **kwargs)
     from ptq_cli.model.io import save_model
 
     with tempfile.TemporaryDirectory(prefix="ptq-session-") as tmp:
         path = save_model(model, Path(tmp) / "model.onnx")
-        return ort.InferenceSession(str(path), options, providers=list(providers), **kwargs)
+        return ort.InferenceSession(str(path), options, **kwargs)

@@ -4,7 +4,7 @@ import numpy as np
 import onnx
 from click.testing import CliRunner
 
-from ptq_cli.calibrate import CalibrationTable
+from ptq_cli.calibration import CalibrationTable
 from ptq_cli.cli import main
 
 from .conftest import reference_tensors, tiny_model, write_samples

@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from ptq_cli.calibrate import calibrate
-from ptq_cli.calibrate.collector import float_tensors
+from ptq_cli.calibration import calibrate
+from ptq_cli.calibration.collector import float_tensors
 from ptq_cli.errors import CalibrationError, UsageError
 from ptq_cli.recipe import CalibMethod, CalibrationSpec
 
@@ -56,7 +56,7 @@ def test_nan_activation_names_the_tensor(tmp_path):
 
 
 def test_shards_merge_to_a_single_run(data_dir):
-    from ptq_cli.calibrate import merge
+    from ptq_cli.calibration import merge
 
     spec = CalibrationSpec(method=CalibMethod.ENTROPY, bins=32)
     single = calibrate(tiny_model(), data_dir, spec=spec, progress=False)
@@ -69,7 +69,7 @@ def test_shards_merge_to_a_single_run(data_dir):
 
 
 def test_sharded_max_samples_add_up(data_dir):
-    from ptq_cli.calibrate import merge
+    from ptq_cli.calibration import merge
 
     single = calibrate(tiny_model(), data_dir, max_samples=7, progress=False)
     merged = merge([calibrate(tiny_model(), data_dir, max_samples=7, shard=(k, 2), progress=False)
@@ -81,7 +81,7 @@ def test_sharded_max_samples_add_up(data_dir):
 def test_batches_spread_over_sessions_give_the_one_session_table(tmp_path, monkeypatch, cores):
     """Min/max calibration runs one session per core (one onnxruntime thread each) and folds
     the batches in order: the very table of one session, Conv input means included."""
-    from ptq_cli.calibrate import collector
+    from ptq_cli.calibration import collector
     from tests.conftest import save_samples, tiny_conv_relu
 
     rng = np.random.default_rng(3)
@@ -91,8 +91,8 @@ def test_batches_spread_over_sessions_give_the_one_session_table(tmp_path, monke
     one = calibrate(model, data, progress=False).to_dict()
     monkeypatch.setattr(collector, "_cores", lambda: cores)
     sessions = []
-    made = collector.make_session
-    monkeypatch.setattr(collector, "make_session", lambda *a, **k: sessions.append(k) or made(*a, **k))
+    made = collector.calibration_session
+    monkeypatch.setattr(collector, "calibration_session", lambda *a, **k: sessions.append(k) or made(*a, **k))
     spread = calibrate(model, data, progress=False).to_dict()
     assert len(sessions) == cores and all(k["threads"] == 1 for k in sessions)
     assert spread == one

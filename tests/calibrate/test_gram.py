@@ -5,8 +5,8 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from ptq_cli.calibrate import calibrate, merge
-from ptq_cli.calibrate.gram import Gram, gram_sites
+from ptq_cli.calibration import calibrate, merge
+from ptq_cli.calibration.gram import Gram, gram_sites
 from ptq_cli.model.prepare import prepare
 
 RNG = np.random.default_rng(3)

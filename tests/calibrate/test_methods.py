@@ -1,9 +1,9 @@
 import numpy as np
 import pytest
 
-from ptq_cli.calibrate.methods import (compute_range, entropy_range, entropy_threshold, kl_divergences,
+from ptq_cli.calibration.methods import (compute_range, entropy_range, entropy_threshold, kl_divergences,
                                        minmax_range, mse_errors, mse_range, mse_range_of, percentile_range)
-from ptq_cli.calibrate.observers import Histogram
+from ptq_cli.calibration.observers import Histogram
 from ptq_cli.errors import CalibrationError
 from ptq_cli.recipe import CalibMethod, CalibrationSpec
 

@@ -5,7 +5,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ptq_cli.calibrate.observers import (Histogram, MinMax, MovingAverageMinMax, PerChannelMinMax,
+from ptq_cli.calibration.observers import (Histogram, MinMax, MovingAverageMinMax, PerChannelMinMax,
                                          grid_exponent)
 
 

@@ -5,9 +5,9 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from ptq_cli.calibrate import calibrate
-from ptq_cli.calibrate.observers import Histogram, Scratch
-from ptq_cli.calibrate.probes import _inferred_types, augment, elem_types, float_tensors
+from ptq_cli.calibration import calibrate
+from ptq_cli.calibration.observers import Histogram, Scratch
+from ptq_cli.calibration.probes import _inferred_types, augment, elem_types, float_tensors
 from ptq_cli.errors import CalibrationError
 from ptq_cli.recipe import CalibMethod, CalibrationSpec
 
@@ -69,7 +69,7 @@ def test_types_without_shape_inference_match_it():
 
 
 def test_unknown_op_falls_back_to_shape_inference(monkeypatch):
-    from ptq_cli.calibrate import probes
+    from ptq_cli.calibration import probes
 
     model = _conv_model()
     assert "r" in elem_types(model)

@@ -7,7 +7,7 @@ import numpy as np
 import onnx
 import pytest
 
-from ptq_cli.calibrate.api import calibrate
+from ptq_cli.calibration.api import calibrate
 from ptq_cli.engine import EngineSpec, open_engine
 from ptq_cli.errors import UsageError
 from ptq_cli.recipe import CalibMethod, CalibrationSpec

@@ -3,7 +3,7 @@ import json
 import numpy as np
 import pytest
 
-from ptq_cli.calibrate import CalibrationTable, calibrate, merge, model_sha256
+from ptq_cli.calibration import CalibrationTable, calibrate, merge, model_sha256
 from ptq_cli.errors import CalibrationError, OutputExistsError
 from ptq_cli.recipe import CalibMethod, CalibrationSpec
 

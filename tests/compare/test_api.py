@@ -5,7 +5,7 @@ import numpy as np
 import onnx
 import pytest
 
-from ptq_cli.compare import CompareReport, Thresholds, compare
+from ptq_cli.comparison import CompareReport, Thresholds, compare
 from ptq_cli.errors import ModelError, UsageError
 from tests.compare.models import mlp, two_in_two_out
 
@@ -110,7 +110,7 @@ def test_outputs_missing_from_the_candidate_are_refused(tmp_path, rng):
 def test_latency_reports_both_models(tmp_path, rng):
     x = rng.normal(size=(6, 4)).astype(np.float32)
     np.save(tmp_path / "x.npy", x)
-    from ptq_cli.compare import LatencySettings
+    from ptq_cli.comparison import LatencySettings
     report = compare(mlp(rng), mlp(rng), tmp_path / "x.npy", latency=True, batch_size=2, progress=False,
                      latency_settings=LatencySettings(warmup=1, runs=6))
     lat = report.latency

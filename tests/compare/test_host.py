@@ -4,7 +4,6 @@ of either class: tests that need one replace the probe, the others only compare 
 
 from __future__ import annotations
 
-import importlib
 import json
 import xml.etree.ElementTree as ET
 
@@ -15,8 +14,9 @@ from click.testing import CliRunner
 from onnx import TensorProto, helper, numpy_helper
 
 import ptq_cli
+import ptq_cli.comparison.host as HOST
 from ptq_cli.cli import main
-from ptq_cli.compare import compare
+from ptq_cli.comparison import compare
 from ptq_cli.model.kernels import HostKernels, host_kernels
 from ptq_cli.recipe import Recipe, Target
 from tests.conftest import make_model, save_samples
@@ -49,8 +49,6 @@ def case(tmp_path_factory):
     return folder
 
 
-# By module object: `ptq_cli.compare` as a dotted path reaches the function ptq_cli exports.
-HOST = importlib.import_module("ptq_cli.compare.host")
 
 
 @pytest.fixture

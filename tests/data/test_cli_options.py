@@ -8,7 +8,7 @@ import onnx
 import pytest
 from click.testing import CliRunner
 
-from ptq_cli.cli import reported_errors
+from ptq_cli.cli.reporting import reported_errors
 from ptq_cli.cli.data_options import (DATA_OPTION_NAMES, data_options, dataset_from_options,
                                       image_preprocess_from_options, pop_data_options)
 from ptq_cli.data import iter_batches

@@ -9,9 +9,9 @@ import onnx
 import pytest
 from click.testing import CliRunner
 
-from ptq_cli.calibrate.api import calibrate
-from ptq_cli.calibrate.sharded import PartTask, calibrate_part, fold_parts
-from ptq_cli.calibrate.table import CalibrationTable, model_sha256, merge
+from ptq_cli.calibration.api import calibrate
+from ptq_cli.calibration.sharded import PartTask, calibrate_part, fold_parts
+from ptq_cli.calibration.table import CalibrationTable, model_sha256, merge
 from ptq_cli.cli import main
 from ptq_cli.data import open_dataset
 from ptq_cli.data.split import split_contiguous

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib
 import socket
 import sys
 from concurrent.futures import Future
@@ -53,7 +52,7 @@ def test_dask_flags_without_the_dask_engine_are_refused(conv_model, data_dir, tm
 
 
 def test_ctrl_c_on_the_cluster_leaves_no_file(scheduler_address, conv_model, data_dir, tmp_path, monkeypatch):
-    sharded = importlib.import_module("ptq_cli.calibrate.sharded")
+    import ptq_cli.calibration.sharded as sharded
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt

@@ -5,7 +5,7 @@ import onnx
 import pytest
 from onnx import helper
 
-from ptq_cli.compare.api import compare_batches
+from ptq_cli.comparison.api import compare_batches
 from ptq_cli.drift.layers import match_layers
 from ptq_cli.data import Batch
 from tests.compare.models import fake_quant, make_qdq, mlp, ranges

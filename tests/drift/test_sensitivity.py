@@ -10,7 +10,7 @@ from click.testing import CliRunner
 from onnx import numpy_helper
 
 from ptq_cli.cli import main
-from ptq_cli.compare.api import compare_batches
+from ptq_cli.comparison.api import compare_batches
 from ptq_cli.drift.layers import match_layers
 from ptq_cli.drift.sensitivity import measure_sensitivity
 from ptq_cli.drift.switches import FloatBase

@@ -6,7 +6,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 import ptq_cli
-from ptq_cli.quantize.placement.budget import MEASURE_ONLY
+from ptq_cli.quantization.placement.budget import MEASURE_ONLY
 
 
 def _sequence_model() -> onnx.ModelProto:

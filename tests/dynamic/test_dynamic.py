@@ -12,7 +12,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from ptq_cli.cli import main
 from ptq_cli.errors import UsageError
-from ptq_cli.quantize.api import quantize
+from ptq_cli.quantization.api import quantize
 from ptq_cli.recipe import PerChannel, PerTensor, QType, Recipe, TensorSpec
 from tests.conftest import REPO, make_model, ops, run, sqnr_db, tiny_conv_relu
 

@@ -9,9 +9,9 @@ import numpy as np
 import onnx
 import pytest
 
-from ptq_cli.calibrate.api import calibrate
-from ptq_cli.quantize.api import quantize_model
-from ptq_cli.quantize.placement.patterns import PatternKind
+from ptq_cli.calibration.api import calibrate
+from ptq_cli.quantization.api import quantize_model
+from ptq_cli.quantization.placement.patterns import PatternKind
 from ptq_cli.recipe import Recipe
 from tests.conftest import REALDATA, session
 

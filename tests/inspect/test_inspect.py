@@ -11,9 +11,9 @@ from click.testing import CliRunner
 
 from ptq_cli.cli import main
 from ptq_cli.inspect import inspect_model
-from ptq_cli.quantize.api import quantize_model
-from ptq_cli.quantize.api import quantize
-from ptq_cli.quantize.arithmetic.scheme import wasted_fraction
+from ptq_cli.quantization.api import quantize_model
+from ptq_cli.quantization.api import quantize
+from ptq_cli.quantization.arithmetic.scheme import wasted_fraction
 from ptq_cli.recipe import Format, PerTensor, QType, Recipe, TensorSpec
 from tests.conftest import image_batches, minmax_ranges, tiny_conv_relu
 

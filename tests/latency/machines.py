@@ -6,7 +6,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 import numpy as np
 
-from ptq_cli.quantize.placement.latency.machine import Timing
+from ptq_cli.quantization.placement.latency.machine import Timing
 from tests.conftest import make_model
 
 

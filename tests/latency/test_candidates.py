@@ -9,10 +9,10 @@ import onnxruntime as ort
 import pytest
 
 from ptq_cli.model.prepare import prepare
-from ptq_cli.quantize.api import quantize_model
-from ptq_cli.quantize.placement.latency.candidates import Costs, prefix_candidates
-from ptq_cli.quantize.placement.latency.cost import CrossingCost, node_costs, tensor_elements
-from ptq_cli.quantize.placement.latency.machine import OnnxruntimeMachine
+from ptq_cli.quantization.api import quantize_model
+from ptq_cli.quantization.placement.latency.candidates import Costs, prefix_candidates
+from ptq_cli.quantization.placement.latency.cost import CrossingCost, node_costs, tensor_elements
+from ptq_cli.quantization.placement.latency.machine import OnnxruntimeMachine
 from ptq_cli.recipe import Recipe
 from tests.conftest import image_batches, minmax_ranges, tiny_conv_relu
 from tests.latency.machines import mobile_cnn
@@ -88,7 +88,7 @@ def test_no_boundary_right_after_a_max_pool(rng, tmp_path):
 def test_timing_feeds_from_data_are_single_rows_and_otherwise_made_from_the_input_types(rng, tmp_path):
     from onnx import TensorProto, helper
 
-    from ptq_cli.quantize.placement.latency.feeds import timing_feeds
+    from ptq_cli.quantization.placement.latency.feeds import timing_feeds
     from tests.conftest import make_model
 
     model = make_model([helper.make_node("Cast", ["ids"], ["c"], to=TensorProto.FLOAT),

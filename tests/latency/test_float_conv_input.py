@@ -8,7 +8,7 @@ import onnx
 import onnxruntime as ort
 
 from ptq_cli.model.prepare import prepare
-from ptq_cli.quantize.api import quantize_model
+from ptq_cli.quantization.api import quantize_model
 from ptq_cli.recipe import ExcludedConvInput, Recipe
 from tests.conftest import minmax_ranges, run, sqnr_db
 from tests.latency.machines import mobile_cnn

@@ -13,7 +13,7 @@ from click.testing import CliRunner
 
 import ptq_cli
 from ptq_cli.cli import main
-from ptq_cli.quantize.placement.latency import IfSlower, Objective, SlowerThanFloat
+from ptq_cli.quantization.placement.latency import IfSlower, Objective, SlowerThanFloat
 from tests.conftest import run
 from tests.latency.machines import MOBILE_TABLE, TableMachine, mobile_cnn
 
@@ -110,7 +110,7 @@ def test_a_tie_goes_to_the_placement_with_fewer_float_nodes(model_and_data):
 def test_cli_speed_summary_and_exit_status(model_and_data, tmp_path, monkeypatch):
     path, data = model_and_data
     table = {"value": MOBILE_TABLE}
-    api = importlib.import_module("ptq_cli.quantize.api")
+    api = importlib.import_module("ptq_cli.quantization.api")
     monkeypatch.setattr(api, "OnnxruntimeMachine", lambda: TableMachine(table["value"]))
     out = tmp_path / "cli.onnx"
     result = CliRunner().invoke(main, ["quantize", str(path), "--data", str(data), "-o", str(out),
@@ -134,7 +134,7 @@ def test_cli_speed_summary_and_exit_status(model_and_data, tmp_path, monkeypatch
 
 def test_the_real_machine_times_every_placement_interleaved(model_and_data):
     """onnxruntime's clock decides here, so only what does not depend on it is asserted."""
-    from ptq_cli.quantize.placement.latency.machine import OnnxruntimeMachine
+    from ptq_cli.quantization.placement.latency.machine import OnnxruntimeMachine
 
     path, data = model_and_data
     machine = OnnxruntimeMachine(threads=1, seconds=0.05, min_rounds=3, block_seconds=0.002, profile_runs=2)
@@ -173,7 +173,7 @@ def test_speed_also_times_per_channel_reads_for_convs_the_user_excluded(model_an
 
 
 def test_a_model_changed_by_the_drift_budget_is_timed_again(model_and_data):
-    from ptq_cli.quantize.placement.latency.search import retime
+    from ptq_cli.quantization.placement.latency.search import retime
 
     path, data = model_and_data
     machine = TableMachine(MOBILE_TABLE)
@@ -188,8 +188,8 @@ def test_a_model_changed_by_the_drift_budget_is_timed_again(model_and_data):
 
 
 def test_a_prefix_must_beat_the_fully_quantized_model_in_most_rounds():
-    from ptq_cli.quantize.placement.latency.machine import Timing
-    from ptq_cli.quantize.placement.latency.search import Trial, _choose
+    from ptq_cli.quantization.placement.latency.machine import Timing
+    from ptq_cli.quantization.placement.latency.search import Trial, _choose
 
     fp32 = Timing((10.0,) * 8)
     full = Timing((8.0,) * 8)

@@ -78,9 +78,9 @@ def test_recipe_round_trips_through_json_and_rejects_unknown_keys():
 def test_lazy_external_weights_round_trip_and_stream_to_external_data(rng, tmp_path):
     """A model loaded lazily keeps its weights on disk; sessions and saves still see them, and the
     streaming writer puts every tensor in one .data file that onnxruntime loads."""
-    from ptq_cli.calibrate.table import model_sha256
+    from ptq_cli.calibration.table import model_sha256
     from ptq_cli.model.external import is_external, write_with_external_data
-    from ptq_cli.model.sessions import inference_session
+    from ptq_cli.model.sessions import open_session
 
     model = tiny_conv_relu(rng, channels=32)
     path = tmp_path / "src.onnx"
@@ -89,7 +89,7 @@ def test_lazy_external_weights_round_trip_and_stream_to_external_data(rng, tmp_p
     assert any(is_external(t) for t in loaded.graph.initializer)
     x = rng.normal(0, 1, (1, 3, 8, 8)).astype(np.float32)
     want = run(model, {"x": x})[0]
-    np.testing.assert_array_equal(inference_session(loaded).run(None, {"x": x})[0], want)
+    np.testing.assert_array_equal(open_session(loaded).run(None, {"x": x})[0], want)
     from ptq_cli.model.external import serialized
 
     np.testing.assert_array_equal(run(onnx.load_from_string(serialized(loaded)), {"x": x})[0], want)
@@ -135,7 +135,7 @@ def test_a_model_over_2gb_loads_lazily_is_typed_and_hashed_with_its_data(tmp_pat
 
 
 def test_save_with_external_data_on_request_is_atomic_and_loads(rng, tmp_path):
-    from ptq_cli.model.sessions import inference_session
+    from ptq_cli.model.sessions import open_session
 
     model = tiny_conv_relu(rng, channels=32)
     path = save_model(model, tmp_path / "ext.onnx", external=True)
@@ -143,4 +143,4 @@ def test_save_with_external_data_on_request_is_atomic_and_loads(rng, tmp_path):
     onnx.checker.check_model(str(path), full_check=True)
     x = rng.normal(0, 1, (1, 3, 8, 8)).astype(np.float32)
     lazy = load_model(path, lazy=True)
-    np.testing.assert_array_equal(inference_session(lazy).run(None, {"x": x})[0], run(model, {"x": x})[0])
+    np.testing.assert_array_equal(open_session(lazy).run(None, {"x": x})[0], run(model, {"x": x})[0])

@@ -15,7 +15,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from ptq_cli.cli import main
 from ptq_cli.model.kernels import HostKernels, host_kernels
-from ptq_cli.quantize.arithmetic.pairs import pairing_for, saturates, worst_pair_sums
+from ptq_cli.quantization.arithmetic.pairs import pairing_for, saturates, worst_pair_sums
 from tests.conftest import REPO, run
 
 SAMPLE = REPO / "sample_models" / "digits_cnn.onnx"

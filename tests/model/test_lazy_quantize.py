@@ -8,7 +8,7 @@ import numpy as np
 import onnx
 import pytest
 
-from ptq_cli.quantize.api import quantize
+from ptq_cli.quantization.api import quantize
 from ptq_cli.recipe import Recipe
 from tests.conftest import run, tiny_conv_relu
 

@@ -9,7 +9,7 @@ import onnx
 import pytest
 
 from ptq_cli.errors import UsageError
-from ptq_cli.quantize.api import quantize_model
+from ptq_cli.quantization.api import quantize_model
 from ptq_cli.recipe import Format, PerChannel, PerTensor, QType, Recipe, TensorSpec
 from tests.conftest import image_batches, minmax_ranges, ops, run, sqnr_db, tiny_conv_relu
 from tests.qoperator import models

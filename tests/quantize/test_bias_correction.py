@@ -6,10 +6,10 @@ import numpy as np
 from onnx import TensorProto, helper, numpy_helper
 
 from ptq_cli.model.prepare import prepare
-from ptq_cli.quantize.api import quantize_model
-from ptq_cli.quantize.arithmetic.bias_correction import correct_biases
-from ptq_cli.quantize.placement.plan import make_plan
-from ptq_cli.quantize.arithmetic.scheme import dequantize, quantize
+from ptq_cli.quantization.api import quantize_model
+from ptq_cli.quantization.arithmetic.bias_correction import correct_biases
+from ptq_cli.quantization.placement.place import make_plan
+from ptq_cli.quantization.arithmetic.scheme import dequantize, quantize
 from ptq_cli.recipe import PerTensor, Recipe, TensorSpec, QType
 from tests.conftest import make_model, minmax_ranges, run
 
@@ -82,7 +82,7 @@ def test_bias_correction_reduces_output_error_in_onnxruntime(rng):
 
 
 def test_channel_means_stream_and_merge_exactly(rng):
-    from ptq_cli.calibrate.observers import ChannelMean
+    from ptq_cli.calibration.observers import ChannelMean
 
     parts = [rng.normal(i, 1, (2, 5, 3, 3)).astype(np.float32) for i in range(4)]
     whole, left, right = ChannelMean(), ChannelMean(), ChannelMean()
@@ -96,7 +96,7 @@ def test_channel_means_stream_and_merge_exactly(rng):
 
 
 def test_replanning_only_the_corrected_nodes_equals_planning_again(rng):
-    from ptq_cli.quantize.placement.plan import replan_weights
+    from ptq_cli.quantization.placement.place import replan_weights
 
     model = prepare(_depthwise_then_gemm(rng))
     batches = _batches(rng)

@@ -14,7 +14,7 @@ import ptq_cli
 from ptq_cli.cli import main
 from ptq_cli.drift import Thresholds
 from ptq_cli.errors import UsageError
-from ptq_cli.quantize.placement.budget import MEASURE_ONLY, Budget, DriftBudgetError
+from ptq_cli.quantization.placement.budget import MEASURE_ONLY, Budget, DriftBudgetError
 from tests.conftest import REPO, run, save_samples
 
 CALIB = REPO / "calibration" / "digits" / "calib"
@@ -127,7 +127,7 @@ def test_default_budget_leaves_the_sample_models_byte_identical(name):
 
 
 def test_eval_samples_are_evenly_spaced_calibration_files_or_the_first_of_eval_data():
-    from ptq_cli.quantize.placement.budget import eval_samples
+    from ptq_cli.quantization.placement.budget import eval_samples
 
     model = onnx.load(REPO / "sample_models" / "digits_cnn.onnx")
     files = sorted(CALIB.iterdir())
@@ -239,7 +239,7 @@ def test_the_ladder_keeps_the_fewest_units_off_int8_and_measures_each_recipe_onc
     in float besides; the float pass finds M alone. No recipe is measured twice."""
     import types
 
-    from ptq_cli.quantize.placement import fallback
+    from ptq_cli.quantization.placement import fallback
 
     measured = []
 
@@ -268,7 +268,7 @@ def test_a_prefix_that_leaves_nothing_quantized_bounds_the_search_from_above(mon
     float, top-1 agreement 0.93, where the search had stopped at 0.89)."""
     import types
 
-    from ptq_cli.quantize.placement import fallback
+    from ptq_cli.quantization.placement import fallback
 
     ranked = [(f"C{i}",) for i in range(10)] + [("pool",)]
 
@@ -297,7 +297,7 @@ def test_under_a_share_limit_the_passing_prefix_is_not_pruned(monkeypatch):
     import types
 
     from ptq_cli.drift.report import ThresholdResult
-    from ptq_cli.quantize.placement import fallback
+    from ptq_cli.quantization.placement import fallback
 
     sequences = types.SimpleNamespace(classification=None, sequence_agreement=0.95)
     integers = types.SimpleNamespace(classification=None, sequence_agreement=None)
@@ -326,7 +326,7 @@ def test_parallel_early_stopped_remembered_searches_write_the_bytes_of_the_plain
     """The search with one session and every sample run (best effort measures every candidate
     whole), with two sessions, and again with the fitted weights remembered from the first runs:
     the same file, byte for byte; the early stop ran fewer samples on the failing candidates."""
-    from ptq_cli.quantize.arithmetic import pairs
+    from ptq_cli.quantization.arithmetic import pairs
 
     path, data = outlier
     pairs._FITTED.answers.clear()

@@ -158,7 +158,7 @@ def test_clipping_methods_keep_the_full_range_of_inputs_and_scores(rng, tmp_path
     data = _npy_folder(tmp_path / "data", batches)
     spec = ptq_cli.CalibrationSpec(method=ptq_cli.CalibMethod.PERCENTILE, percentile=90.0)
     # 90 % clips hard enough to miss the default drift budget; the ranges are what is tested here.
-    from ptq_cli.quantize.placement.budget import MEASURE_ONLY
+    from ptq_cli.quantization.placement.budget import MEASURE_ONLY
 
     result = ptq_cli.quantize(model, data=data, recipe=ptq_cli.Recipe(calibration=spec), progress=False,
                               budget=MEASURE_ONLY)

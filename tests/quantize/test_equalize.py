@@ -6,7 +6,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 import ptq_cli
 from ptq_cli.model.prepare import prepare
-from ptq_cli.quantize.arithmetic.equalize import equalization_pairs, equalize
+from ptq_cli.quantization.arithmetic.equalize import equalization_pairs, equalize
 from tests.conftest import make_model, run, sqnr_db
 
 

@@ -7,8 +7,8 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from ptq_cli.errors import UsageError
-from ptq_cli.quantize.api import quantize
-from ptq_cli.quantize.arithmetic.gptq import gptq_round, output_error
+from ptq_cli.quantization.api import quantize
+from ptq_cli.quantization.arithmetic.gptq import gptq_round, output_error
 from ptq_cli.recipe import PerChannel, PerTensor, QType, Recipe, Rounding, TensorSpec
 
 RNG = np.random.default_rng(11)
@@ -89,7 +89,7 @@ def test_gptq_model_is_closer_to_float_than_nearest(tmp_path, granularity):
 
 
 def test_gptq_needs_gram_matrices(tmp_path):
-    from ptq_cli.calibrate import calibrate
+    from ptq_cli.calibration import calibrate
 
     model = matmul_conv_model()
     folder = tmp_path / "calib"

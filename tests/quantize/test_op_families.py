@@ -12,7 +12,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from ptq_cli.quantize.api import quantize_model
+from ptq_cli.quantization.api import quantize_model
 from ptq_cli.recipe import Recipe
 from tests.conftest import make_model, minmax_ranges, ops, run, session
 

@@ -20,10 +20,10 @@ from hypothesis.extra.numpy import arrays
 from onnx import TensorProto, helper, numpy_helper
 
 from ptq_cli.model.kernels import HostKernels, host_kernels
-from ptq_cli.quantize.arithmetic.pairs import (PAIR_LIMIT, SCALE_STEPS, adjacent_partners, bound_pairs,
+from ptq_cli.quantization.arithmetic.pairs import (PAIR_LIMIT, SCALE_STEPS, adjacent_partners, bound_pairs,
                                                conv_partners, fit_pairs, pairing_for, saturates, worst_pair_sums)
-from ptq_cli.quantize.arithmetic.scheme import dequantize, quantize
-from ptq_cli.quantize.transform import quantize_model
+from ptq_cli.quantization.arithmetic.scheme import dequantize, quantize
+from ptq_cli.quantization.static import quantize_model
 from ptq_cli.recipe import Format, QType, Recipe, Target
 from tests.conftest import make_model, minmax_ranges, run
 
@@ -61,7 +61,7 @@ def test_a_bounded_pair_lands_on_the_limit_nearest_its_float_values():
 
 
 def test_gptq_keeps_each_pair_in_range_given_its_partner(rng):
-    from ptq_cli.quantize.arithmetic.gptq import gptq_round
+    from ptq_cli.quantization.arithmetic.gptq import gptq_round
 
     w = np.abs(rng.normal(0, 1, (8, 12)))  # [rows, inputs]: same-sign rows, many pairs over the limit
     x = rng.normal(0, 1, (200, 12))
@@ -165,7 +165,7 @@ def _integer_reference(model: onnx.ModelProto, plan, x: np.ndarray) -> np.ndarra
 
 
 def quantize_bias_like(model, bias, x_params, weight) -> np.ndarray:
-    from ptq_cli.quantize.arithmetic.scheme import quantize_bias
+    from ptq_cli.quantization.arithmetic.scheme import quantize_bias
     value = numpy_helper.to_array(next(t for t in model.graph.initializer if t.name == bias.tensor))
     return quantize_bias(value, x_params.scale, weight.params.scale)[0].astype(np.float64)
 
@@ -248,8 +248,8 @@ def test_dynamic_lstm_weights_keep_their_pairs_in_range(rng):
 
 
 def test_a_weight_whose_pairs_fit_keeps_its_scale_and_integers():
-    from ptq_cli.quantize.arithmetic.pairs import portable_weight
-    from ptq_cli.quantize.arithmetic.scheme import compute_qparams
+    from ptq_cli.quantization.arithmetic.pairs import portable_weight
+    from ptq_cli.quantization.arithmetic.scheme import compute_qparams
 
     w = np.array([[1.0, -1.0], [-0.5, 1.0]], np.float32)  # every pair mixes signs
     qp = compute_qparams(np.array([-1.0, -1.0]), np.array([1.0, 1.0]), QType.INT8, symmetric=True, axis=1)

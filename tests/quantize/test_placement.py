@@ -10,8 +10,8 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from ptq_cli.model.prepare import prepare
-from ptq_cli.quantize.api import quantize_model
-from ptq_cli.quantize.placement.patterns import PatternKind, find_patterns
+from ptq_cli.quantization.api import quantize_model
+from ptq_cli.quantization.placement.patterns import PatternKind, find_patterns
 from ptq_cli.recipe import Recipe
 from tests.conftest import make_model, minmax_ranges, ops, run, sqnr_db
 

@@ -4,7 +4,7 @@ test that times itself passes or fails with the machine it lands on)."""
 import numpy as np
 from onnx import TensorProto, helper, numpy_helper
 
-from ptq_cli.quantize.placement.plan import make_plan
+from ptq_cli.quantization.placement.place import make_plan
 from ptq_cli.recipe import Recipe
 
 

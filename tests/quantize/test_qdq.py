@@ -9,7 +9,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from ptq_cli.model.prepare import prepare
-from ptq_cli.quantize.api import quantize_model
+from ptq_cli.quantization.api import quantize_model
 from ptq_cli.recipe import PerTensor, Recipe, TensorSpec, QType
 from tests.conftest import (image_batches, make_model, minmax_ranges, ops, run, session, sqnr_db,
                             tiny_conv_relu)

@@ -1,4 +1,4 @@
-"""The arithmetic contract of quantize/arithmetic/scheme.py, proved on random ranges and checked bit-exactly
+"""The arithmetic contract of quantization/arithmetic/scheme.py, proved on random ranges and checked bit-exactly
 against ONNX's own QuantizeLinear (onnx.reference) and onnxruntime."""
 
 import numpy as np
@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 from onnx import TensorProto, helper, numpy_helper
 from onnx.reference import ReferenceEvaluator
 
-from ptq_cli.quantize.arithmetic.scheme import (compute_qparams, dequantize, fixed_point_multiplier, integer_range,
+from ptq_cli.quantization.arithmetic.scheme import (compute_qparams, dequantize, fixed_point_multiplier, integer_range,
                                      quantize, quantize_bias, wasted_fraction, weight_range)
 from ptq_cli.recipe import QType
 from tests.conftest import make_model, run

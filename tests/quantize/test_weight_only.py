@@ -8,9 +8,9 @@ from click.testing import CliRunner
 from onnx import TensorProto, helper, numpy_helper
 
 from ptq_cli.cli import main
-from ptq_cli.quantize.emitters import weight_only
-from ptq_cli.quantize.api import quantize
-from ptq_cli.quantize.arithmetic.blocks import block_params, pack_matmul_nbits, pack_zero_points
+from ptq_cli.quantization.emitters import weight_only
+from ptq_cli.quantization.api import quantize
+from ptq_cli.quantization.arithmetic.blocks import block_params, pack_matmul_nbits, pack_zero_points
 from ptq_cli.recipe import QType, Recipe, Rounding, WeightOnly
 
 RNG = np.random.default_rng(5)

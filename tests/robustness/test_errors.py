@@ -58,9 +58,7 @@ def test_unexpected_errors_are_one_line_without_debug_and_a_traceback_with_it(wo
     def broken(*args, **kwargs):
         raise RuntimeError("something unforeseen")
 
-    import importlib
-
-    monkeypatch.setattr(importlib.import_module("ptq_cli.quantize.modes"), "rewrite_dynamic", broken)
+    monkeypatch.setattr("ptq_cli.quantization.modes.rewrite_dynamic", broken)
     invoke(work, "quantize", work / "model.onnx", "--dynamic", "-q").refused(3, "internal error", "--debug")
     run = invoke(work, "--debug", "quantize", work / "model.onnx", "--dynamic", "-q")
     assert isinstance(run.result.exception, RuntimeError)
@@ -100,12 +98,10 @@ def test_ctrl_c_while_importing_is_one_line_and_exit_130(work):
 
 @pytest.mark.parametrize("command", ["quantize", "calibrate"])
 def test_ctrl_c_during_calibration_leaves_nothing(work, monkeypatch, command):
-    import importlib
-
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(importlib.import_module("ptq_cli.calibrate.api"), "collect", interrupted)
+    monkeypatch.setattr("ptq_cli.calibration.in_process.collect", interrupted)
     extra = ("--objective", "size") if command == "quantize" else ()
     run = invoke(work, command, work / "model.onnx", "--data", work / "data", *extra, "-q")
     run.refused(130, "interrupted")

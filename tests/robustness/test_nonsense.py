@@ -81,7 +81,7 @@ def test_inspect_json_is_strict_json(work, quantized):
 
 
 def test_json_outputs_never_hold_nan(work):
-    from ptq_cli.cli import _plain
+    from ptq_cli.cli.reporting import _plain
 
     assert _plain({"a": [math.nan, np.float32(math.inf), 1.5], "b": np.int64(3)}) == {"a": [None, None, 1.5], "b": 3}
 

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ptq_cli.calibrate.table import CalibrationTable
+from ptq_cli.calibration.table import CalibrationTable
 from ptq_cli.errors import CalibrationError, UsageError
 from ptq_cli.recipe import Recipe
 from tests.robustness.harness import invoke
@@ -128,7 +128,7 @@ def test_recipes_that_round_trip_still_load():
 @settings(max_examples=60, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(data=st.data())
 def test_edited_histograms_are_refused_or_recompute_and_merge(table_dict, data):
-    from ptq_cli.calibrate.table import merge
+    from ptq_cli.calibration.table import merge
     from ptq_cli.recipe import CalibMethod, CalibrationSpec
 
     name = data.draw(st.sampled_from(sorted(table_dict["tensors"])))

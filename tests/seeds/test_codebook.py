@@ -9,12 +9,12 @@ import pytest
 from click.testing import CliRunner
 from onnx import TensorProto, helper, numpy_helper
 
-from ptq_cli.calibrate.gram import Gram
+from ptq_cli.calibration.gram import Gram
 from ptq_cli.cli import main
 from ptq_cli.errors import UsageError
 from ptq_cli.model.prepare import prepare
-from ptq_cli.quantize.emitters.codebook import codebook_weights
-from ptq_cli.quantize.arithmetic.kmeans import kmeans_rows
+from ptq_cli.quantization.emitters.codebook import codebook_weights
+from ptq_cli.quantization.arithmetic.kmeans import kmeans_rows
 from ptq_cli.recipe import PerTensor, Recipe, WeightCodebook
 from tests.conftest import make_model, ops, run, session, sqnr_db
 
@@ -143,8 +143,8 @@ def test_cli_writes_a_smaller_reproducible_file_and_refuses_mixing(tmp_path, rng
 
 
 def test_gptq_assignment_lowers_the_output_error_under_the_gram_matrix():
-    from ptq_cli.quantize.emitters.codebook_gptq import gptq_assign
-    from ptq_cli.quantize.arithmetic.gptq import output_error
+    from ptq_cli.quantization.emitters.codebook_gptq import gptq_assign
+    from ptq_cli.quantization.arithmetic.gptq import output_error
 
     rng = np.random.default_rng(5)
     x = rng.normal(size=(512, 32)) @ rng.normal(size=(32, 32))  # correlated inputs

@@ -9,15 +9,15 @@ import pytest
 from click.testing import CliRunner
 from onnx import TensorProto, helper, numpy_helper
 
-from ptq_cli.calibrate.batchnorm import SIGMAS, batchnorm_ranges
+from ptq_cli.calibration.batchnorm import SIGMAS, batchnorm_ranges
 from ptq_cli.cli import main
 from ptq_cli.data.images import ImagePreprocess
 from ptq_cli.data.synthetic import synthetic_dataset
 from ptq_cli.errors import UsageError
 from ptq_cli.model.io import input_specs
 from ptq_cli.model.prepare import prepare
-from ptq_cli.quantize.api import quantize
-from ptq_cli.quantize.datafree import BATCHNORM, SYNTHETIC
+from ptq_cli.quantization.api import quantize
+from ptq_cli.quantization.datafree import BATCHNORM, SYNTHETIC
 from tests.conftest import make_model, run, sqnr_db
 
 GAMMA = np.array([0.5, -1.0, 2.0, 0.25], np.float32)

@@ -11,10 +11,10 @@ from onnx import numpy_helper
 from ptq_cli.cli import main
 from ptq_cli.errors import UsageError
 from ptq_cli.model.prepare import prepare
-from ptq_cli.quantize.api import quantize_model
-from ptq_cli.quantize.emitters.dynamic import rewrite_dynamic
-from ptq_cli.quantize.placement.plan import make_plan
-from ptq_cli.quantize.arithmetic.scheme import compute_qparams, dequantize, quantize
+from ptq_cli.quantization.api import quantize_model
+from ptq_cli.quantization.emitters.dynamic import rewrite_dynamic
+from ptq_cli.quantization.placement.place import make_plan
+from ptq_cli.quantization.arithmetic.scheme import compute_qparams, dequantize, quantize
 from ptq_cli.recipe import Format, QType, Recipe, Rounding
 from tests.conftest import image_batches, minmax_ranges, run, sqnr_db, tiny_conv_relu
 

@@ -3,7 +3,7 @@
 
 When onnx's version converter cannot get there (an op it has no adapter for), the model goes to
 the highest lesser opset quantization can still use that the converter reaches (11: dynamic
-quantization; 10: per-tensor QDQ), or stays at its own; quantize/placement/opsets.py degrades the recipe
+quantization; 10: per-tensor QDQ), or stays at its own; quantization/placement/opsets.py degrades the recipe
 to what that opset allows. A model onnxruntime runs is never refused for its opset.
 """
 

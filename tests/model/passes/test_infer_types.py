@@ -41,7 +41,7 @@ def test_untyped_tensors_are_a_skip_reason_not_silence():
 
 
 def test_quantize_reports_what_prepare_could_not_type():
-    from ptq_cli.quantize.api import quantize_model
+    from ptq_cli.quantization.api import quantize_model
     from ptq_cli.recipe import Recipe
 
     graph = helper.make_graph([helper.make_node("Mystery", ["x"], ["m"], domain="custom.domain"),

@@ -1,0 +1,260 @@
+"""`ptq_cli.quantize()`: FP32 model + recipe + calibration -> INT8 model, written atomically.
+
+The flow: load the source (float16/64 widened to float32), build candidates the way the recipe's
+kind of quantization does (modes.py), hold the candidate to the drift budget (placement/budget.py,
+which may fall back), time it again when it changed, check it and write it (output.py).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import onnx
+
+from ptq_cli import __version__
+from ptq_cli.errors import ModelError, UsageError
+from ptq_cli.model.external import PROTOBUF_LIMIT, model_size
+from ptq_cli.model.kernels import HostKernels
+from ptq_cli.model.io import LAZY_ABOVE, check_model, check_writable, load_model, save_model
+from ptq_cli.model.passes.float32 import ToFloat32, float_kinds
+from ptq_cli.model.prepare import prepare
+from ptq_cli.quantization.modes import codebook_mode, dynamic_mode, static_mode, weight_only_mode
+from ptq_cli.quantization.output import check_excludes, check_run_time, nothing_quantized, stamp, verify_loads
+from ptq_cli.quantization.placement.budget import DEFAULT_THRESHOLDS, Budget, BudgetOutcome, eval_samples, hold_budget
+from ptq_cli.quantization.placement.latency import IfSlower, LatencyDecision, Objective, SlowerThanFloat
+from ptq_cli.quantization.placement.latency.feeds import timing_feeds
+from ptq_cli.quantization.placement.latency.machine import Machine, OnnxruntimeMachine
+from ptq_cli.quantization.placement.latency.search import retime
+from ptq_cli.quantization.plan import SkipReason
+from ptq_cli.quantization.timings import Stopwatch
+from ptq_cli.quantization.static import Ranges, quantize_model, required_opset
+from ptq_cli.recipe import Recipe
+
+__all__ = ["QuantizeResult", "Ranges", "default_output", "quantize", "quantize_model"]
+
+
+@dataclass(frozen=True)
+class QuantizeResult:
+    """What `quantize` did. `output` is None when nothing was written (no output path given)."""
+
+    model: onnx.ModelProto
+    output: Path | None
+    recipe: Recipe
+    quantized: tuple[str, ...]
+    skipped: tuple[SkipReason, ...]
+    fused: dict[str, str] = field(default_factory=dict)
+    size_before: int = 0
+    size_after: int = 0
+    source_sha256: str = ""
+    prepare_skipped: tuple[str, ...] = ()  # what the graph passes left undone, and why
+    notes: tuple[str, ...] = ()  # model-wide changes to the recipe (e.g. per-tensor at an old opset)
+    latency: LatencyDecision | None = None  # what was measured to choose the placement (--objective speed)
+    float_written: bool = False  # INT8 did not pay and the float model was written instead (--if-slower float)
+    # The drift measured on the evaluation samples, the budget and the fallback decisions
+    # (see quantization/placement/budget.py); None when there was no data to measure it on.
+    drift: dict | None = None
+    fallback_trials: int = 0
+    fallback_seconds: float = 0.0
+    range_sources: dict[str, str] = field(default_factory=dict)  # activation -> where its range came from (data-free)
+    probed_host: HostKernels | None = None  # this machine's kernels, when --target host chose by them
+    seconds: dict = field(default_factory=dict)  # where the time went (timings.py: Stopwatch.to_dict)
+
+    def to_dict(self) -> dict:
+        return {
+            "output": str(self.output) if self.output else None,
+            "source_sha256": self.source_sha256,
+            "quantized": list(self.quantized),
+            "fused": dict(self.fused),
+            "skipped": [{"node": s.node, "op_type": s.op_type, "reason": s.reason} for s in self.skipped],
+            "notes": list(self.notes),
+            "size_before": self.size_before,
+            "size_after": self.size_after,
+            "prepare_skipped": list(self.prepare_skipped),
+            "recipe": self.recipe.to_dict(),
+            "drift": self.drift,
+            "ptq_version": __version__,
+            "latency": self.latency.to_dict() if self.latency else None,
+            "float_written": self.float_written,
+            "range_sources": dict(self.range_sources),
+            "target": self.recipe.target.value,
+            "probed_host": self.probed_host.value if self.probed_host else None,
+            "seconds": self.seconds,
+        }
+
+
+def default_output(model_path: str | os.PathLike, recipe: Recipe | None = None) -> Path:
+    path = Path(model_path)
+    kind = recipe.weight_only.dtype.value if recipe is not None and recipe.weight_only is not None else "int8"
+    return path.with_name(f"{path.stem}.{kind}.onnx")
+
+
+def quantize(model: str | os.PathLike | onnx.ModelProto, output: str | os.PathLike | None = None, *,
+             data=None, calibration=None, recipe: Recipe = Recipe(), image=None, force: bool = False,
+             progress: bool = True, batch_size: int = 1, max_samples: int | None = None,
+             objective: Objective = Objective.SIZE, if_slower: IfSlower = IfSlower.INT8,
+             machine: Machine | None = None,
+             eval_data=None, labels=None, budget: Budget = Budget(), data_free: bool = False,
+             probed_host: HostKernels | None = None, engine=None) -> QuantizeResult:
+    """Quantize `model` (a path or a ModelProto) and write it to `output` (when given).
+
+    Activation ranges come from `calibration` (a CalibrationTable or the path of one) or are
+    measured on `data` (a folder/Dataset) with `recipe.calibration`. The input is never modified.
+
+    objective=Objective.SPEED (opt-in, as on the CLI) times placements on `machine` (onnxruntime on
+    this machine unless given) and keeps the fastest; the returned recipe records it (its
+    `exclude` names the float prefix); Objective.ACCURACY keeps, of the placements timed, the
+    one with the most nodes in float that still beats FP32. When no INT8 placement beats FP32, `if_slower` decides:
+    write the INT8 one (INT8, the default: the result says it does not pay), raise SlowerThanFloat (FAIL)
+    or write the float model (FLOAT).
+    Objective.SIZE (the default) times nothing: same inputs and recipe, same bytes on any machine.
+    The drift is measured on `eval_data` (or on part of `data`) and must meet `budget`; the most
+    sensitive nodes go back to float until it does (DriftBudgetError when it cannot be met,
+    unless `budget.best_effort`). `budget=MEASURE_ONLY` measures and reports without limits.
+
+    `recipe.target` says which CPUs the integer weights are exact on (Target.PORTABLE, the
+    default: every one); `probed_host`, when the caller chose the target by probing this
+    machine (model/kernels.py), is recorded in the output's metadata and the result.
+
+    `engine` (ptq_cli.engine.open_engine, a Dask cluster) runs the drift budget's reference and
+    candidates on its workers, with the same decisions and bytes as here; the calibration and
+    the ranking stay in this process (calibrate on the cluster first with `calibrate(...,
+    engine=)` and pass the table), and so does latency timing, which measures this machine.
+
+    data_free=True needs neither data nor a table: ranges come from BatchNormalization statistics
+    where the model has them and from synthetic inputs (seeded by recipe.seed) elsewhere
+    (quantization/datafree.py); the drift is then measured on `eval_data` only.
+    """
+    if data_free and (recipe.dynamic or recipe.weight_codebook is not None):
+        raise UsageError("--data-free is for static quantization; --dynamic and --weight-codebook need no data")
+    stopwatch = Stopwatch()
+    with stopwatch.phase("load"):
+        source, source_sha, path = _load_source(model)
+        source, widened = _float32(source)
+    if objective is not Objective.SIZE and not model_size(source).total < PROTOBUF_LIMIT:
+        # Timing placements hands onnxruntime the model as bytes, which protobuf cannot hold here.
+        objective = Objective.SIZE
+        widened += ("latency timing skipped: the model is 2 GB or more (as with --objective size)",)
+    asked = recipe
+    inputs = _input_paths(path, data, calibration)
+    if output is not None:
+        check_writable(output, force=force, protect=inputs)  # before the long calibration
+    collect = dict(progress=progress, batch_size=batch_size, max_samples=max_samples)
+    if recipe.weight_only is not None:
+        mode = weight_only_mode(source, source_sha, path, data, calibration, recipe, image, **collect)
+    elif recipe.dynamic:
+        mode = dynamic_mode(source, recipe)
+    elif recipe.weight_codebook is not None:
+        mode = codebook_mode(source, path, source_sha, data, calibration, recipe, image, **collect)
+    else:
+        if objective is not Objective.SIZE:
+            machine = machine or OnnxruntimeMachine()
+        mode = static_mode(source, source_sha, data, calibration, recipe, image, data_free=data_free,
+                           objective=objective, if_slower=if_slower, machine=machine, stopwatch=stopwatch, **collect)
+    build, recipe, floating, decision = mode.build, mode.recipe, mode.floating, mode.decision
+    # The drift is measured on real samples only (`data`), never on data-free synthetic ones.
+    with stopwatch.phase("reference"):
+        samples = eval_samples(source, data, eval_data, image, labels)
+    outcome = _within_budget(source, floating, build, recipe, samples, budget, progress, stopwatch, engine)
+    if outcome is not None:
+        quantized, plan, recipe = outcome.trial.model, outcome.trial.plan, outcome.trial.recipe
+    elif decision is not None and recipe == decision.recipe:
+        quantized, plan = decision.model, decision.plan
+    else:
+        with stopwatch.phase("build"):
+            quantized, plan = build(recipe)
+    if decision is not None and recipe != decision.recipe:  # the verdict is about what is written: time it
+        searched = outcome is not None and bool(outcome.trial.fallback or outcome.trial.run_time)
+        why = "after the drift budget's fallback" if searched else "every node quantized"
+        timed_on = mode.timing_data if mode.timing_data is not None else data
+        with stopwatch.phase("latency search"):
+            decision = retime(decision, source, quantized, plan, recipe, timing_feeds(source, timed_on, image)[0],
+                              machine or OnnxruntimeMachine(), why)
+    check_excludes(asked, source, plan)
+    check_run_time(recipe, plan)
+    if not plan.quantizes_anything and decision is None and not (outcome and outcome.searched) and output is not None:
+        raise ModelError(nothing_quantized(plan))  # (without an output, the result says why)
+    drift = outcome.metadata(budget) if outcome else None
+    stamp(quantized, recipe, source_sha, mode.data_description, drift, probed_host)
+    with stopwatch.phase("check"):
+        verify_loads(quantized, source)
+    slower = decision is not None and not decision.pays
+    if slower and if_slower is IfSlower.FAIL:
+        raise SlowerThanFloat(decision)
+    written_model = source if slower and if_slower is IfSlower.FLOAT else quantized
+    # A large model given with external data gets its output written the same way: whoever
+    # loads it (compare, onnxruntime) then maps the weights instead of parsing them.
+    external = model_size(source).external > 0 and model_size(written_model).total >= LAZY_ABOVE
+    with stopwatch.phase("write"):
+        written = save_model(written_model, output, force=force, protect=inputs, external=external) if output else None
+    skipped = tuple(_fallback_reason(s, outcome.trial.fallback if outcome else ()) for s in plan.skipped)
+    if decision is not None:
+        skipped = tuple(_latency_reason(s, asked, decision) for s in skipped)
+    done = sorted([*plan.quantized, *plan.dynamic, *plan.weight_only], key=_graph_order(source))
+    return QuantizeResult(written_model, written, recipe, tuple(done), skipped,
+                          dict(plan.fused), model_size(source).total, model_size(written_model).total, source_sha,
+                          tuple(plan.prepare_skipped), widened + tuple(plan.notes),
+                          latency=decision, float_written=written_model is source, drift=drift,
+                          fallback_trials=outcome.trials if outcome else 0,
+                          fallback_seconds=outcome.seconds if outcome else 0.0,
+                          range_sources=mode.range_sources(plan) if mode.range_sources else {},
+                          probed_host=probed_host, seconds=stopwatch.to_dict())
+
+
+def _latency_reason(skip: SkipReason, asked: Recipe, decision: LatencyDecision) -> SkipReason:
+    if skip.node not in decision.chosen.float_nodes or asked.excludes(skip.node, skip.op_type) or \
+            not skip.reason.startswith("excluded by"):
+        return skip
+    return SkipReason(skip.node, skip.op_type, "kept in float by --objective speed: faster in FP32 on this machine")
+
+
+def _fallback_reason(skip: SkipReason, fallback: tuple[str, ...]) -> SkipReason:
+    if skip.node not in fallback:
+        return skip
+    return SkipReason(skip.node, skip.op_type, "returned to float by the fallback search: the drift budget needs it")
+
+
+def _within_budget(source, floating, build, recipe: Recipe, samples, budget: Budget,
+                   progress: bool, stopwatch: Stopwatch, engine=None) -> BudgetOutcome | None:
+    """The candidate of `recipe`, held to the drift budget on the evaluation samples; None when
+    there are no samples to measure on."""
+    if samples is None:
+        if budget.thresholds.any and budget.thresholds != DEFAULT_THRESHOLDS:
+            raise UsageError("a drift budget needs samples to measure on: pass --data or --eval-data DIR")
+        return None
+    return hold_budget(source, build, recipe, samples, budget,
+                       lambda: prepare(floating, min_opset=required_opset(recipe)), progress=progress,
+                       stopwatch=stopwatch, engine=engine)
+
+
+def _input_paths(*given) -> tuple[str | os.PathLike, ...]:
+    """The files and folders a run reads, which its output must never replace."""
+    return tuple(p for p in given if isinstance(p, (str, os.PathLike)))
+
+
+def _float32(source: onnx.ModelProto) -> tuple[onnx.ModelProto, tuple[str, ...]]:
+    """A float16/bfloat16/float64 model as a float32 one with Casts at its edges, and the note
+    that says so; a float32 model as it is."""
+    if not float_kinds(source):
+        return source, ()
+    converted = onnx.ModelProto()
+    converted.CopyFrom(source)
+    return converted, ToFloat32()(converted).changes
+
+
+def _graph_order(model: onnx.ModelProto):
+    order = {n.name: i for i, n in enumerate(model.graph.node)}
+    return lambda name: (order.get(name, len(order)), name)
+
+
+def _load_source(model) -> tuple[onnx.ModelProto, str, Path | None]:
+    from ptq_cli.calibration.table import model_sha256
+
+    if isinstance(model, onnx.ModelProto):
+        check_model(model)
+        return model, model_sha256(model), None
+    path = Path(model)
+    return load_model(path), model_sha256(path), path
+
+

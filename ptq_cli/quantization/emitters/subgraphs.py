@@ -1,0 +1,131 @@
+"""Quantizing inside If / Loop / Scan bodies.
+
+Each body is quantized as a graph of its own: a standalone model whose inputs are the body's
+inputs plus the outer-scope tensors it reads (typed from the enclosing scopes), planned and
+emitted by the same code as the main graph (static QDQ, or dynamic), then written back into the
+body with its own inputs. Nested bodies follow, with the enclosing bodies' tensors in scope.
+Ranges of body tensors come from calibration/subgraphs.py.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import onnx
+from onnx import helper
+
+from ptq_cli.model.graph import drop_unused_initializers
+from ptq_cli.quantization.plan import SkipReason
+
+_BODY_OPS = ("If", "Loop", "Scan")
+# A standalone body in, (the body quantized, nodes quantized, nodes left float) out.
+Transform = Callable[[onnx.ModelProto], tuple[onnx.ModelProto, list[str], list[SkipReason]]]
+
+
+def has_bodies(model: onnx.ModelProto) -> bool:
+    return any(n.op_type in _BODY_OPS for n in model.graph.node)
+
+
+def quantize_bodies(model: onnx.ModelProto, transform: Transform) -> tuple[list[str], list[SkipReason]]:
+    """Quantize every body of `model` in place with `transform`; what it quantized and skipped."""
+    done: list[str] = []
+    skipped: list[SkipReason] = []
+    weights = {t.name: t for t in model.graph.initializer}
+    _visit(model, model.graph, _types(model.graph), weights, transform, done, skipped)
+    drop_unused_initializers(model.graph)  # weights now quantized inside the bodies
+    return done, skipped
+
+
+def without_owners(skipped: list[SkipReason], model: onnx.ModelProto, done: list[str]) -> list[SkipReason]:
+    """`skipped` without the If/Loop/Scan nodes whose bodies were quantized (the node itself has
+    no integer form, but saying it "runs in float" would be wrong)."""
+    if not done:
+        return skipped
+    owners = {n.name for n in model.graph.node if n.op_type in _BODY_OPS}
+    return [s for s in skipped if s.node not in owners]
+
+
+def _visit(model, graph, scope, weights, transform, done, skipped) -> None:
+    for node in graph.node:
+        if node.op_type not in _BODY_OPS or node.domain not in ("", "ai.onnx"):
+            continue
+        for attr in node.attribute:
+            if attr.type != onnx.AttributeProto.GRAPH:
+                continue
+            for i, inner in enumerate(attr.g.node):  # names for reports and --exclude
+                if not inner.name:
+                    inner.name = f"{node.name}/{attr.name}/{inner.op_type}_{i}"
+            standalone = _standalone(model, attr.g, scope, weights)
+            quantized, d, s = transform(standalone)
+            _write_back(attr.g, quantized, len(attr.g.input))
+            _import_domains(model, quantized)  # e.g. com.microsoft for a DynamicQuantizeLSTM
+            done += d
+            skipped += s
+            inner = {**weights, **{t.name: t for t in attr.g.initializer}}
+            _visit(model, attr.g, {**scope, **_types(quantized.graph)}, inner, transform, done, skipped)
+
+
+def _standalone(model: onnx.ModelProto, body: onnx.GraphProto, scope: dict[str, onnx.TypeProto],
+                weights: dict[str, onnx.TensorProto]) -> onnx.ModelProto:
+    """The body as a model: outer-scope weights copied in as its own initializers (so they are
+    quantized as weights, inside the body), other outer-scope tensors as extra graph inputs."""
+    graph = onnx.GraphProto()
+    graph.CopyFrom(body)
+    defined = _defined(body)
+    for name in sorted(_read(body) - defined):
+        if name in weights:
+            graph.initializer.append(weights[name])
+        elif name in scope and scope[name].HasField("tensor_type"):
+            graph.input.append(helper.make_value_info(name, scope[name]))
+    out = helper.make_model(graph, opset_imports=list(model.opset_import))
+    out.ir_version = model.ir_version
+    try:
+        return onnx.shape_inference.infer_shapes(out, strict_mode=False)
+    except Exception:  # inference is best effort; the plan skips tensors without a type
+        return out
+
+
+def _write_back(body: onnx.GraphProto, quantized: onnx.ModelProto, own_inputs: int) -> None:
+    graph = quantized.graph
+    outer = {v.name for v in graph.input[own_inputs:]}
+    del body.node[:]
+    body.node.extend(graph.node)
+    del body.initializer[:]
+    body.initializer.extend(graph.initializer)
+    del body.value_info[:]
+    body.value_info.extend(v for v in graph.value_info if v.name not in outer)
+    del body.output[:]
+    body.output.extend(graph.output)
+
+
+def _import_domains(model: onnx.ModelProto, body: onnx.ModelProto) -> None:
+    known = {o.domain for o in model.opset_import}
+    model.opset_import.extend(o for o in body.opset_import if o.domain not in known)
+
+
+def _defined(graph: onnx.GraphProto) -> set[str]:
+    names = {v.name for v in graph.input} | {t.name for t in graph.initializer}
+    for node in graph.node:
+        names.update(node.output)
+        for attr in node.attribute:
+            if attr.type == onnx.AttributeProto.GRAPH:
+                names |= _defined(attr.g)
+    return names
+
+
+def _read(graph: onnx.GraphProto) -> set[str]:
+    names = set()
+    for node in graph.node:
+        names.update(n for n in node.input if n)
+        for attr in node.attribute:
+            if attr.type == onnx.AttributeProto.GRAPH:
+                names |= _read(attr.g)
+    names.update(o.name for o in graph.output)
+    return names
+
+
+def _types(graph: onnx.GraphProto) -> dict[str, onnx.TypeProto]:
+    types = {v.name: v.type for v in [*graph.input, *graph.value_info, *graph.output]}
+    for t in graph.initializer:
+        types[t.name] = helper.make_tensor_type_proto(t.data_type, list(t.dims))
+    return types

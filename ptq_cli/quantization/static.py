@@ -1,0 +1,89 @@
+"""The pure transformation: a float model, a recipe and activation ranges in, a quantized model out.
+
+Every kind of static quantization goes through `quantize_model`; `quantize()` (api.py) wraps it
+with calibration, the latency search, the drift budget and the atomic write.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import numpy as np
+import onnx
+
+from ptq_cli.model.io import opset_version
+from ptq_cli.model.passes import SequenceResult
+from ptq_cli.model.prepare import QDQ_4_16_BIT_OPSET, QDQ_PER_AXIS_OPSET, prepare_with_result
+from ptq_cli.quantization.arithmetic.bias_correction import correct_biases
+from ptq_cli.quantization.arithmetic.rounding import bound_plan_pairs, carry_rounding, gptq_plan
+from ptq_cli.quantization.emitters.dynamic import rewrite_dynamic
+from ptq_cli.quantization.emitters.qdq import insert_qdq
+from ptq_cli.quantization.emitters.subgraphs import has_bodies, quantize_bodies, without_owners
+from ptq_cli.quantization.placement.opsets import all_float, fit_recipe
+from ptq_cli.quantization.plan import QuantPlan
+from ptq_cli.quantization.placement.place import make_plan, replan_weights
+from ptq_cli.recipe import Format, Recipe, Rounding
+
+Ranges = Mapping[str, tuple[float, float]]
+
+
+def quantize_model(model: onnx.ModelProto, recipe: Recipe, ranges: Ranges,
+                   channel_means: Mapping[str, np.ndarray] | None = None,
+                   grams: Mapping | None = None, *, prepared: bool = False) -> tuple[onnx.ModelProto, QuantPlan]:
+    """The pure transformation: a float model and activation ranges in, a quantized model out.
+    `prepared` says the model already went through prepare() (it is not prepared again).
+
+    `channel_means` (per-channel E[x] of Conv/Gemm inputs) enables bias correction; `grams`
+    (Σ x·xᵀ of the weights' inputs, calibration/gram.py) is what GPTQ rounding needs."""
+    prepared_result = SequenceResult(model, False) if prepared else \
+        prepare_with_result(model, min_opset=required_opset(recipe))
+    prepared = prepared_result.model
+    recipe, notes = fit_recipe(recipe, opset_version(prepared))
+    if recipe is None:  # the opset has no QuantizeLinear and cannot be raised
+        return prepared, QuantPlan(skipped=all_float(prepared, notes[0]), notes=notes,
+                                   prepare_skipped=prepared_result.skipped)
+    plan = make_plan(prepared, recipe, ranges)
+    if recipe.rounding is Rounding.GPTQ:
+        plan, _ = gptq_plan(prepared, plan, grams or {}, recipe)
+    # The pair limit before bias correction, so that the correction measures the integers written.
+    plan = bound_plan_pairs(prepared, plan, recipe)
+    if recipe.bias_correction and channel_means:
+        prepared, corrected = correct_biases(prepared, plan, channel_means)
+        if corrected:
+            # the biases are new tensors now; bias correction measured these integers, keep them
+            # (a weight whose scale had to widen for its int32 bias is rounded and bounded again)
+            plan = carry_rounding(plan, replan_weights(prepared, recipe, plan, corrected), prepared)
+            plan = bound_plan_pairs(prepared, plan, recipe)
+    plan.prepare_skipped = prepared_result.skipped
+    plan.notes.extend(notes)
+    rewrite = insert_qdq
+    if recipe.format is Format.QOPERATOR:
+        from ptq_cli.quantization.emitters.qoperator import rewrite_qoperator
+
+        rewrite = rewrite_qoperator
+    out = rewrite(prepared, plan)
+    if has_bodies(out):  # If/Loop/Scan: their bodies are quantized as graphs of their own, same format
+        def body(sub: onnx.ModelProto):
+            sub_plan = bound_plan_pairs(sub, make_plan(sub, recipe, ranges), recipe)
+            return rewrite(sub, sub_plan), sub_plan.quantized, sub_plan.skipped
+
+        done, skipped = quantize_bodies(out, body)
+        plan.quantized.extend(done)
+        plan.skipped = without_owners(plan.skipped, out, done) + skipped
+    return _with_dynamic_matmuls(out, plan, recipe), plan
+
+
+def _with_dynamic_matmuls(model: onnx.ModelProto, plan: QuantPlan, recipe: Recipe) -> onnx.ModelProto:
+    """The MatMuls placement quantizes at run time (placement/place.py, chosen by
+    placement/transformer.py), rewritten after the static pass."""
+    if not plan.dynamic:
+        return model
+    rewritten, done, _ = rewrite_dynamic(model, recipe, only=frozenset(plan.dynamic))
+    plan.dynamic = done
+    return rewritten
+
+
+def required_opset(recipe: Recipe) -> int:
+    """The opset the recipe's integer types need QuantizeLinear at (4/16-bit: 21)."""
+    wide = {spec.dtype.bits for spec in (recipe.weights, recipe.activations)} - {8}
+    return QDQ_4_16_BIT_OPSET if wide else QDQ_PER_AXIS_OPSET
