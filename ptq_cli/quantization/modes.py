@@ -62,14 +62,22 @@ def dynamic_mode(source, recipe: Recipe) -> Mode:
 
 
 def codebook_mode(source, path, source_sha, data, calibration, recipe: Recipe, image, **collect) -> Mode:
-    """Clustered weights; the first build is the one asked, kept for when it is asked again."""
-    first = _with_codebook(source, path, source_sha, data, calibration, recipe, image, **collect)
+    """Clustered weights; the first build is the one asked, kept for when it is asked again. The
+    prepared graph and its Gram matrices depend on the codebook's bits alone (the opset), so the
+    drift budget's trials reuse them instead of calibrating again (PP-OCRv4: minutes per trial)."""
+    inputs: dict[int, tuple] = {}
+
+    def prepared_inputs(r: Recipe) -> tuple:
+        opset = QDQ_4_16_BIT_OPSET if r.weight_codebook.bits <= 4 else QDQ_PER_AXIS_OPSET
+        if opset not in inputs:
+            inputs[opset] = _codebook_inputs(source, source_sha, data, calibration, opset, image, **collect)
+        return inputs[opset]
 
     def build(r: Recipe) -> tuple[onnx.ModelProto, QuantPlan]:
-        if r == recipe:
-            return first[0], first[1]
-        return _with_codebook(source, path, source_sha, data, calibration, r, image, **collect)[:2]
-    return Mode(build, recipe, first[2], source)
+        return _with_codebook(r, *prepared_inputs(r))[:2]
+
+    first = _with_codebook(recipe, *prepared_inputs(recipe))
+    return Mode(lambda r: first[:2] if r == recipe else build(r), recipe, first[2], source)
 
 
 def static_mode(source, source_sha, data, calibration, recipe: Recipe, image, *, data_free: bool,
@@ -163,13 +171,11 @@ def _rewrite_dynamic_everywhere(prepared: onnx.ModelProto, recipe: Recipe):
     return quantized, done, skipped
 
 
-def _with_codebook(source, path, source_sha, data, calibration, recipe, image, **collect):
-    """Codebook weights, weighted by the layers' input Gram matrices when data or a table has them."""
-    from ptq_cli.quantization.emitters.codebook import codebook_weights
-
+def _codebook_inputs(source, source_sha, data, calibration, opset: int, image, **collect):
+    """The prepared graph at `opset`, the Gram matrices of its layers' inputs when data or a table
+    has them, and what the data was."""
     grams, description = None, "none: codebook weights cluster the weights alone"
-    bits = recipe.weight_codebook.bits
-    prepared = prepare(source, min_opset=QDQ_4_16_BIT_OPSET if bits <= 4 else QDQ_PER_AXIS_OPSET)
+    prepared = prepare(source, min_opset=opset)
     if data is not None or calibration is not None:
         from ptq_cli.calibration.table import CalibrationTable
 
@@ -184,6 +190,13 @@ def _with_codebook(source, path, source_sha, data, calibration, recipe, image, *
             # The prepared graph (opset >= 13) is the one whose layers the Gram keys name.
             table = calibrate(prepared, data, image=image, grams=True, histograms=False, **collect)
         grams, description = table.grams, table.data
+    return prepared, grams, description
+
+
+def _with_codebook(recipe: Recipe, prepared, grams, description):
+    """Codebook weights, weighted by the layers' input Gram matrices when there are some."""
+    from ptq_cli.quantization.emitters.codebook import codebook_weights
+
     quantized, done, skipped = codebook_weights(prepared, recipe, grams)
     return quantized, QuantPlan(quantized=done, skipped=skipped), description
 

@@ -357,12 +357,8 @@ def test_the_search_measures_at_most_its_trials_and_says_so(outlier, tmp_path):
     assert cli.exit_code == 3 and "best of 2 candidates" in cli.output
 
 
-def test_a_weight_only_search_sends_no_matmul_to_run_time(tmp_path):
-    """Weight-only int4 that misses the budget: the search returns MatMuls to float (a recipe
-    of weight-only cannot name run-time MatMuls: the search used to fail with a usage error)."""
-    from ptq_cli.recipe import WeightOnly
-
-    rng = np.random.default_rng(4)
+def _mlp(tmp_path, rng):
+    """Three 32x32 MatMuls in a row, saved, with 24 calibration samples."""
     weights = [rng.normal(size=(32, 32)).astype(np.float32) for _ in range(3)]
     nodes = [helper.make_node("MatMul", [f"h{i}", f"w{i}"], [f"h{i + 1}"], name=f"fc{i}") for i in range(3)]
     graph = helper.make_graph(nodes, "mlp", [helper.make_tensor_value_info("h0", TensorProto.FLOAT, ["N", 32])],
@@ -370,9 +366,20 @@ def test_a_weight_only_search_sends_no_matmul_to_run_time(tmp_path):
                               [numpy_helper.from_array(w, f"w{i}") for i, w in enumerate(weights)])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
+    onnx.checker.check_model(model, full_check=True)
     path = tmp_path / "mlp.onnx"
     onnx.save(model, path)
     data = save_samples(tmp_path / "calib", [rng.normal(size=(1, 32)).astype(np.float32) for _ in range(24)])
+    return model, path, data
+
+
+def test_a_weight_only_search_sends_no_matmul_to_run_time(tmp_path):
+    """Weight-only int4 that misses the budget: the search returns MatMuls to float (a recipe
+    of weight-only cannot name run-time MatMuls: the search used to fail with a usage error)."""
+    from ptq_cli.recipe import WeightOnly
+
+    rng = np.random.default_rng(4)
+    model, path, data = _mlp(tmp_path, rng)
     strict = Budget(Thresholds(min_sqnr=22), by_kind=(), where_measurable=False)
     result = ptq_cli.quantize(path, tmp_path / "out.onnx", data=data, progress=False, budget=strict,
                               recipe=ptq_cli.Recipe(weight_only=WeightOnly(block_size=16)))
@@ -383,3 +390,24 @@ def test_a_weight_only_search_sends_no_matmul_to_run_time(tmp_path):
     x = rng.normal(size=(4, 32)).astype(np.float32)
     ref, got = run(model, {"h0": x})[0], run(written, {"h0": x})[0]
     assert 10 * np.log10(np.sum(ref ** 2) / np.sum((ref - got) ** 2)) >= 20
+
+
+def test_a_codebook_search_calibrates_once(tmp_path, monkeypatch):
+    """--weight-codebook under a budget it misses: every trial reuses the prepared graph and the
+    Gram matrices of the first calibration (a trial used to calibrate again: minutes on PP-OCRv4;
+    bench/bytes.py checks the written files did not change)."""
+    from ptq_cli.calibration import api as calibration_api
+    from ptq_cli.recipe import PerTensor, WeightCodebook
+
+    model, path, data = _mlp(tmp_path, np.random.default_rng(4))
+    before = path.read_bytes()
+    calls = []
+    real = calibration_api.calibrate
+    monkeypatch.setattr(calibration_api, "calibrate", lambda *a, **k: calls.append(1) or real(*a, **k))
+    strict = Budget(Thresholds(min_sqnr=20), by_kind=(), where_measurable=False, best_effort=True)
+    recipe = ptq_cli.Recipe(weight_codebook=WeightCodebook(bits=2, granularity=PerTensor()))
+    result = ptq_cli.quantize(path, tmp_path / "out.onnx", data=data, progress=False, budget=strict, recipe=recipe)
+    assert result.fallback_trials >= 2 and len(calls) == 1
+    drift = _drift(result.model)
+    assert drift["fallback"] and drift["run_time"] == [] and path.read_bytes() == before
+    onnx.checker.check_model(onnx.load(tmp_path / "out.onnx"), full_check=True)
