@@ -29,15 +29,16 @@ sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != BENCH]
 sys.path.insert(0, str(BENCH.parent))
 
 
-def _load_realdata():
-    spec = importlib.util.spec_from_file_location("realdata", BENCH / "realdata.py")
+def _load_bench(name: str):
+    spec = importlib.util.spec_from_file_location(name, BENCH / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
-    sys.modules["realdata"] = module
+    sys.modules[name] = module
     spec.loader.exec_module(module)
     return module
 
 
-realdata = _load_realdata()  # the decoding of ../shared/realdata's README preprocessing
+realdata = _load_bench("realdata")  # the decoding of ../shared/realdata's README preprocessing
+cpu_name = _load_bench("host").cpu_name
 
 MODEL = realdata.REALDATA / "imagenet" / "mobilenet_v1_0.25_224.onnx"
 
@@ -63,17 +64,6 @@ def repeated(images: int) -> Path:
                 link.symlink_to(originals[i % len(originals)])
         os.replace(tmp, folder)
     return folder
-
-
-def cpu_name() -> str:
-    """The CPU's model name as lscpu shows it (the figures depend on it)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def noop(x: int) -> int:

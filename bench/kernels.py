@@ -41,6 +41,7 @@ import onnx  # noqa: E402
 import onnxruntime as ort  # noqa: E402
 
 import realdata  # noqa: E402
+from host import cpu_name  # noqa: E402
 from common import GRANULARITIES, Outcome, Variant, build, check_loads, log, parse_list, pct, session  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -69,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.no_emulation and shutil.which(args.qemu) is None:
         raise SystemExit(f"{args.qemu} not found; install qemu-user or pass --no-emulation")
     started = time.perf_counter()
-    settings = {"cpu": _cpu_name(), "host_kernels": host_kernels().value, "eval_limit": args.eval_limit,
+    settings = {"cpu": cpu_name(), "host_kernels": host_kernels().value, "eval_limit": args.eval_limit,
                 "eval_threads": EVAL_THREADS, "latency_threads": args.threads, "latency_seconds": args.seconds,
                 "emulation": None if args.no_emulation else f"{args.qemu} -cpu {args.qemu_cpu}",
                 "onnxruntime": ort.__version__, "machine": platform.machine()}
@@ -233,16 +234,6 @@ def markdown(rows: list[dict], settings: dict) -> str:
         lines.append(f"| {r['model']} | {r['variant']} | {pct(r['top1_native'])} | {pct(r['top1_emulated'])} | "
                      f"{pct(r['agreement'])} | {latency} |")
     return "\n".join(lines)
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def _first_line(exc: BaseException) -> str:

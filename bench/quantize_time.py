@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -31,6 +30,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import realdata  # noqa: E402
+from host import cpu_name  # noqa: E402
 import sequence_eval as se  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -142,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
                 runs[case.name][tool].append(seconds)
                 print(f"round {round_ + 1}/{args.rounds} {case.name:18s} {tool:4s} {seconds:7.1f} s", file=sys.stderr,
                       flush=True)
-    cpu = _cpu()
+    cpu = cpu_name()
     print(f"\n{cpu}, {os.cpu_count()} cores; medians of {args.rounds} interleaved rounds (min-max)\n")
     print("| model | ptq default | onnxruntime quantize_static | ratio | ptq's median run |")
     print("|---|---|---|---|---|")
@@ -158,16 +158,6 @@ def main(argv: list[str] | None = None) -> int:
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps({"cpu": cpu, "rounds": args.rounds, "models": table}, indent=1) + "\n")
     return 0
-
-
-def _cpu() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 if __name__ == "__main__":
