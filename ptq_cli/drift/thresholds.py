@@ -108,8 +108,8 @@ def _lower_bound(name, limit, outputs, value_of, label, unit) -> ThresholdResult
             worst_value, worst_name = value, out.name
     if worst_name is None and not problems:
         problems.append("no output to measure")
-    shown = "inf" if worst_value == math.inf else f"{worst_value:.4g}{unit}"
     passed = not problems and worst_value >= limit
+    shown = "inf" if worst_value == math.inf else f"{_figure(worst_value, limit, passed)}{unit}"
     if problems:
         detail = "; ".join(problems)
     else:
@@ -166,5 +166,14 @@ def _worst_share(name: str, limit: float, outputs: tuple[OutputReport, ...], val
         return ThresholdResult(name, float(limit), None, False, missing)
     worst, output = min(values)
     passed = worst >= limit
-    detail = f"worst {what} {worst:.4g} on output {output!r} {'>=' if passed else '<'} {limit:g}"
+    detail = f"worst {what} {_figure(worst, limit, passed)} on output {output!r} {'>=' if passed else '<'} {limit:g}"
     return ThresholdResult(name, float(limit), worst, passed, detail)
+
+
+def _figure(value: float, limit: float, passed: bool) -> str:
+    """`value` with 4 significant digits, or as many more as a miss needs not to read as the limit
+    itself ("0.996 < 0.996" for 0.99596)."""
+    digits = 4
+    while not passed and digits < 10 and float(f"{value:.{digits}g}") >= limit:
+        digits += 1
+    return f"{value:.{digits}g}"

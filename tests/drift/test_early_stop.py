@@ -124,3 +124,17 @@ def test_samples_that_disagreed_run_first_and_the_figures_do_not_depend_on_the_o
     reordered = probe.measure(scores_model(swap_2_3), judge, stop_early=True)
     fresh = DriftProbe(reference, samples_with_best(classes), description="test", batch_free=False)
     assert reordered.passed and reordered.outputs == fresh.measure(scores_model(swap_2_3), judge).outputs
+
+
+def test_a_miss_never_reads_as_the_limit_itself():
+    """0.99596 against 0.996 used to print "worst ... 0.996 ... < 0.996"; a pass keeps 4 digits."""
+    import types
+
+    from ptq_cli.drift.thresholds import _worst_share
+
+    def share(value):
+        out = types.SimpleNamespace(name="y", top1_agreement=value)
+        return _worst_share("min_agreement", 0.996, (out,), lambda o: o.top1_agreement, "agreement", "none")
+
+    assert "agreement 0.99596 on output 'y' < 0.996" in share(0.99596).detail
+    assert "agreement 0.9961 on output 'y' >= 0.996" in share(0.996123).detail
