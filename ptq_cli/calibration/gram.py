@@ -33,6 +33,7 @@ import onnx
 from onnx import helper, numpy_helper
 from tqdm import tqdm
 
+from ptq_cli.calibration.sums import PairSum
 from ptq_cli.data import Batch
 from ptq_cli.model.graph import GraphIndex, NameAllocator, attribute
 
@@ -89,26 +90,28 @@ def gram_sites(model: onnx.ModelProto) -> list[GramSite]:
 
 
 class Gram:
-    """Σ x·xᵀ per group, in float64; merges by addition."""
+    """Σ x·xᵀ per group, in float64; merges by addition, to the same value however the batches
+    were split (a PairSum: sums.py)."""
 
     def __init__(self, total: np.ndarray | None = None, batches: int = 0) -> None:
-        self.total = total
+        self.sums = PairSum(None if total is None else np.asarray(total, dtype=np.float64))
         self.batches = batches
+
+    @property
+    def total(self) -> np.ndarray | None:
+        return self.sums.value
 
     def add(self, h: np.ndarray) -> None:
         h = h.reshape((1, *h.shape)) if h.ndim == 2 else h
-        if self.total is None:
-            self.total = np.array(h, dtype=np.float64)
-        else:
-            np.add(self.total, h, out=self.total, dtype=np.float64)  # float32 + float64, in place
+        self.sums.add(h)
         self.batches += 1
 
     def merge(self, other: "Gram") -> None:
-        if other.total is None:
+        if other.sums.hi is None:
             return
-        if self.total is not None and self.total.shape != other.total.shape:
-            raise ValueError(f"Gram matrices of shapes {self.total.shape} and {other.total.shape} do not merge")
-        self.total = other.total.copy() if self.total is None else self.total + other.total
+        if self.sums.hi is not None and self.sums.hi.shape != other.sums.hi.shape:
+            raise ValueError(f"Gram matrices of shapes {self.sums.hi.shape} and {other.sums.hi.shape} do not merge")
+        self.sums.merge(other.sums)
         self.batches += other.batches
 
     def to_dict(self) -> dict[str, Any]:

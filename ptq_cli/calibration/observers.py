@@ -17,6 +17,8 @@ from typing import Any
 
 import numpy as np
 
+from ptq_cli.calibration.sums import PairSum
+
 # x * 2**-e must stay an exact integer in float32: keep |x| / 2**e below 2**21.
 _INDEX_BITS = 20
 
@@ -349,7 +351,7 @@ class ChannelMean:
     kind = "channel_mean"
 
     def __init__(self) -> None:
-        self.sum: np.ndarray | None = None
+        self.sums = PairSum()  # the same value however the batches were split (sums.py)
         self.count = 0
 
     def update(self, array: np.ndarray) -> None:
@@ -364,21 +366,26 @@ class ChannelMean:
         self._combine(np.asarray(sums, dtype=np.float64), count)
 
     def _combine(self, sums: np.ndarray, count: int) -> None:
-        if self.sum is None:
-            self.sum, self.count = sums, count
-            return
-        if sums.shape != self.sum.shape:
-            raise ValueError(f"channel-mean observer saw {sums.shape[0]} channels after {self.sum.shape[0]}")
-        self.sum = self.sum + sums
+        if self.sums.hi is not None and sums.shape != self.sums.hi.shape:
+            raise ValueError(f"channel-mean observer saw {sums.shape[0]} channels after {self.sums.hi.shape[0]}")
+        self.sums.add(sums)
         self.count += count
 
     @property
+    def sum(self) -> np.ndarray | None:
+        return self.sums.value
+
+    @property
     def mean(self) -> np.ndarray | None:
-        return None if self.sum is None or self.count == 0 else self.sum / self.count
+        return None if self.sums.hi is None or self.count == 0 else self.sum / self.count
 
     def merge(self, other: "ChannelMean") -> None:
-        if other.sum is not None:
-            self._combine(other.sum, other.count)
+        if other.sums.hi is not None:
+            if self.sums.hi is not None and other.sums.hi.shape != self.sums.hi.shape:
+                raise ValueError(f"channel-mean observer saw {other.sums.hi.shape[0]} channels after "
+                                 f"{self.sums.hi.shape[0]}")
+            self.sums.merge(other.sums)
+            self.count += other.count
 
     def to_dict(self) -> dict[str, Any]:
         return {"sum": None if self.sum is None else self.sum.tolist(), "count": self.count}
@@ -387,5 +394,5 @@ class ChannelMean:
     def from_dict(cls, data: dict[str, Any]) -> "ChannelMean":
         obs = cls()
         if data.get("sum") is not None:
-            obs.sum, obs.count = np.asarray(data["sum"], dtype=np.float64), int(data["count"])
+            obs.sums, obs.count = PairSum(np.asarray(data["sum"], dtype=np.float64)), int(data["count"])
         return obs

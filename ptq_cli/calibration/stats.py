@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import math
 from typing import Any
 
@@ -96,7 +98,9 @@ class TensorStats:
         return self.minmax.min, self.minmax.max
 
     def copy(self) -> "TensorStats":
-        return TensorStats.from_dict(self.to_dict())
+        # A deep copy, not a round trip through to_dict: a channel mean's sum keeps its error
+        # term (sums.py), which the table's JSON does not hold.
+        return copy.deepcopy(self)
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = self.minmax.to_dict()
