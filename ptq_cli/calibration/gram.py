@@ -115,9 +115,9 @@ class Gram:
         self.batches += other.batches
 
     def to_dict(self) -> dict[str, Any]:
+        # The sum's value, correctly rounded (see ChannelMean.to_dict).
         total = np.zeros((0,)) if self.total is None else self.total
-        raw = np.ascontiguousarray(total, dtype="<f8").tobytes()
-        return {"shape": list(total.shape), "batches": self.batches, "float64_base64": base64.b64encode(raw).decode()}
+        return {"shape": list(total.shape), "batches": self.batches, "float64_base64": _base64(total)}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "Gram":
@@ -126,6 +126,10 @@ class Gram:
         if values.size != int(np.prod(shape)):
             raise ValueError(f"Gram matrix holds {values.size} values for shape {shape}")
         return cls(values.reshape(shape).astype(np.float64) if values.size else None, int(data["batches"]))
+
+
+def _base64(array: np.ndarray) -> str:
+    return base64.b64encode(np.ascontiguousarray(array, dtype="<f8").tobytes()).decode()
 
 
 def augment_grams(model: onnx.ModelProto, sites: list[GramSite]) -> tuple[onnx.ModelProto, list[str]]:

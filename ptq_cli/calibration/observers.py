@@ -388,6 +388,9 @@ class ChannelMean:
             self.count += other.count
 
     def to_dict(self) -> dict[str, Any]:
+        # The sum's value, correctly rounded: the same whatever split made it. Its error term
+        # stays in memory (a cluster's parts merge exactly); merging tables read back from
+        # JSON adds rounded sums, which may differ from one run in the last bit.
         return {"sum": None if self.sum is None else self.sum.tolist(), "count": self.count}
 
     @classmethod

@@ -6,10 +6,9 @@ sample count), so the table is the single run's, byte for byte, whatever the num
 or workers, the order results arrive in, or a task that ran twice:
 
 - min/max, per-channel min/max and histograms merge exactly in any order (observers.py);
-- channel means and GPTQ Gram matrices are float64 sums of per-batch float32 terms. A part's
-  batches are the single run's batches (parts start on batch boundaries), so every term is the
-  same; the float64 sum is exact — hence the same in any grouping — while no term falls below
-  2^-29 of its entry's running sum (gram.py). Past that, a last-bit difference is possible;
+- channel means and GPTQ Gram matrices are sums of per-batch terms. A part's batches are the
+  single run's batches (parts start on batch boundaries), so every term is the same, and the
+  sums carry their rounding error (sums.py): their value does not depend on the grouping;
 - a moving average (--moving-average) depends on the order of every batch and has no exact
   merge: it is refused here (calibrate it in one process).
 
