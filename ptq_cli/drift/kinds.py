@@ -32,10 +32,6 @@ class OutputKind(enum.Enum):
     TENSOR = "tensor"
     OTHER = "other"
 
-    @property
-    def has_classes(self) -> bool:
-        return self in (OutputKind.SCORES, OutputKind.STEP_SCORES)
-
 
 _MOVEMENT = {"Identity", "Reshape", "Flatten", "Squeeze", "Unsqueeze", "Transpose", "Cast", "Gather",
              "Slice", "DequantizeLinear", "QuantizeLinear"}

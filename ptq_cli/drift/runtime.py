@@ -63,8 +63,3 @@ def run(session: ort.InferenceSession, feeds: dict[str, np.ndarray], what: str,
     except Exception as exc:
         raise ModelError(onnxruntime_message(exc, f"the {what} model")) from None
     return dict(zip(names, values))
-
-
-def _first_line(exc: Exception) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__

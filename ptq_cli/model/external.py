@@ -120,10 +120,6 @@ def tensor_array(tensor: onnx.TensorProto) -> np.ndarray:
 _PACKED = {onnx.TensorProto.STRING, onnx.TensorProto.INT4, onnx.TensorProto.UINT4}
 
 
-def external_dirs(model: onnx.ModelProto) -> set[str]:
-    return {_entries(t).get(BASE_KEY, "") for t in _external_tensors(model)}
-
-
 @contextlib.contextmanager
 def runtime_view(model: onnx.ModelProto) -> Iterator[str | None]:
     """Take ptq's base-dir key off the external tensors while the model is serialized or saved

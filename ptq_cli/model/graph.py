@@ -86,14 +86,6 @@ def attribute(node: onnx.NodeProto, name: str, default=None):
     return default
 
 
-def ensure_node_names(graph: onnx.GraphProto) -> None:
-    """Give every unnamed node a stable name (op type + index) so reports can refer to it."""
-    names = NameAllocator(graph)
-    for i, node in enumerate(graph.node):
-        if not node.name:
-            node.name = names.new(f"{node.op_type}_{i}")
-
-
 def remove_nodes(graph: onnx.GraphProto, removed: set[int]) -> int:
     """Drop the nodes whose id() is in `removed`, and the initializers only they read."""
     if removed:

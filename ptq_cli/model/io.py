@@ -38,10 +38,6 @@ class InputSpec:
     # An input declared without a shape has an unknown rank (not rank 0): data of any shape fits.
     rank_known: bool = True
 
-    @property
-    def batch_fixed_at_one(self) -> bool:
-        return len(self.shape) > 0 and self.shape[0] == 1
-
     def describe(self) -> str:
         dims = ",".join("?" if d is None else str(d) for d in self.shape)
         return f"{self.name} [{dims}] {self.dtype}"

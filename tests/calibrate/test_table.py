@@ -1,6 +1,5 @@
 import json
 
-import numpy as np
 import pytest
 
 from ptq_cli.calibration import CalibrationTable, calibrate, merge, model_sha256

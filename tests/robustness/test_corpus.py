@@ -4,7 +4,6 @@ each (exit 2 or 3, one line on stderr, no traceback, no file left behind, inputs
 from __future__ import annotations
 
 import numpy as np
-import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 

@@ -26,7 +26,7 @@ from ptq_cli.quantization.arithmetic.pairs import (PAIR_LIMIT, POWER_OF_TWO_STEP
 from ptq_cli.quantization.arithmetic.stochastic import weight_rng
 from ptq_cli.quantization.plan import QuantPlan, WeightPlan, fit_bias_in_int32
 from ptq_cli.quantization.arithmetic.scheme import QParams, integer_range
-from ptq_cli.recipe import Recipe, TensorSpec
+from ptq_cli.recipe import Recipe
 
 log = logging.getLogger(__name__)
 

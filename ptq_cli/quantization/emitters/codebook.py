@@ -48,7 +48,6 @@ def codebook_weights(model: onnx.ModelProto, recipe: Recipe, grams: Mapping | No
                      ) -> tuple[onnx.ModelProto, list[str], list[SkipReason]]:
     """A copy of the prepared `model` with its weights as codebooks; the nodes whose weights were
     clustered, and why the others were not."""
-    spec = recipe.weight_codebook
     out = onnx.ModelProto()
     out.CopyFrom(model)
     index = GraphIndex(out.graph)

@@ -84,11 +84,6 @@ def find_patterns(graph: onnx.GraphProto) -> list[Pattern]:
     return found
 
 
-def pattern_of(patterns: list[Pattern]) -> dict[str, Pattern]:
-    """node name -> the pattern it belongs to."""
-    return {name: p for p in patterns for name in p.nodes}
-
-
 # --- helpers ------------------------------------------------------------------------------------
 
 def _is(node: onnx.NodeProto | None, *ops: str) -> bool:
