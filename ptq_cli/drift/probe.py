@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import contextlib
 import math
+import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
 import onnx
+from tqdm import tqdm
 
 from ptq_cli.drift.kinds import OutputKind, output_kinds
 from ptq_cli.drift.outputs import OutputState, PerfectBatch
@@ -69,11 +71,11 @@ class DriftProbe:
 
     def __init__(self, reference: onnx.ModelProto, feeds: Sequence[dict[str, np.ndarray]], *,
                  description: str, batch_free: bool = True, labels: Sequence[tuple | None] | None = None,
-                 workers: int = 1, engine: "Engine | None" = None) -> None:
+                 workers: int = 1, engine: "Engine | None" = None, progress: bool = False) -> None:
         """`labels`: one tuple of labels (one per row) or None per feed, for top-1 accuracy.
         `workers`: sessions that run samples at once in this process, one onnxruntime thread each;
         `engine` (a cluster: --engine dask) runs them on its workers instead. The figures are the
-        same either way (runners.py)."""
+        same either way (runners.py). `progress`: a bar (stderr) while the reference runs."""
         self.kinds = output_kinds(reference)
         self.pairs = [(o.name, o.name) for o in reference.graph.output]
         labelled = labels is not None and any(label is not None for label in labels)
@@ -85,8 +87,13 @@ class DriftProbe:
         self.workers, self.engine = workers, engine if engine is not None and engine.distributed else None
         names = [r for r, _ in self.pairs]
         with contextlib.closing(self.load(reference, "reference").run(self.chunks, range(len(self.chunks)),
-                                                                      names)) as outputs:
-            self.expected = [got for _, got in outputs]
+                                                                      names)) as outputs, \
+                tqdm(total=self.samples, unit="sample", desc="drift: FP32 reference", file=sys.stderr,
+                     disable=not progress, leave=False) as bar:
+            self.expected = []
+            for index, got in outputs:
+                self.expected.append(got)
+                bar.update(_rows(self.chunks[index]))
         self._perfect_batches: list[dict[str, PerfectBatch | None]] | None = None
         self._order: list[int] = list(range(len(self.chunks)))  # the order early-stopped runs take
         self._hardness: dict[int, tuple[int, float]] = {}  # per chunk, from its last run: see _hardness
@@ -102,7 +109,7 @@ class DriftProbe:
         return self.measure_loaded(self.load(candidate), judge, stop_early=stop_early)
 
     def measure_loaded(self, loaded: Sessions | OnEngine, judge: Judge | None = None, *,
-                       stop_early: bool = False) -> Drift:
+                       stop_early: bool = False, progress: str | None = None) -> Drift:
         """`measure` on a candidate already loaded (`load`: its sessions' creation timed apart).
 
         stop_early: stop as soon as the candidate can no longer pass `judge`, that is when even a
@@ -116,14 +123,17 @@ class DriftProbe:
         So that a failing candidate fails after few samples, the samples that disagreed most in
         the previous measurements run first; the figures are still summed in the samples' own
         order (one state per sample, merged in order: 0.0 + x is x), so they depend neither on
-        that order nor on where the samples ran."""
+        that order nor on where the samples ran. `progress`: a bar (stderr) with this label."""
         rest = self._perfect() if stop_early and judge is not None and not any(self.labels) else None
         order = list(self._order if rest is not None else range(len(self.chunks)))
         done: dict[int, list[OutputState]] = {}
         so_far = self._states()
-        with contextlib.closing(loaded.run(self.chunks, order, [c for _, c in self.pairs])) as outputs:
+        with contextlib.closing(loaded.run(self.chunks, order, [c for _, c in self.pairs])) as outputs, \
+                tqdm(total=self.samples, unit="sample", desc=progress, file=sys.stderr, disable=progress is None,
+                     leave=False) as bar:
             for step, (index, got) in enumerate(outputs):
                 chunk, expected = self.chunks[index], self.expected[index]
+                bar.update(_rows(chunk))
                 done[index] = self._states()
                 for state, whole in zip(done[index], so_far):
                     state.update(expected[state.name], got[state.cand_name], _rows(chunk), self.labels[index])

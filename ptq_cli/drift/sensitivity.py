@@ -60,7 +60,7 @@ def isolated_rows(base: FloatBase, chunks: Sequence[dict[str, np.ndarray]], expe
                   output_pairs: list[tuple[str, str]], kinds: dict[str, OutputKind], *,
                   nodes: Sequence[int] | None = None, progress: bool = False,
                   in_time: Callable[[], bool] | None = None, literal: bool = False,
-                  workers: int = 1) -> list[SensitivityRow]:
+                  workers: int = 1, desc: str = "sensitivity") -> list[SensitivityRow]:
     """One row per node of `base` (or the indices `nodes`): the outputs on `chunks` with only that
     node quantized, against the reference's `expected` outputs on the same chunks. Worst first.
     Stops early, with the rows measured so far, once `in_time()` turns false. `literal` runs the
@@ -79,7 +79,7 @@ def isolated_rows(base: FloatBase, chunks: Sequence[dict[str, np.ndarray]], expe
         return state.row(node.name, node.op_type)
 
     rows = []
-    with tqdm(total=len(todo), unit="node", desc="sensitivity", disable=not progress, file=sys.stderr) as bar, \
+    with tqdm(total=len(todo), unit="node", desc=desc, disable=not progress, file=sys.stderr) as bar, \
             ThreadPoolExecutor(max(1, workers)) as pool:
         pending = collections.deque()
         for k in todo:

@@ -197,9 +197,10 @@ def hold_budget(source: onnx.ModelProto, build, recipe: Recipe, samples: EvalSam
     workers = budget.sessions_for(source)
     with stopwatch.phase("reference"):
         probe = DriftProbe(source, samples.feeds, description=samples.description, batch_free=samples.batch_free,
-                           labels=samples.labels, workers=workers, engine=engine)
+                           labels=samples.labels, workers=workers, engine=engine, progress=progress)
     with stopwatch.phase("first candidate"):
-        first = evaluate(build, probe, budget.judge, recipe, stop_early=stop_early)
+        first = evaluate(build, probe, budget.judge, recipe, stop_early=stop_early,
+                         progress="drift: INT8 candidate" if progress else None)
     stopwatch.trials.append(first.seconds)
     if first.drift.passed or not budget.fallback:
         return BudgetOutcome(first, first.drift.passed, False)

@@ -73,15 +73,16 @@ class SearchResult:
 
 
 def evaluate(build: Build, probe: DriftProbe, judge: Judge, recipe: Recipe, fallback: tuple[str, ...] = (),
-             run_time: tuple[str, ...] = (), *, stop_early: bool = False) -> Trial:
+             run_time: tuple[str, ...] = (), *, stop_early: bool = False, progress: str | None = None) -> Trial:
     """The contract: quantize with `recipe`, measure the candidate's drift, judge it (`Budget.judge`).
-    `stop_early`: stop running samples once the candidate can no longer pass (DriftProbe.measure)."""
+    `stop_early`: stop running samples once the candidate can no longer pass (DriftProbe.measure);
+    `progress`: the label of a bar over its samples."""
     start = time.perf_counter()
     model, plan = build(recipe)
     built = time.perf_counter()
     loaded = probe.load(model)
     ready = time.perf_counter()
-    drift = probe.measure_loaded(loaded, judge, stop_early=stop_early)
+    drift = probe.measure_loaded(loaded, judge, stop_early=stop_early, progress=progress)
     seconds = TrialTime(built - start, ready - built, time.perf_counter() - ready, drift.samples, probe.samples,
                         drift.passed)
     return Trial(recipe, model, plan, drift, fallback, run_time, seconds)
@@ -104,7 +105,7 @@ def search(build: Build, probe: DriftProbe, judge: Judge, first: Trial, prepared
     with stopwatch.phase("ranking"):
         ranked = rank_units(build, probe, first, prepared, progress=progress,
                             in_time=lambda: clock() < ranking_ends, workers=workers)
-    with tqdm(total=None, unit="trial", desc="fallback", disable=not progress, file=sys.stderr) as bar, \
+    with tqdm(total=None, unit="trial", desc="fallback trials", disable=not progress, file=sys.stderr) as bar, \
             stopwatch.phase("trials"):
         trials = _Trials(build, probe, judge, first, bar, lambda: clock() - start < seconds, stop_early, stopwatch,
                          max_trials)
@@ -268,7 +269,7 @@ def rank_units(build: Build, probe: DriftProbe, first: Trial, prepared: onnx.Mod
     picked = [k for k, node in enumerate(base.nodes) if node.name in unit_of]
     chunks, expected = _smallest(probe, RANKING_SAMPLES)
     rows = isolated_rows(base, chunks, expected, probe.pairs, probe.kinds, nodes=picked, progress=progress,
-                         in_time=in_time, literal=True, workers=workers)
+                         in_time=in_time, literal=True, workers=workers, desc="fallback: ranking nodes")
     measured = [unit_of[row.node] for row in rows]
     ranked = [u for unit in measured for u in (unit, *_feeding_units(unit, prepared, unit_of))]
     ranked += [unit_of[base.nodes[k].name] for k in picked] + units
