@@ -27,7 +27,7 @@ from ptq_cli.quantization.placement.latency import IfSlower, LatencyDecision, Ob
 from ptq_cli.quantization.placement.latency.feeds import timing_feeds
 from ptq_cli.quantization.placement.latency.machine import Machine, OnnxruntimeMachine
 from ptq_cli.quantization.placement.latency.search import retime
-from ptq_cli.quantization.plan import SkipReason
+from ptq_cli.quantization.plan import SkipReason, Why
 from ptq_cli.quantization.timings import Stopwatch
 from ptq_cli.quantization.static import Ranges, quantize_model, required_opset
 from ptq_cli.recipe import Recipe
@@ -67,7 +67,7 @@ class QuantizeResult:
             "source_sha256": self.source_sha256,
             "quantized": list(self.quantized),
             "fused": dict(self.fused),
-            "skipped": [{"node": s.node, "op_type": s.op_type, "reason": s.reason} for s in self.skipped],
+            "skipped": [s.to_dict() for s in self.skipped],
             "notes": list(self.notes),
             "size_before": self.size_before,
             "size_after": self.size_after,
@@ -204,15 +204,17 @@ def quantize(model: str | os.PathLike | onnx.ModelProto, output: str | os.PathLi
 
 def _latency_reason(skip: SkipReason, asked: Recipe, decision: LatencyDecision) -> SkipReason:
     if skip.node not in decision.chosen.float_nodes or asked.excludes(skip.node, skip.op_type) or \
-            not skip.reason.startswith("excluded by"):
+            skip.why is not Why.EXCLUDED:
         return skip
-    return SkipReason(skip.node, skip.op_type, "kept in float by --objective speed: faster in FP32 on this machine")
+    return SkipReason(skip.node, skip.op_type, "kept in float by --objective speed: faster in FP32 on this machine",
+                      Why.LATENCY)
 
 
 def _fallback_reason(skip: SkipReason, fallback: tuple[str, ...]) -> SkipReason:
     if skip.node not in fallback:
         return skip
-    return SkipReason(skip.node, skip.op_type, "returned to float by the fallback search: the drift budget needs it")
+    return SkipReason(skip.node, skip.op_type, "returned to float by the fallback search: the drift budget needs it",
+                      Why.FALLBACK)
 
 
 def _within_budget(source, floating, build, recipe: Recipe, samples, budget: Budget,

@@ -9,6 +9,7 @@ emitters write it. It lives below all of them, so that none imports another's mo
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
+from enum import Enum
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -20,13 +21,34 @@ if TYPE_CHECKING:  # only an annotation: the plan does not depend on placement
     from ptq_cli.quantization.placement.patterns import Pattern
 
 
+class Why(str, Enum):
+    """What keeps a node off static INT8: the kind, which code branches on; the reason's text
+    says the details for a reader. `--json` carries it as "why"."""
+
+    EXCLUDED = "excluded"            # the recipe's exclude (--exclude)
+    FALLBACK = "fallback"            # the drift budget's search returned it to float
+    LATENCY = "latency"              # --objective speed timed it faster in float
+    RUN_TIME = "run_time"            # quantized at run time instead (a dynamic MatMul)
+    NO_KERNEL = "no_kernel"          # onnxruntime has no integer kernel for it (here)
+    NOT_FLOAT = "not_float"          # integer or shape arithmetic: nothing to quantize
+    NO_RANGE = "no_range"            # a tensor it needs has no calibration range
+    FLOAT_PATTERN = "float_pattern"  # part of a pattern placement keeps float (a norm, a written-out activation)
+    RANGE_SPAN = "range_span"        # one scale would leave an input a few integer levels (Concat)
+    FOLLOWS_FLOAT = "follows_float"  # glue or data movement between float nodes, or an activation with no quantized producer
+    UNSUPPORTED = "unsupported"      # the op, its attributes, the opset or the scheme rule it out
+
+
 @dataclass(frozen=True)
 class SkipReason:
-    """A node left in float, and why."""
+    """A node left in float, and why: `why` for code, `reason` for people."""
 
     node: str
     op_type: str
     reason: str
+    why: Why = Why.UNSUPPORTED
+
+    def to_dict(self) -> dict:
+        return {"node": self.node, "op_type": self.op_type, "reason": self.reason, "why": self.why.value}
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,7 @@ from ptq_cli.cli import main
 from ptq_cli.drift import Thresholds
 from ptq_cli.errors import UsageError
 from ptq_cli.quantization.placement.budget import MEASURE_ONLY, Budget, DriftBudgetError
+from ptq_cli.quantization.plan import Why
 from tests.conftest import REPO, run, save_samples
 
 CALIB = REPO / "calibration" / "digits" / "calib"
@@ -411,3 +412,15 @@ def test_a_codebook_search_calibrates_once(tmp_path, monkeypatch):
     drift = _drift(result.model)
     assert drift["fallback"] and drift["run_time"] == [] and path.read_bytes() == before
     onnx.checker.check_model(onnx.load(tmp_path / "out.onnx"), full_check=True)
+
+
+def test_every_skipped_node_says_why_as_a_kind(outlier, tmp_path):
+    """--json gives each node kept off static INT8 a typed "why" beside its text: the user's
+    exclude, the fallback search's decision, glue between float nodes."""
+    path, data = outlier
+    cli = CliRunner().invoke(main, ["quantize", str(path), "--data", str(data), "-o", str(tmp_path / "out.onnx"),
+                                    "--exclude", "fc2", "--json", "-q"])
+    assert cli.exit_code == 0, cli.output
+    why = {s["node"]: s["why"] for s in json.loads(cli.stdout)["skipped"]}
+    assert why["fc2"] == "excluded" and why["fc1"] == "fallback" and why["shift"] == "fallback"
+    assert set(why.values()) <= {w.value for w in Why}

@@ -30,7 +30,7 @@ from onnx import TensorProto, helper, numpy_helper
 from ptq_cli.model.graph import GraphIndex, NameAllocator, attribute
 from ptq_cli.quantization.emitters.codebook_gptq import gptq_assign
 from ptq_cli.quantization.arithmetic.kmeans import kmeans_rows
-from ptq_cli.quantization.plan import SkipReason
+from ptq_cli.quantization.plan import SkipReason, Why
 from ptq_cli.quantization.arithmetic.stochastic import weight_rng
 from ptq_cli.recipe import PerChannel, Recipe
 
@@ -65,7 +65,8 @@ def codebook_weights(model: onnx.ModelProto, recipe: Recipe, grams: Mapping | No
         if reason is None:
             done.append(node.name)
         else:
-            skipped.append(SkipReason(node.name, node.op_type, reason))
+            why = Why.EXCLUDED if recipe.excludes(node.name, node.op_type) else Why.UNSUPPORTED
+            skipped.append(SkipReason(node.name, node.op_type, reason, why))
     nodes = expanded + list(out.graph.node)
     del out.graph.node[:]
     out.graph.node.extend(nodes)

@@ -21,7 +21,7 @@ from onnx import helper, numpy_helper
 
 from ptq_cli.errors import UsageError
 from ptq_cli.model.graph import GraphIndex, NameAllocator, attribute, drop_unused_initializers
-from ptq_cli.quantization.plan import SkipReason
+from ptq_cli.quantization.plan import SkipReason, Why
 from ptq_cli.quantization.emitters.dynamic_lstm import MS_DOMAIN, dynamic_lstm, refuse_lstm
 from ptq_cli.quantization.arithmetic.pairs import POWER_OF_TWO_STEPS, SCALE_STEPS, pairing_for, portable_weight
 from ptq_cli.quantization.arithmetic.scheme import QParams, compute_qparams, quantize, weight_range
@@ -82,7 +82,8 @@ class _DynamicRewriter:
     def visit(self, node: onnx.NodeProto) -> None:
         reason = self._refuse(node)
         if reason is not None:
-            self.skipped.append(SkipReason(node.name, node.op_type, reason))
+            why = Why.EXCLUDED if self.recipe.excludes(node.name, node.op_type) else Why.UNSUPPORTED
+            self.skipped.append(SkipReason(node.name, node.op_type, reason, why))
             self.nodes.append(node)
             return
         if node.op_type == "Conv":

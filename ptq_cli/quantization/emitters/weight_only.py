@@ -24,7 +24,7 @@ from ptq_cli.quantization.arithmetic.blas import single_threaded_blas
 from ptq_cli.quantization.arithmetic.blocks import (Blocks, block_params, pack_matmul_nbits, pack_nibbles,
                                                      pack_zero_points)
 from ptq_cli.quantization.arithmetic.gptq import gptq_round
-from ptq_cli.quantization.plan import QuantPlan, SkipReason
+from ptq_cli.quantization.plan import QuantPlan, SkipReason, Why
 from ptq_cli.recipe import Recipe, Rounding, WeightOnly
 
 MS_DOMAIN = "com.microsoft"
@@ -52,7 +52,8 @@ def rewrite_weight_only(model: onnx.ModelProto, recipe: Recipe,
                 plan.quantized.append(node.name)
                 continue
             if node.op_type in ("MatMul", "Gather", "Gemm"):
-                plan.skipped.append(SkipReason(node.name, node.op_type, reason))
+                why = Why.EXCLUDED if recipe.excludes(node.name, node.op_type) else Why.UNSUPPORTED
+                plan.skipped.append(SkipReason(node.name, node.op_type, reason, why))
             nodes.append(node)
     del graph.node[:]
     graph.node.extend(nodes)

@@ -14,7 +14,7 @@ from dataclasses import replace
 import onnx
 
 from ptq_cli.model.prepare import DYNAMIC_OPSET, QDQ_4_16_BIT_OPSET, QDQ_PER_AXIS_OPSET, QDQ_PER_TENSOR_OPSET
-from ptq_cli.quantization.plan import SkipReason
+from ptq_cli.quantization.plan import SkipReason, Why
 from ptq_cli.recipe import PerChannel, PerTensor, QType, Recipe
 
 
@@ -44,4 +44,4 @@ def fit_recipe(recipe: Recipe, opset: int) -> tuple[Recipe | None, list[str]]:
 
 def all_float(model: onnx.ModelProto, reason: str) -> list[SkipReason]:
     """Every node left in float for one reason."""
-    return [SkipReason(node.name, node.op_type, reason) for node in model.graph.node]
+    return [SkipReason(node.name, node.op_type, reason, Why.UNSUPPORTED) for node in model.graph.node]

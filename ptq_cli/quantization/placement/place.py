@@ -24,7 +24,7 @@ from ptq_cli.quantization.placement.handlers import (FUSED_ACTIVATIONS, OpHandle
 from ptq_cli.quantization.placement.transformer import (concat_span_reason, dynamic_matmul_reason, embedding_table,
                                                     float_patterns, glue_reason, runs_at_run_time)
 from ptq_cli.quantization.arithmetic.scheme import QParams, compute_qparams, weight_range
-from ptq_cli.quantization.plan import BiasPlan, QuantPlan, SkipReason, WeightPlan, fit_bias_in_int32
+from ptq_cli.quantization.plan import BiasPlan, QuantPlan, SkipReason, WeightPlan, Why, fit_bias_in_int32
 from ptq_cli.recipe import ExcludedConvInput, PerChannel, QType, Recipe, Rounding, TensorSpec
 
 
@@ -44,19 +44,20 @@ def make_plan(model: onnx.ModelProto, recipe: Recipe, ranges: Mapping[str, tuple
 
 
 def _skip_reason(node: onnx.NodeProto, handler: OpHandler | None, index: GraphIndex, recipe: Recipe,
-                 floating: Mapping[str, str] = {}) -> str | None:
+                 floating: Mapping[str, str] = {}) -> tuple[Why, str] | None:
     if recipe.excludes(node.name, node.op_type):
-        return "excluded by --exclude"
+        return Why.EXCLUDED, "excluded by --exclude"
     if node.name in floating:
-        return floating[node.name]
+        return Why.FLOAT_PATTERN, floating[node.name]
     if not any(index.is_float(name) for name in node.input if name):
-        return "no float input: integer or shape arithmetic"
+        return Why.NOT_FLOAT, "no float input: integer or shape arithmetic"
     if handler is None:
-        return f"onnxruntime has no integer kernel for {node.op_type}; it runs in float"
+        return Why.NO_KERNEL, f"onnxruntime has no integer kernel for {node.op_type}; it runs in float"
     if node.op_type in _NO_4BIT_FUSION and recipe.activations.dtype.bits == 4:
-        return (f"onnxruntime fuses a quantized {node.op_type} into QLinear{node.op_type}, which has no 4-bit "
-                "activation kernel (it would refuse the model); it runs in float")
-    return handler.refuse(node, index)
+        return Why.NO_KERNEL, (f"onnxruntime fuses a quantized {node.op_type} into QLinear{node.op_type}, which "
+                               "has no 4-bit activation kernel (it would refuse the model); it runs in float")
+    refused = handler.refuse(node, index)
+    return None if refused is None else (Why.UNSUPPORTED, refused)
 
 
 # Ops whose Q/DQ onnxruntime (1.17-1.23) fuses into a QLinear kernel even with 4-bit activations,
@@ -82,7 +83,7 @@ def _claim_compute_nodes(graph, index, recipe, ranges, plan) -> set[str]:
             reason, own = _placement_reason(node, index, recipe, ranges, done, placed)
             if own:
                 placed.add(node.name)
-            if reason is not None and reason.startswith("quantized at run time"):
+            if reason is not None and reason[0] is Why.RUN_TIME:
                 plan.dynamic.append(node.name)
                 continue
         inputs = [node.input[i] for i in activation_inputs(node, handler)] if handler else []
@@ -90,7 +91,7 @@ def _claim_compute_nodes(graph, index, recipe, ranges, plan) -> set[str]:
             handler.weight < len(node.input) and node.input[handler.weight] in index.initializers else None
         activations = [t for t in inputs if t != weight and t not in index.initializers]
         if reason is not None:
-            plan.skipped.append(SkipReason(node.name, node.op_type, reason))
+            plan.skipped.append(SkipReason(node.name, node.op_type, reason[1], reason[0]))
             continue
         out, fused, source = _output_and_fusion(node, handler, index, recipe, ranges, plan.floating)
         # The range that sets the output's parameters; a folded Relu/Clip's replaces the producer's.
@@ -98,7 +99,8 @@ def _claim_compute_nodes(graph, index, recipe, ranges, plan) -> set[str]:
         if handler.output is not OutputRule.UNIT and (source or out) not in ranges:
             missing.append(source or out)
         if missing:
-            plan.skipped.append(SkipReason(node.name, node.op_type, f"no calibration range for {missing[0]!r}"))
+            plan.skipped.append(SkipReason(node.name, node.op_type, f"no calibration range for {missing[0]!r}",
+                                           Why.NO_RANGE))
             continue
         if fused is not None:
             plan.fused[fused.name] = node.name
@@ -112,24 +114,27 @@ def _claim_compute_nodes(graph, index, recipe, ranges, plan) -> set[str]:
     for node in graph.node:
         if node.op_type in FUSED_ACTIVATIONS and node.name not in plan.fused:
             reason = _skip_reason(node, None, index, recipe, plan.floating)
-            if reason is None or reason.startswith("onnxruntime has no"):
-                reason = f"{node.op_type} only folds into a quantized producer (Conv, Gemm, MatMul, Add, ...)"
-            plan.skipped.append(SkipReason(node.name, node.op_type, reason))
+            if reason is None or reason[0] is Why.NO_KERNEL:
+                reason = (Why.FOLLOWS_FLOAT,
+                          f"{node.op_type} only folds into a quantized producer (Conv, Gemm, MatMul, Add, ...)")
+            plan.skipped.append(SkipReason(node.name, node.op_type, reason[1], reason[0]))
     return claimed
 
 
-def _placement_reason(node, index, recipe, ranges, done: set[str], placed: set[str]) -> tuple[str | None, bool]:
+def _placement_reason(node, index, recipe, ranges, done: set[str],
+                      placed: set[str]) -> tuple[tuple[Why, str] | None, bool]:
     """Why placement (transformer.py) does not quantize `node` statically, given the decisions so
     far, and whether that makes it placement's own float code (which a MatMul it feeds follows to
     run time)."""
     if recipe.activations.dtype is QType.UINT8 and recipe.weights.dtype in (QType.INT8, QType.UINT8):
         reason = dynamic_matmul_reason(node, index, done, placed)
         if reason is not None:
-            return reason, True
+            return (Why.RUN_TIME, reason), True
     reason = concat_span_reason(node, index, ranges)
     if reason is not None:
-        return reason, True
-    return glue_reason(node, index, done, placed)
+        return (Why.RANGE_SPAN, reason), True
+    reason, own = glue_reason(node, index, done, placed)
+    return (None if reason is None else (Why.FOLLOWS_FLOAT, reason)), own
 
 
 def _output_and_fusion(node, handler, index, recipe, ranges, floating):
@@ -177,9 +182,10 @@ def _claim_passthrough_nodes(graph, index, recipe, claimed, plan) -> set[str]:
         reason = _skip_reason(node, handler, index, recipe, plan.floating)
         source = node.input[0]
         if reason is None and source not in claimed and source not in outputs:
-            reason = f"its input {source!r} is float here; data-movement ops only follow quantized data"
+            reason = (Why.FOLLOWS_FLOAT,
+                      f"its input {source!r} is float here; data-movement ops only follow quantized data")
         if reason is not None:
-            plan.skipped.append(SkipReason(node.name, node.op_type, reason))
+            plan.skipped.append(SkipReason(node.name, node.op_type, reason[1], reason[0]))
             continue
         outputs.update(o for o in node.output if o)
         plan.quantized.append(node.name)
