@@ -9,9 +9,7 @@ sample count.
 
 from __future__ import annotations
 
-import collections
 import os
-import queue
 import sys
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -27,8 +25,7 @@ from ptq_cli.calibration.probes import float_tensors as float_tensors  # re-expo
 from ptq_cli.calibration.stats import TensorStats, needs_histogram
 from ptq_cli.calibration.subgraphs import SubProbe, expose_bodies, has_bodies
 from ptq_cli.data import Batch
-from ptq_cli.model.external import model_size
-from ptq_cli.model.sessions import CPU, SessionSpec, open_session
+from ptq_cli.model.sessions import CPU, SessionSpec, open_session, parallel_sessions, run_in_order
 from ptq_cli.errors import CalibrationError, DataError, ModelError, UsageError
 from ptq_cli.foreign_errors import is_onnxruntime_error, onnxruntime_message
 from ptq_cli.recipe import CalibrationSpec
@@ -117,19 +114,17 @@ def collect(model: onnx.ModelProto, batches: Iterable[Batch], *, spec: Calibrati
     # onnxruntime thread each, and are folded in their order (the same bits as one session:
     # onnxruntime's CPU kernels split work across threads, not sums). PP-OCRv4's 100 lines on 2
     # busy cores: 15 s instead of 32 s (onnxruntime's spinning threads fight other work).
-    parallel = not plan.fetched and not threads and not bodies and _cores() > 1 and \
-        model_size(model).total < 256 << 20  # each session holds its own copy of the weights
+    count = parallel_sessions(model) if not plan.fetched and not threads and not bodies else 1
     sessions = [calibration_session(augmented, provider, numpy_work=bool(plan.fetched),
-                                    threads=1 if parallel else threads)
-                for _ in range(min(_cores(), 4) if parallel else 1)]
+                                    threads=1 if count > 1 else threads) for _ in range(count)]
     del augmented  # onnxruntime holds its own copy
     scratch = Scratch()
     samples = 0
     with tqdm(total=total, unit="sample", desc="calibrating", file=sys.stderr,
               disable=not progress, leave=False) as bar:
         overlap = bool(plan.fetched) if overlap is None else overlap
-        runs = _on_sessions(sessions, plan, batches) if len(sessions) > 1 else \
-            (_overlapped if overlap else _in_turn)(sessions[0], plan, batches)
+        runs = run_in_order(sessions, lambda session, batch: (batch, _run(session, plan, batch)), batches) \
+            if len(sessions) > 1 else (_overlapped if overlap else _in_turn)(sessions[0], plan, batches)
         for batch, values in runs:
             _observe(batch, values, fed, plan, stats, scratch, bodies)
             samples += batch.size
@@ -163,35 +158,6 @@ def _overlapped(session, plan, batches):
             pending = (batch, future)
         if pending is not None:
             yield pending[0], pending[1].result()
-
-
-def _on_sessions(sessions, plan, batches):
-    """Like _in_turn, with the batches spread over several sessions in threads, in order."""
-    free: queue.SimpleQueue = queue.SimpleQueue()
-    for session in sessions:
-        free.put(session)
-
-    def one(batch):
-        session = free.get()
-        try:
-            return _run(session, plan, batch)
-        finally:
-            free.put(session)
-
-    with ThreadPoolExecutor(max_workers=len(sessions)) as pool:
-        pending = collections.deque()
-        for batch in batches:
-            pending.append((batch, pool.submit(one, batch)))
-            if len(pending) > len(sessions):
-                done, future = pending.popleft()
-                yield done, future.result()
-        while pending:
-            done, future = pending.popleft()
-            yield done, future.result()
-
-
-def _cores() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
 def _where(batch: Batch) -> str:

@@ -16,14 +16,13 @@ import collections
 import hashlib
 import itertools
 import math
-import queue
 from collections.abc import Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING
 
 import onnx
 
 from ptq_cli.drift.runtime import make_session, run
+from ptq_cli.model.sessions import run_in_order
 from ptq_cli.model.external import serialized
 
 if TYPE_CHECKING:
@@ -42,26 +41,9 @@ class Sessions:
         self.sessions = [make_session(model, what, threads=threads) for _ in range(max(1, workers))]
 
     def run(self, chunks: Sequence[dict], order: Sequence[int], names: list[str]) -> Outputs:
-        if len(self.sessions) == 1:
-            for index in order:
-                yield index, run(self.sessions[0], chunks[index], self.what, names)
-            return
-        free: queue.SimpleQueue = queue.SimpleQueue()
-        for session in self.sessions:
-            free.put(session)
-
-        def one(index: int) -> tuple[int, dict]:
-            session = free.get()
-            try:
-                return index, run(session, chunks[index], self.what, names)
-            finally:
-                free.put(session)
-
-        pool = ThreadPoolExecutor(len(self.sessions))
-        try:
-            yield from _in_order(pool.submit, one, order, len(self.sessions))
-        finally:
-            pool.shutdown(wait=True, cancel_futures=True)
+        def one(session, index: int) -> tuple[int, dict]:
+            return index, run(session, chunks[index], self.what, names)
+        return run_in_order(self.sessions, one, order)
 
 
 class OnEngine:

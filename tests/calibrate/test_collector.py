@@ -82,14 +82,15 @@ def test_batches_spread_over_sessions_give_the_one_session_table(tmp_path, monke
     """Min/max calibration runs one session per core (one onnxruntime thread each) and folds
     the batches in order: the very table of one session, Conv input means included."""
     from ptq_cli.calibration import collector
+    from ptq_cli.model import sessions as sessions_module
     from tests.conftest import save_samples, tiny_conv_relu
 
     rng = np.random.default_rng(3)
     model = tiny_conv_relu(rng)
     data = save_samples(tmp_path / "calib", [rng.normal(size=(1, 3, 8, 8)).astype(np.float32) for _ in range(11)])
-    monkeypatch.setattr(collector, "_cores", lambda: 1)
+    monkeypatch.setattr(sessions_module, "available_cores", lambda: 1)
     one = calibrate(model, data, progress=False).to_dict()
-    monkeypatch.setattr(collector, "_cores", lambda: cores)
+    monkeypatch.setattr(sessions_module, "available_cores", lambda: cores)
     sessions = []
     made = collector.calibration_session
     monkeypatch.setattr(collector, "calibration_session", lambda *a, **k: sessions.append(k) or made(*a, **k))

@@ -29,7 +29,7 @@ from ptq_cli.drift.kinds import OutputKind
 from ptq_cli.drift.report import OutputReport, ThresholdResult
 from ptq_cli.drift.thresholds import Thresholds, evaluate
 from ptq_cli.errors import PtqError, UsageError
-from ptq_cli.model.external import model_size
+from ptq_cli.model.sessions import parallel_sessions
 from ptq_cli.quantization.timings import Stopwatch
 from ptq_cli.recipe import Recipe
 
@@ -91,15 +91,9 @@ class Budget:
                              f"{self.trials} trial(s) and {self.workers} worker(s)")
 
     def sessions_for(self, model: onnx.ModelProto) -> int:
-        """How many sessions run a candidate's samples at once: `workers`, else one per core this
-        process may use, up to 4, and one for a model of 256 MB or more (each session holds its
-        own copy of the weights). The figures are the same for any number."""
-        if self.workers:
-            return self.workers
-        if model_size(model).total >= 256 << 20:
-            return 1
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-        return max(1, min(4, cores))
+        """How many sessions run a candidate's samples at once: `workers`, else one per core
+        (model/sessions.parallel_sessions). The figures are the same for any number."""
+        return self.workers or parallel_sessions(model)
 
     def judge(self, outputs: tuple[OutputReport, ...]) -> tuple[ThresholdResult, ...]:
         """The verdict of every limit on these per-output figures."""
