@@ -17,8 +17,11 @@ from ptq_cli.errors import UsageError
 from ptq_cli.model.io import opset_version
 from ptq_cli.model.prepare import QDQ_4_16_BIT_OPSET, QDQ_PER_AXIS_OPSET, prepare, prepare_with_result
 from ptq_cli.quantization.arithmetic.equalize import equalization_pairs, equalize
-from ptq_cli.quantization.emitters.dynamic import DYNAMIC_DATA, check_dynamic_recipe, rewrite_dynamic
-from ptq_cli.quantization.emitters.subgraphs import has_bodies, quantize_bodies, without_owners
+from ptq_cli.quantization.emitters.base import EmitResult
+from ptq_cli.quantization.emitters.codebook import emit_codebook
+from ptq_cli.quantization.emitters.dynamic import DYNAMIC_DATA, check_dynamic_recipe, emit_dynamic
+from ptq_cli.quantization.emitters.subgraphs import emit_bodies
+from ptq_cli.quantization.emitters.weight_only import emit_weight_only
 from ptq_cli.quantization.placement.latency import IfSlower, LatencyDecision, Objective, search_placement
 from ptq_cli.quantization.placement.latency.feeds import timing_feeds
 from ptq_cli.quantization.placement.latency.machine import Machine
@@ -47,10 +50,8 @@ def weight_only_mode(source, source_sha, path, data, calibration, recipe: Recipe
     grams, described = _weight_only_grams(source, source_sha, path, data, calibration, recipe, image, **collect)
 
     def build(r: Recipe) -> tuple[onnx.ModelProto, QuantPlan]:
-        from ptq_cli.quantization.emitters.weight_only import rewrite_weight_only
-
         min_opset = QDQ_4_16_BIT_OPSET if r.weight_only.qdq else QDQ_PER_AXIS_OPSET
-        return rewrite_weight_only(prepare(source, min_opset=min_opset), r, grams)
+        return _as_plan(emit_weight_only(prepare(source, min_opset=min_opset), r, grams))
     return Mode(build, recipe, described, source)
 
 
@@ -111,8 +112,7 @@ def static_mode(source, source_sha, data, calibration, recipe: Recipe, image, *,
 
     def build(r: Recipe) -> tuple[onnx.ModelProto, QuantPlan]:
         model, plan = quantize_model(floating, r, ranges, means, table.grams, prepared=True)
-        plan.prepare_skipped = prepared.skipped
-        return model, plan
+        return model, replace(plan, prepare_skipped=prepared.skipped)
     decision = None
     if objective is not Objective.SIZE:
         with stopwatch.phase("latency search"):
@@ -149,26 +149,28 @@ def _dynamic(prepared_result, recipe: Recipe) -> tuple[onnx.ModelProto, QuantPla
     if fitted is None:  # below opset 11 there is no DynamicQuantizeLinear
         return prepared, QuantPlan(skipped=all_float(prepared, notes[0]), notes=notes,
                                    prepare_skipped=prepared_result.skipped)
-    quantized, done, skipped = _rewrite_dynamic_everywhere(prepared, fitted)
-    if not done and "Conv" not in fitted.dynamic_ops and any(n.op_type == "Conv" for n in prepared.graph.node):
+    emitted = _dynamic_everywhere(prepared, fitted)
+    if not emitted.quantized and "Conv" not in fitted.dynamic_ops and \
+            any(n.op_type == "Conv" for n in prepared.graph.node):
         # A convolutional model has nothing that gets faster dynamically: rather than refuse it,
         # store its Conv weights as ConvInteger (4x smaller), and say what that costs.
         fitted = fitted.with_(dynamic_ops=fitted.dynamic_ops + ("Conv",))
-        quantized, done, skipped = _rewrite_dynamic_everywhere(prepared, fitted)
-        notes = notes + ["no MatMul/Gemm to quantize dynamically: Conv became ConvInteger, 4x smaller "
-                         "but slower than float Conv in onnxruntime; static quantization (--data) "
-                         "makes it faster"]
-    return quantized, QuantPlan(quantized=done, skipped=skipped, notes=notes,
-                                prepare_skipped=prepared_result.skipped)
+        emitted = _dynamic_everywhere(prepared, fitted)
+        notes += ("no MatMul/Gemm to quantize dynamically: Conv became ConvInteger, 4x smaller "
+                  "but slower than float Conv in onnxruntime; static quantization (--data) makes it faster",)
+    model, plan = _as_plan(emitted)
+    return model, replace(plan, notes=notes, prepare_skipped=prepared_result.skipped)
 
 
-def _rewrite_dynamic_everywhere(prepared: onnx.ModelProto, recipe: Recipe):
-    """rewrite_dynamic on the main graph and inside every If/Loop/Scan body."""
-    quantized, done, skipped = rewrite_dynamic(prepared, recipe)
-    if has_bodies(quantized):
-        more, more_skipped = quantize_bodies(quantized, lambda sub: rewrite_dynamic(sub, recipe))
-        done, skipped = done + more, without_owners(skipped, quantized, more) + more_skipped
-    return quantized, done, skipped
+def _dynamic_everywhere(prepared: onnx.ModelProto, recipe: Recipe) -> EmitResult:
+    """emit_dynamic on the main graph and inside every If/Loop/Scan body."""
+    return emit_bodies(emit_dynamic(prepared, recipe), lambda body: emit_dynamic(body, recipe))
+
+
+def _as_plan(emitted: EmitResult) -> tuple[onnx.ModelProto, QuantPlan]:
+    """What a recipe-driven emitter (run-time, weight-only, codebook) wrote, as the plan that
+    the drift budget, the checks and the summary read for every kind of quantization."""
+    return emitted.model, QuantPlan(quantized=emitted.quantized, skipped=emitted.skipped, notes=emitted.notes)
 
 
 def _codebook_inputs(source, source_sha, data, calibration, opset: int, image, **collect):
@@ -195,10 +197,7 @@ def _codebook_inputs(source, source_sha, data, calibration, opset: int, image, *
 
 def _with_codebook(recipe: Recipe, prepared, grams, description):
     """Codebook weights, weighted by the layers' input Gram matrices when there are some."""
-    from ptq_cli.quantization.emitters.codebook import codebook_weights
-
-    quantized, done, skipped = codebook_weights(prepared, recipe, grams)
-    return quantized, QuantPlan(quantized=done, skipped=skipped), description
+    return (*_as_plan(emit_codebook(prepared, recipe, grams)), description)
 
 
 def _measured(source, floating, recipe, build: Build, data, image, machine: Machine, objective) -> LatencyDecision:

@@ -8,6 +8,7 @@ emitters write it. It lives below all of them, so that none imports another's mo
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from enum import Enum
 from typing import TYPE_CHECKING
@@ -74,29 +75,33 @@ class BiasPlan:
     weight: WeightPlan
 
 
-@dataclass
+@dataclass(frozen=True)
 class QuantPlan:
-    """Everything the emitters need. Keys are node names / tensor names of the prepared model."""
+    """Everything the emitters need. Keys are node names / tensor names of the prepared model.
 
-    activations: dict[str, QParams] = field(default_factory=dict)
-    weights: dict[tuple[str, str], WeightPlan] = field(default_factory=dict)  # (node, input) ->
-    biases: dict[str, BiasPlan] = field(default_factory=dict)  # node -> bias
-    quantized: list[str] = field(default_factory=list)  # nodes that run in integer
-    fused: dict[str, str] = field(default_factory=dict)  # Relu/Clip node -> producer node
+    Frozen: placement builds it (placement/place.py), every later stage derives a new one with
+    `dataclasses.replace` (the arithmetic refines weights, quantize_model records what the
+    emitters wrote), so a plan a stage was handed is the plan it reads to the end."""
+
+    activations: Mapping[str, QParams] = field(default_factory=dict)
+    weights: Mapping[tuple[str, str], WeightPlan] = field(default_factory=dict)  # (node, input) ->
+    biases: Mapping[str, BiasPlan] = field(default_factory=dict)  # node -> bias
+    quantized: tuple[str, ...] = ()  # nodes that run in integer
+    fused: Mapping[str, str] = field(default_factory=dict)  # Relu/Clip node -> producer node
     # A tensor quantized with another's calibrated range: a compute output followed by data
     # movement and then a Relu/Clip takes the Relu/Clip's range (max-pool and relu commute).
-    range_source: dict[str, str] = field(default_factory=dict)
-    skipped: list[SkipReason] = field(default_factory=list)
+    range_source: Mapping[str, str] = field(default_factory=dict)
+    skipped: tuple[SkipReason, ...] = ()
     # What the prepare passes left undone (e.g. tensors whose type could not be inferred).
     prepare_skipped: tuple[str, ...] = ()
     dequantized_float_convs: bool = False  # float Convs read a per-channel DequantizeLinear (ExcludedConvInput)
-    notes: list[str] = field(default_factory=list)  # model-wide changes to the recipe, said to the user
+    notes: tuple[str, ...] = ()  # model-wide changes to the recipe, said to the user
     # MatMuls quantized at run time (DynamicQuantizeLinear + MatMulInteger), after the static pass.
-    dynamic: list[str] = field(default_factory=list)
+    dynamic: tuple[str, ...] = ()
     # Gather node -> its constant table stored as int8, the gathered rows dequantized (weight-only).
-    weight_only: dict[str, WeightPlan] = field(default_factory=dict)
-    patterns: list[Pattern] = field(default_factory=list)  # what placement found (patterns.py)
-    floating: dict[str, str] = field(default_factory=dict)  # node -> why placement keeps it float
+    weight_only: Mapping[str, WeightPlan] = field(default_factory=dict)
+    patterns: tuple[Pattern, ...] = ()  # what placement found (patterns.py)
+    floating: Mapping[str, str] = field(default_factory=dict)  # node -> why placement keeps it float
 
     @property
     def quantizes_anything(self) -> bool:

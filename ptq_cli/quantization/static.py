@@ -7,6 +7,7 @@ with calibration, the latency search, the drift budget and the atomic write.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import replace
 
 import numpy as np
 import onnx
@@ -16,12 +17,14 @@ from ptq_cli.model.passes import SequenceResult
 from ptq_cli.model.prepare import QDQ_4_16_BIT_OPSET, QDQ_PER_AXIS_OPSET, prepare_with_result
 from ptq_cli.quantization.arithmetic.bias_correction import correct_biases
 from ptq_cli.quantization.arithmetic.rounding import bound_plan_pairs, carry_rounding, gptq_plan
-from ptq_cli.quantization.emitters.dynamic import rewrite_dynamic
-from ptq_cli.quantization.emitters.qdq import insert_qdq
-from ptq_cli.quantization.emitters.subgraphs import has_bodies, quantize_bodies, without_owners
+from ptq_cli.quantization.emitters.base import EmitResult
+from ptq_cli.quantization.emitters.dynamic import emit_dynamic
+from ptq_cli.quantization.emitters.qdq import emit_qdq
+from ptq_cli.quantization.emitters.qoperator import emit_qoperator
+from ptq_cli.quantization.emitters.subgraphs import emit_bodies
 from ptq_cli.quantization.placement.opsets import all_float, fit_recipe
-from ptq_cli.quantization.plan import QuantPlan
 from ptq_cli.quantization.placement.place import make_plan, replan_weights
+from ptq_cli.quantization.plan import QuantPlan
 from ptq_cli.recipe import Format, Recipe, Rounding
 
 Ranges = Mapping[str, tuple[float, float]]
@@ -30,7 +33,8 @@ Ranges = Mapping[str, tuple[float, float]]
 def quantize_model(model: onnx.ModelProto, recipe: Recipe, ranges: Ranges,
                    channel_means: Mapping[str, np.ndarray] | None = None,
                    grams: Mapping | None = None, *, prepared: bool = False) -> tuple[onnx.ModelProto, QuantPlan]:
-    """The pure transformation: a float model and activation ranges in, a quantized model out.
+    """The pure transformation: a float model and activation ranges in, a quantized model out,
+    with the plan it was written from (what the emitters wrote, in `quantized` and `dynamic`).
     `prepared` says the model already went through prepare() (it is not prepared again).
 
     `channel_means` (per-channel E[x] of Conv/Gemm inputs) enables bias correction; `grams`
@@ -42,7 +46,24 @@ def quantize_model(model: onnx.ModelProto, recipe: Recipe, ranges: Ranges,
     if recipe is None:  # the opset has no QuantizeLinear and cannot be raised
         return prepared, QuantPlan(skipped=all_float(prepared, notes[0]), notes=notes,
                                    prepare_skipped=prepared_result.skipped)
-    plan = make_plan(prepared, recipe, ranges)
+    prepared, plan = _refined(prepared, make_plan(prepared, recipe, ranges), recipe, channel_means, grams)
+    emit = emit_qoperator if recipe.format is Format.QOPERATOR else emit_qdq
+
+    def emit_body(body: onnx.ModelProto) -> EmitResult:
+        # If/Loop/Scan bodies: planned and emitted as graphs of their own, in the same format.
+        return emit(body, bound_plan_pairs(body, make_plan(body, recipe, ranges), recipe))
+
+    static = emit_bodies(emit(prepared, plan), emit_body)
+    run_time = _dynamic_matmuls(static.model, plan, recipe)
+    return run_time.model, replace(plan, quantized=static.quantized, skipped=static.skipped,
+                                   dynamic=run_time.quantized, prepare_skipped=prepared_result.skipped,
+                                   notes=plan.notes + notes)
+
+
+def _refined(prepared: onnx.ModelProto, plan: QuantPlan, recipe: Recipe, channel_means, grams
+             ) -> tuple[onnx.ModelProto, QuantPlan]:
+    """The plan's integer weights as written: GPTQ-rounded when asked, held to the portable
+    target's pair limit, and measured by bias correction (which gives the model new biases)."""
     if recipe.rounding is Rounding.GPTQ:
         plan, _ = gptq_plan(prepared, plan, grams or {}, recipe)
     # The pair limit before bias correction, so that the correction measures the integers written.
@@ -54,33 +75,15 @@ def quantize_model(model: onnx.ModelProto, recipe: Recipe, ranges: Ranges,
             # (a weight whose scale had to widen for its int32 bias is rounded and bounded again)
             plan = carry_rounding(plan, replan_weights(prepared, recipe, plan, corrected), prepared)
             plan = bound_plan_pairs(prepared, plan, recipe)
-    plan.prepare_skipped = prepared_result.skipped
-    plan.notes.extend(notes)
-    rewrite = insert_qdq
-    if recipe.format is Format.QOPERATOR:
-        from ptq_cli.quantization.emitters.qoperator import rewrite_qoperator
-
-        rewrite = rewrite_qoperator
-    out = rewrite(prepared, plan)
-    if has_bodies(out):  # If/Loop/Scan: their bodies are quantized as graphs of their own, same format
-        def body(sub: onnx.ModelProto):
-            sub_plan = bound_plan_pairs(sub, make_plan(sub, recipe, ranges), recipe)
-            return rewrite(sub, sub_plan), sub_plan.quantized, sub_plan.skipped
-
-        done, skipped = quantize_bodies(out, body)
-        plan.quantized.extend(done)
-        plan.skipped = without_owners(plan.skipped, out, done) + skipped
-    return _with_dynamic_matmuls(out, plan, recipe), plan
+    return prepared, plan
 
 
-def _with_dynamic_matmuls(model: onnx.ModelProto, plan: QuantPlan, recipe: Recipe) -> onnx.ModelProto:
+def _dynamic_matmuls(model: onnx.ModelProto, plan: QuantPlan, recipe: Recipe) -> EmitResult:
     """The MatMuls placement quantizes at run time (placement/place.py, chosen by
     placement/transformer.py), rewritten after the static pass."""
     if not plan.dynamic:
-        return model
-    rewritten, done, _ = rewrite_dynamic(model, recipe, only=frozenset(plan.dynamic))
-    plan.dynamic = done
-    return rewritten
+        return EmitResult(model, (), ())
+    return emit_dynamic(model, recipe, only=frozenset(plan.dynamic))
 
 
 def required_opset(recipe: Recipe) -> int:

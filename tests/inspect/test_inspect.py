@@ -146,7 +146,7 @@ def test_a_static_model_with_a_matmul_at_run_time_is_still_qdq(rng):
     x = rng.normal(size=(2, 8)).astype(np.float32)
     ranges = minmax_ranges(model, [{"x": x}])
     mixed, plan = quantize_model(model, Recipe(run_time=("fc2",)), ranges)
-    assert plan.quantized == ["fc1"] and plan.dynamic == ["fc2"]
+    assert plan.quantized == ("fc1",) and plan.dynamic == ("fc2",)
     ops = {n.op_type for n in mixed.graph.node}
     assert {"QuantizeLinear", "DynamicQuantizeLinear", "MatMulInteger"} <= ops
     report = inspect_model(mixed)

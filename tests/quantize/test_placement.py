@@ -77,7 +77,7 @@ def test_written_layer_norm_stays_float_and_the_matmul_after_it_is_dynamic(rng):
     quantized, plan, sqnr = _quantize(model, rng)
     reasons = _reasons(plan)
     assert all(reasons[n].startswith("normalization of 'h'") for n in norm)
-    assert plan.quantized == ["proj_in"] and plan.dynamic == ["proj_out"]
+    assert plan.quantized == ("proj_in",) and plan.dynamic == ("proj_out",)
     kinds = ops(quantized)
     assert kinds.count("DynamicQuantizeLinear") == 1 and kinds.count("MatMulInteger") == 1
     assert {"ReduceMean", "Sqrt", "Div", "Pow"} <= set(kinds)
@@ -94,7 +94,7 @@ def test_rms_norm_with_reciprocal_is_one_pattern(rng):
     model = _seq_model(rng, body, [_const("eps", 1e-6)])
     assert _kinds(model) == [(PatternKind.LAYER_NORM, ("square", "mean_square", "eps_add", "root", "inverse", "scale"))]
     _, plan, sqnr = _quantize(model, rng)
-    assert plan.dynamic == ["proj_out"] and sqnr > 25
+    assert plan.dynamic == ("proj_out",) and sqnr > 25
 
 
 def _gelu_erf():
@@ -128,7 +128,7 @@ def test_gelu_forms_stay_float(rng, body, consts, names):
     assert [k for k, _ in found] == [PatternKind.GELU] and set(found[0][1]) == set(names)
     quantized, plan, sqnr = _quantize(model, rng)
     assert all(_reasons(plan)[n].startswith("GELU of 'h'") for n in names)
-    assert plan.dynamic == ["proj_out"] and sqnr > 25, sqnr
+    assert plan.dynamic == ("proj_out",) and sqnr > 25, sqnr
 
 
 def _conv_model(rng, body, extra, out):
@@ -149,7 +149,7 @@ def test_written_hard_swish_stays_float_between_integer_convs(rng):
     found = _kinds(model)
     assert found == [(PatternKind.HARD_SWISH, ("shift", "clip", "times_x", "over_six"))]
     quantized, plan, sqnr = _quantize(model, rng, shape=(2, 3, 8, 8))
-    assert plan.quantized == ["conv1", "conv2"] and plan.dynamic == []
+    assert plan.quantized == ("conv1", "conv2") and plan.dynamic == ()
     assert all(_reasons(plan)[n].startswith("hard-swish of 'c'") for n in ("shift", "clip", "times_x", "over_six"))
     assert ops(quantized).count("Clip") == 1 and sqnr > 25, sqnr
 
@@ -160,7 +160,7 @@ def test_hard_sigmoid_gate_and_hard_swish_op_forms(rng):
     model = _conv_model(rng, body, [], "hs")
     assert _kinds(model) == [(PatternKind.HARD_SWISH, ("gate", "gated"))]
     _, plan, sqnr = _quantize(model, rng, shape=(2, 3, 8, 8))
-    assert plan.quantized == ["conv1", "conv2"] and sqnr > 25
+    assert plan.quantized == ("conv1", "conv2") and sqnr > 25
 
 
 def test_attention_score_path_stays_float_and_the_projections_are_dynamic(rng):
@@ -185,7 +185,7 @@ def test_attention_score_path_stays_float_and_the_projections_are_dynamic(rng):
     quantized, plan = quantize_model(model, Recipe(), minmax_ranges(model, batches))
     onnx.checker.check_model(quantized, full_check=True)
     assert all(_reasons(plan)[n].startswith("attention scores of 'scores'") for n in path)
-    assert plan.quantized == ["proj_q", "proj_k", "proj_v", "k_transpose"] and plan.dynamic == ["proj_o"]
+    assert plan.quantized == ("proj_q", "proj_k", "proj_v", "k_transpose") and plan.dynamic == ("proj_o",)
     assert "Softmax" in ops(quantized) and "QLinearSoftmax" not in ops(quantized)
     assert sqnr_db(run(model, batches[0])[0], run(quantized, batches[0])[0]) > 25
 
@@ -197,7 +197,7 @@ def test_residual_add_before_layer_normalization_stays_float(rng):
     assert _kinds(model) == [(PatternKind.RESIDUAL, ("residual",)), (PatternKind.LAYER_NORM, ("norm",))]
     _, plan, sqnr = _quantize(model, rng)
     assert _reasons(plan)["residual"].startswith("residual sum 'res' feeds a normalization")
-    assert plan.quantized == ["proj_in"] and plan.dynamic == ["proj_out"] and sqnr > 25
+    assert plan.quantized == ("proj_in",) and plan.dynamic == ("proj_out",) and sqnr > 25
 
 
 def test_embedding_table_is_stored_int8_and_only_gathered_rows_dequantized(rng):
@@ -230,7 +230,7 @@ def test_cnn_without_patterns_is_placed_as_before(rng):
     model = tiny_conv_relu(rng)
     assert find_patterns(prepare(model).graph) == []
     _, plan = quantize_model(model, Recipe(), minmax_ranges(model, image_batches(rng)))
-    assert plan.dynamic == [] and plan.weight_only == {} and plan.skipped == []
+    assert plan.dynamic == () and plan.weight_only == {} and plan.skipped == ()
 
 
 def test_constant_scale_and_shift_after_a_conv_fold_into_it(rng):
@@ -250,7 +250,7 @@ def test_constant_scale_and_shift_after_a_conv_fold_into_it(rng):
     odd = _conv_model(rng, body, [_const("scale", np.ones((1, 1, 8, 1))), _const("shift", [0.1])], "hs")
     assert not FoldAffineIntoConv()(prepare(odd)).modified
     _, plan, sqnr = _quantize(model, rng, shape=(2, 3, 8, 8))
-    assert plan.quantized == ["conv1", "conv2"] and sqnr > 25
+    assert plan.quantized == ("conv1", "conv2") and sqnr > 25
 
 
 def test_glue_after_an_excluded_node_stays_float_but_moves_no_matmul_to_run_time(rng):
@@ -265,7 +265,7 @@ def test_glue_after_an_excluded_node_stays_float_but_moves_no_matmul_to_run_time
     quantized, plan = quantize_model(model, Recipe(exclude=("proj_in",)), ranges)
     assert model.SerializeToString() == before
     onnx.checker.check_model(quantized, full_check=True)
-    assert plan.quantized == ["proj_out"] and plan.dynamic == []
+    assert plan.quantized == ("proj_out",) and plan.dynamic == ()
     assert _reasons(plan)["proj_in"] == "excluded by --exclude"
     assert _reasons(plan)["bias_add"].startswith("its inputs ('h') come from float nodes")
     # The Add reads float and writes float: no Q/DQ pair sits between proj_in and it.

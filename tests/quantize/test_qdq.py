@@ -35,7 +35,7 @@ def test_conv_chain_fuses_into_integer_kernels(rng, tmp_path):
     batches = image_batches(rng)
     out, plan = _quantize(model, batches)
     assert plan.fused == {"relu1": "conv1", "relu2": "conv2"}
-    assert plan.skipped == []
+    assert plan.skipped == ()
     # Weights: int8 per-channel DequantizeLinear with axis 0; bias int32.
     weight_dq = [n for n in out.graph.node if n.op_type == "DequantizeLinear" and n.input[0] == "w1_quantized"]
     assert len(weight_dq) == 1 and helper.get_attribute_value(weight_dq[0].attribute[0]) == 0
@@ -102,7 +102,7 @@ def test_batch_norm_is_folded_into_the_conv(rng):
     x = rng.normal(0, 1, (1, 3, 6, 6)).astype(np.float32)
     np.testing.assert_allclose(run(prepared, {"x": x})[0], run(model, {"x": x})[0], rtol=1e-4, atol=1e-4)
     out, plan = _quantize(model, [{"x": x}])
-    assert plan.quantized == ["conv"]
+    assert plan.quantized == ("conv",)
     # The graph output keeps its name, now written by a DequantizeLinear.
     assert out.graph.output[0].name == "y"
     assert next(n for n in out.graph.node if "y" in n.output).op_type == "DequantizeLinear"
@@ -180,7 +180,7 @@ def test_activation_times_activation_matmul_and_conv_transpose(rng):
     batches = [{"a": rng.normal(0, 1, (1, 3, 4, 5)).astype(np.float32),
                 "b": rng.normal(0, 1, (1, 3, 5, 4)).astype(np.float32)} for _ in range(4)]
     out, plan = _quantize(model, batches)
-    assert plan.quantized == ["mm", "deconv"]
+    assert plan.quantized == ("mm", "deconv")
     deconv_w = next(n for n in out.graph.node if n.op_type == "DequantizeLinear" and n.input[0] == "w_quantized")
     assert helper.get_attribute_value(deconv_w.attribute[0]) == 1  # ConvTranspose's output-channel axis
     assert sqnr_db(run(model, batches[0])[0], run(out, batches[0])[0]) > 25
@@ -303,5 +303,5 @@ def test_division_by_a_constant_becomes_an_integer_mul(rng, tmp_path):
     x = rng.normal(0, 1, (4, 8)).astype(np.float32)
     np.testing.assert_allclose(run(prepared, {"x": x})[0], run(model, {"x": x})[0], rtol=1e-6)
     out, plan = _quantize(model, [{"x": rng.normal(0, 1, (4, 8)).astype(np.float32)} for _ in range(4)])
-    assert plan.quantized == ["mm", "scale"]
+    assert plan.quantized == ("mm", "scale")
     assert "QLinearMul" in _optimized_ops(out, tmp_path)

@@ -58,7 +58,7 @@ def test_unexpected_errors_are_one_line_without_debug_and_a_traceback_with_it(wo
     def broken(*args, **kwargs):
         raise RuntimeError("something unforeseen")
 
-    monkeypatch.setattr("ptq_cli.quantization.modes.rewrite_dynamic", broken)
+    monkeypatch.setattr("ptq_cli.quantization.modes.emit_dynamic", broken)
     invoke(work, "quantize", work / "model.onnx", "--dynamic", "-q").refused(3, "internal error", "--debug")
     run = invoke(work, "--debug", "quantize", work / "model.onnx", "--dynamic", "-q")
     assert isinstance(run.result.exception, RuntimeError)

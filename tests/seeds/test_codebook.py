@@ -13,7 +13,7 @@ from ptq_cli.calibration.gram import Gram
 from ptq_cli.cli import main
 from ptq_cli.errors import UsageError
 from ptq_cli.model.prepare import prepare
-from ptq_cli.quantization.emitters.codebook import codebook_weights
+from ptq_cli.quantization.emitters.codebook import emit_codebook
 from ptq_cli.quantization.arithmetic.kmeans import kmeans_rows
 from ptq_cli.recipe import PerTensor, Recipe, WeightCodebook
 from tests.conftest import make_model, ops, run, session, sqnr_db
@@ -59,10 +59,11 @@ def test_kmeans_finds_separated_clusters_and_follows_importance():
 def test_codebook_model_stores_indices_and_rebuilds_weights_in_onnxruntime(rng, tmp_path):
     model = _model(rng)
     before = model.SerializeToString()
-    out, done, skipped = codebook_weights(prepare(model, min_opset=21), Recipe(weight_codebook=WeightCodebook(4)))
+    emitted = emit_codebook(prepare(model, min_opset=21), Recipe(weight_codebook=WeightCodebook(4)))
+    out, done, skipped = emitted.model, emitted.quantized, emitted.skipped
     assert model.SerializeToString() == before
     onnx.checker.check_model(out, full_check=True)
-    assert sorted(done) == ["conv", "embed", "gemm", "mm"] and skipped == []
+    assert sorted(done) == ["conv", "embed", "gemm", "mm"] and skipped == ()
     inits = {t.name: t for t in out.graph.initializer}
     assert not {"table", "w_mm", "w_gemm", "w_conv"} & set(inits)  # the float weights are gone
     assert inits["w_mm_codebook_indices"].data_type == TensorProto.UINT4
@@ -90,16 +91,17 @@ def test_codebook_model_stores_indices_and_rebuilds_weights_in_onnxruntime(rng, 
 def test_eight_bits_per_tensor_and_what_is_left_alone(rng):
     model = _model(rng)
     recipe = Recipe(weight_codebook=WeightCodebook(8, PerTensor()), exclude=("gemm",))
-    out, done, skipped = codebook_weights(prepare(model), recipe)
-    reasons = {s.node: s.reason for s in skipped}
+    emitted = emit_codebook(prepare(model), recipe)
+    out = emitted.model
+    reasons = {s.node: s.reason for s in emitted.skipped}
     assert reasons["gemm"] == "excluded by --exclude"
     assert "too few" in reasons["conv"]  # 576 values < 16 · 256
     inits = {t.name: t for t in out.graph.initializer}
     assert inits["table_codebook_indices"].data_type == TensorProto.UINT8 and list(inits["table_codebook"].dims) == [1, 256]
     feeds = _feeds(rng)
     assert sqnr_db(run(model, feeds)[0], run(out, feeds)[0]) > 35
-    per_channel, _, skipped = codebook_weights(prepare(model), Recipe(weight_codebook=WeightCodebook(8)))
-    assert any("would outweigh" in s.reason for s in skipped)  # 100 values/column < 256 entries
+    per_channel = emit_codebook(prepare(model), Recipe(weight_codebook=WeightCodebook(8)))
+    assert any("would outweigh" in s.reason for s in per_channel.skipped)  # 100 values/column < 256 entries
 
 
 def test_gram_matrix_weighs_the_inputs_that_carry_energy(rng):
@@ -116,8 +118,8 @@ def test_gram_matrix_weighs_the_inputs_that_carry_energy(rng):
                                      inits["w_mm_codebook_indices"].astype(np.int64), 1).T
         return float(((rebuilt - w)[:8] ** 2).sum())
 
-    plain = error_on_loud_rows(codebook_weights(model, recipe)[0])
-    weighted = error_on_loud_rows(codebook_weights(model, recipe, grams)[0])
+    plain = error_on_loud_rows(emit_codebook(model, recipe).model)
+    weighted = error_on_loud_rows(emit_codebook(model, recipe, grams).model)
     assert weighted < 0.7 * plain
 
 

@@ -12,7 +12,7 @@ from ptq_cli.cli import main
 from ptq_cli.errors import UsageError
 from ptq_cli.model.prepare import prepare
 from ptq_cli.quantization.api import quantize_model
-from ptq_cli.quantization.emitters.dynamic import rewrite_dynamic
+from ptq_cli.quantization.emitters.dynamic import emit_dynamic
 from ptq_cli.quantization.placement.place import make_plan
 from ptq_cli.quantization.arithmetic.scheme import compute_qparams, dequantize, quantize
 from ptq_cli.recipe import Format, QType, Recipe, Rounding
@@ -74,9 +74,10 @@ def test_a_seed_reproduces_the_model_byte_for_byte(rng, fmt):
 
 def test_dynamic_weights_round_stochastically_and_reproduce(rng):
     model = prepare(tiny_conv_relu(rng))
-    first, done, _ = rewrite_dynamic(model, STOCHASTIC)
-    again, _, _ = rewrite_dynamic(model, STOCHASTIC)
-    nearest, _, _ = rewrite_dynamic(model, Recipe())
+    emitted = emit_dynamic(model, STOCHASTIC)
+    first, done = emitted.model, emitted.quantized
+    again = emit_dynamic(model, STOCHASTIC).model
+    nearest = emit_dynamic(model, Recipe()).model
     assert first.SerializeToString() == again.SerializeToString() != nearest.SerializeToString()
     assert "fc" in done
     feeds = image_batches(rng, n=1)[0]

@@ -30,6 +30,7 @@ from onnx import TensorProto, helper, numpy_helper
 from ptq_cli.model.graph import GraphIndex, NameAllocator, attribute
 from ptq_cli.quantization.emitters.codebook_gptq import gptq_assign
 from ptq_cli.quantization.arithmetic.kmeans import kmeans_rows
+from ptq_cli.quantization.emitters.base import EmitResult
 from ptq_cli.quantization.plan import SkipReason, Why
 from ptq_cli.quantization.arithmetic.stochastic import weight_rng
 from ptq_cli.recipe import PerChannel, Recipe
@@ -44,8 +45,7 @@ class _Site:
     axis: int  # the output-channel axis of the weight
 
 
-def codebook_weights(model: onnx.ModelProto, recipe: Recipe, grams: Mapping | None = None
-                     ) -> tuple[onnx.ModelProto, list[str], list[SkipReason]]:
+def emit_codebook(model: onnx.ModelProto, recipe: Recipe, grams: Mapping | None = None) -> EmitResult:
     """A copy of the prepared `model` with its weights as codebooks; the nodes whose weights were
     clustered, and why the others were not."""
     out = onnx.ModelProto()
@@ -74,7 +74,7 @@ def codebook_weights(model: onnx.ModelProto, recipe: Recipe, grams: Mapping | No
     kept = [t for t in out.graph.initializer if t.name not in rebuilt]
     del out.graph.initializer[:]
     out.graph.initializer.extend(kept)
-    return out, done, skipped
+    return EmitResult(out, tuple(done), tuple(skipped))
 
 
 def _site(node: onnx.NodeProto, index: GraphIndex) -> _Site | None:

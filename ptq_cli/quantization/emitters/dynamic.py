@@ -21,6 +21,7 @@ from onnx import helper, numpy_helper
 
 from ptq_cli.errors import UsageError
 from ptq_cli.model.graph import GraphIndex, NameAllocator, attribute, drop_unused_initializers
+from ptq_cli.quantization.emitters.base import EmitResult
 from ptq_cli.quantization.plan import SkipReason, Why
 from ptq_cli.quantization.emitters.dynamic_lstm import MS_DOMAIN, dynamic_lstm, refuse_lstm
 from ptq_cli.quantization.arithmetic.pairs import POWER_OF_TWO_STEPS, SCALE_STEPS, pairing_for, portable_weight
@@ -45,9 +46,8 @@ def check_dynamic_recipe(recipe: Recipe) -> None:
                          f"got --activation-type {recipe.activations.dtype.value}; drop it or use static quantization")
 
 
-def rewrite_dynamic(prepared: onnx.ModelProto, recipe: Recipe,
-                    only: frozenset[str] | None = None) -> tuple[onnx.ModelProto, list[str], list[SkipReason]]:
-    """Return a copy of `prepared` with MatMul/Gemm/Conv on constant weights made integer,
+def emit_dynamic(prepared: onnx.ModelProto, recipe: Recipe, only: frozenset[str] | None = None) -> EmitResult:
+    """A copy of `prepared` with MatMul/Gemm/Conv on constant weights made integer,
     the names of the rewritten nodes, and why every other node stayed float. With `only`, just
     those nodes are rewritten and the others are left as they are (a static model's float part)."""
     out = onnx.ModelProto()
@@ -65,7 +65,7 @@ def rewrite_dynamic(prepared: onnx.ModelProto, recipe: Recipe,
     if any(n.domain == MS_DOMAIN for n in rewriter.nodes) and \
             not any(o.domain == MS_DOMAIN for o in out.opset_import):
         out.opset_import.append(helper.make_opsetid(MS_DOMAIN, 1))
-    return out, rewriter.done, rewriter.skipped
+    return EmitResult(out, tuple(rewriter.done), tuple(rewriter.skipped))
 
 
 class _DynamicRewriter:

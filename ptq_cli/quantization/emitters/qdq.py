@@ -24,14 +24,15 @@ from onnx import helper
 from ptq_cli.model.graph import GraphIndex, attribute, drop_unused_initializers
 from ptq_cli.model.io import opset_version
 from ptq_cli.model.prepare import QDQ_PER_AXIS_OPSET
+from ptq_cli.quantization.emitters.base import EmitResult
 from ptq_cli.quantization.emitters.emit import Emitter, typed_constant
 from ptq_cli.quantization.placement.handlers import OutputRule, handler_for
 from ptq_cli.quantization.plan import QuantPlan, WeightPlan
 from ptq_cli.quantization.arithmetic.scheme import quantize_bias
 
 
-def insert_qdq(model: onnx.ModelProto, plan: QuantPlan) -> onnx.ModelProto:
-    """Return a copy of `model` (prepared) with the plan written as Q/DQ pairs."""
+def emit_qdq(model: onnx.ModelProto, plan: QuantPlan) -> EmitResult:
+    """A copy of `model` (prepared) with the plan written as Q/DQ pairs."""
     out = onnx.ModelProto()
     out.CopyFrom(model)
     graph = out.graph
@@ -90,7 +91,7 @@ def insert_qdq(model: onnx.ModelProto, plan: QuantPlan) -> onnx.ModelProto:
     graph.node.extend(_without_unread_pairs(new_nodes, index.outputs, set(rename.values())))
     graph.initializer.extend(emit.initializers)
     drop_unused_initializers(graph)
-    return out
+    return EmitResult(out, plan.quantized, plan.skipped)
 
 
 _REQUANTIZED_BY_ORT = ("Conv", "ConvTranspose", "Gemm")

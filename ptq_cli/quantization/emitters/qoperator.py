@@ -25,6 +25,7 @@ from ptq_cli.model.graph import GraphIndex, attribute, drop_unused_initializers
 from ptq_cli.model.io import opset_version
 from ptq_cli.quantization.placement.handlers import Layout, OpHandler, OutputRule, activation_inputs, handler_for
 from ptq_cli.quantization.plan import QuantPlan, WeightPlan
+from ptq_cli.quantization.emitters.base import EmitResult
 from ptq_cli.quantization.emitters.emit import Emitter, typed_constant
 from ptq_cli.quantization.arithmetic.scheme import QParams, quantize_bias
 
@@ -36,8 +37,8 @@ INTEGER_TENSORS_KEY = "ptq.integer_tensors"
 Operand = tuple[str, QParams]  # an integer tensor and its parameters
 
 
-def rewrite_qoperator(prepared: onnx.ModelProto, plan: QuantPlan) -> onnx.ModelProto:
-    """Return a copy of `prepared` with the plan written as integer operators."""
+def emit_qoperator(prepared: onnx.ModelProto, plan: QuantPlan) -> EmitResult:
+    """A copy of `prepared` with the plan written as integer operators."""
     _check_types(plan)
     out = onnx.ModelProto()
     out.CopyFrom(prepared)
@@ -49,7 +50,7 @@ def rewrite_qoperator(prepared: onnx.ModelProto, plan: QuantPlan) -> onnx.ModelP
     if any(n.domain == MS_DOMAIN for n in out.graph.node) and \
             not any(o.domain == MS_DOMAIN for o in out.opset_import):
         out.opset_import.append(helper.make_opsetid(MS_DOMAIN, 1))
-    return out
+    return EmitResult(out, plan.quantized, plan.skipped)
 
 
 def _check_types(plan: QuantPlan) -> None:

@@ -15,37 +15,40 @@ import onnx
 from onnx import helper
 
 from ptq_cli.model.graph import drop_unused_initializers
+from ptq_cli.quantization.emitters.base import EmitResult
 from ptq_cli.quantization.plan import SkipReason
 
 _BODY_OPS = ("If", "Loop", "Scan")
-# A standalone body in, (the body quantized, nodes quantized, nodes left float) out.
-Transform = Callable[[onnx.ModelProto], tuple[onnx.ModelProto, list[str], list[SkipReason]]]
+# A standalone body in, the body emitted out (by the same emitter as the main graph).
+EmitBody = Callable[[onnx.ModelProto], EmitResult]
 
 
 def has_bodies(model: onnx.ModelProto) -> bool:
     return any(n.op_type in _BODY_OPS for n in model.graph.node)
 
 
-def quantize_bodies(model: onnx.ModelProto, transform: Transform) -> tuple[list[str], list[SkipReason]]:
-    """Quantize every body of `model` in place with `transform`; what it quantized and skipped."""
+def emit_bodies(outer: EmitResult, emit_body: EmitBody) -> EmitResult:
+    """`outer` (the main graph as an emitter wrote it) with every If/Loop/Scan body emitted by
+    `emit_body` as well: the nodes quantized in either, and the nodes left float.
+
+    The bodies are written into `outer.model`, the emitter's own fresh copy that no other stage
+    has seen yet (copying a large model again would cost its size for nothing). An If/Loop/Scan
+    node whose bodies were quantized leaves the skipped list: the node has no integer form, but
+    saying it "runs in float" would be wrong."""
+    if not has_bodies(outer.model):
+        return outer
+    model = outer.model
     done: list[str] = []
     skipped: list[SkipReason] = []
     weights = {t.name: t for t in model.graph.initializer}
-    _visit(model, model.graph, _types(model.graph), weights, transform, done, skipped)
+    _visit(model, model.graph, _types(model.graph), weights, emit_body, done, skipped)
     drop_unused_initializers(model.graph)  # weights now quantized inside the bodies
-    return done, skipped
+    owners = {n.name for n in model.graph.node if n.op_type in _BODY_OPS} if done else set()
+    kept = tuple(s for s in outer.skipped if s.node not in owners)
+    return EmitResult(model, outer.quantized + tuple(done), kept + tuple(skipped), outer.notes)
 
 
-def without_owners(skipped: list[SkipReason], model: onnx.ModelProto, done: list[str]) -> list[SkipReason]:
-    """`skipped` without the If/Loop/Scan nodes whose bodies were quantized (the node itself has
-    no integer form, but saying it "runs in float" would be wrong)."""
-    if not done:
-        return skipped
-    owners = {n.name for n in model.graph.node if n.op_type in _BODY_OPS}
-    return [s for s in skipped if s.node not in owners]
-
-
-def _visit(model, graph, scope, weights, transform, done, skipped) -> None:
+def _visit(model, graph, scope, weights, emit_body, done, skipped) -> None:
     for node in graph.node:
         if node.op_type not in _BODY_OPS or node.domain not in ("", "ai.onnx"):
             continue
@@ -56,13 +59,14 @@ def _visit(model, graph, scope, weights, transform, done, skipped) -> None:
                 if not inner.name:
                     inner.name = f"{node.name}/{attr.name}/{inner.op_type}_{i}"
             standalone = _standalone(model, attr.g, scope, weights)
-            quantized, d, s = transform(standalone)
+            emitted = emit_body(standalone)
+            quantized = emitted.model
             _write_back(attr.g, quantized, len(attr.g.input))
             _import_domains(model, quantized)  # e.g. com.microsoft for a DynamicQuantizeLSTM
-            done += d
-            skipped += s
+            done += emitted.quantized
+            skipped += emitted.skipped
             inner = {**weights, **{t.name: t for t in attr.g.initializer}}
-            _visit(model, attr.g, {**scope, **_types(quantized.graph)}, inner, transform, done, skipped)
+            _visit(model, attr.g, {**scope, **_types(quantized.graph)}, inner, emit_body, done, skipped)
 
 
 def _standalone(model: onnx.ModelProto, body: onnx.GraphProto, scope: dict[str, onnx.TypeProto],

@@ -24,7 +24,8 @@ from ptq_cli.quantization.arithmetic.blas import single_threaded_blas
 from ptq_cli.quantization.arithmetic.blocks import (Blocks, block_params, pack_matmul_nbits, pack_nibbles,
                                                      pack_zero_points)
 from ptq_cli.quantization.arithmetic.gptq import gptq_round
-from ptq_cli.quantization.plan import QuantPlan, SkipReason, Why
+from ptq_cli.quantization.emitters.base import EmitResult
+from ptq_cli.quantization.plan import SkipReason, Why
 from ptq_cli.recipe import Recipe, Rounding, WeightOnly
 
 MS_DOMAIN = "com.microsoft"
@@ -33,8 +34,7 @@ MS_DOMAIN = "com.microsoft"
 SMALL_TABLE = 1 << 20
 
 
-def rewrite_weight_only(model: onnx.ModelProto, recipe: Recipe,
-                        grams: Mapping[str, Gram] | None = None) -> tuple[onnx.ModelProto, QuantPlan]:
+def emit_weight_only(model: onnx.ModelProto, recipe: Recipe, grams: Mapping[str, Gram] | None = None) -> EmitResult:
     """A copy of the prepared `model` with its MatMul weights (and Gather tables) block-quantized."""
     spec = recipe.weight_only
     out = onnx.ModelProto()
@@ -42,18 +42,19 @@ def rewrite_weight_only(model: onnx.ModelProto, recipe: Recipe,
     graph = out.graph
     index = GraphIndex(graph)
     names = NameAllocator(graph)
-    plan = QuantPlan()
+    done: list[str] = []
+    skipped: list[SkipReason] = []
     nodes: list[onnx.NodeProto] = []
     with single_threaded_blas():
         for node in graph.node:
             reason = _refusal(node, index, recipe)
             if reason is None:
                 nodes += _rewrite(node, index, names, spec, graph, _gram(recipe, grams, node))
-                plan.quantized.append(node.name)
+                done.append(node.name)
                 continue
             if node.op_type in ("MatMul", "Gather", "Gemm"):
                 why = Why.EXCLUDED if recipe.excludes(node.name, node.op_type) else Why.UNSUPPORTED
-                plan.skipped.append(SkipReason(node.name, node.op_type, reason, why))
+                skipped.append(SkipReason(node.name, node.op_type, reason, why))
             nodes.append(node)
     del graph.node[:]
     graph.node.extend(nodes)
@@ -62,7 +63,7 @@ def rewrite_weight_only(model: onnx.ModelProto, recipe: Recipe,
         out.opset_import.append(helper.make_opsetid(MS_DOMAIN, 1))
     if any(t.data_type in (TensorProto.INT4, TensorProto.UINT4) for t in graph.initializer):
         out.ir_version = max(out.ir_version, 10)  # the IR that has 4-bit types
-    return out, plan
+    return EmitResult(out, tuple(done), tuple(skipped))
 
 
 def _gram(recipe: Recipe, grams, node: onnx.NodeProto) -> np.ndarray | None:

@@ -18,13 +18,13 @@ from ptq_cli.quantization.plan import SkipReason, Why
 from ptq_cli.recipe import PerChannel, PerTensor, QType, Recipe
 
 
-def fit_recipe(recipe: Recipe, opset: int) -> tuple[Recipe | None, list[str]]:
+def fit_recipe(recipe: Recipe, opset: int) -> tuple[Recipe | None, tuple[str, ...]]:
     """The recipe as far as `opset` allows (None: nothing can be quantized), and what changed."""
     lowest = DYNAMIC_OPSET if recipe.dynamic else QDQ_PER_TENSOR_OPSET
     if opset < lowest:
         what = "DynamicQuantizeLinear" if recipe.dynamic else "QuantizeLinear"
-        return None, [f"the model stays at opset {opset} (onnx's version converter cannot raise it to "
-                      f"{lowest}, where {what} appears): nothing is quantized; re-export at opset >= {lowest}"]
+        return None, (f"the model stays at opset {opset} (onnx's version converter cannot raise it to "
+                      f"{lowest}, where {what} appears): nothing is quantized; re-export at opset >= {lowest}",)
     notes = []
     weights, activations = recipe.weights, recipe.activations
     if opset < QDQ_4_16_BIT_OPSET and not recipe.dynamic:
@@ -39,9 +39,9 @@ def fit_recipe(recipe: Recipe, opset: int) -> tuple[Recipe | None, list[str]]:
         notes.append(f"the model stays at opset {opset} (onnx's version converter cannot raise it to "
                      f"{QDQ_PER_AXIS_OPSET}, where QuantizeLinear gains a per-channel axis): weights are "
                      "quantized per tensor")
-    return replace(recipe, weights=weights, activations=activations), notes
+    return replace(recipe, weights=weights, activations=activations), tuple(notes)
 
 
-def all_float(model: onnx.ModelProto, reason: str) -> list[SkipReason]:
+def all_float(model: onnx.ModelProto, reason: str) -> tuple[SkipReason, ...]:
     """Every node left in float for one reason."""
-    return [SkipReason(node.name, node.op_type, reason, Why.UNSUPPORTED) for node in model.graph.node]
+    return tuple(SkipReason(node.name, node.op_type, reason, Why.UNSUPPORTED) for node in model.graph.node)

@@ -12,7 +12,7 @@ consume it. It is built in three steps over the (topologically sorted) graph:
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import onnx
@@ -21,6 +21,7 @@ from ptq_cli.errors import CalibrationError
 from ptq_cli.model.graph import GraphIndex, attribute
 from ptq_cli.quantization.placement.handlers import (FUSED_ACTIVATIONS, OpHandler, OutputRule, activation_inputs,
                                                  handler_for)
+from ptq_cli.quantization.placement.patterns import Pattern
 from ptq_cli.quantization.placement.transformer import (concat_span_reason, dynamic_matmul_reason, embedding_table,
                                                     float_patterns, glue_reason, runs_at_run_time)
 from ptq_cli.quantization.arithmetic.scheme import QParams, compute_qparams, weight_range
@@ -30,17 +31,36 @@ from ptq_cli.recipe import ExcludedConvInput, PerChannel, QType, Recipe, Roundin
 
 def make_plan(model: onnx.ModelProto, recipe: Recipe, ranges: Mapping[str, tuple[float, float]]) -> QuantPlan:
     index = GraphIndex(model.graph)
-    plan = QuantPlan(dequantized_float_convs=recipe.excluded_conv_input is ExcludedConvInput.DEQUANTIZED)
-    plan.patterns, plan.floating = float_patterns(model.graph, recipe)
-    claimed = _claim_compute_nodes(model.graph, index, recipe, ranges, plan)
-    passthrough = _claim_passthrough_nodes(model.graph, index, recipe, claimed, plan)
-    _assign_activation_params(model.graph, index, recipe, ranges, claimed, passthrough, plan)
-    _plan_weights(model.graph, index, recipe, plan)
+    draft = _Draft(*float_patterns(model.graph, recipe))
+    claimed = _claim_compute_nodes(model.graph, index, recipe, ranges, draft)
+    passthrough = _claim_passthrough_nodes(model.graph, index, recipe, claimed, draft)
+    _assign_activation_params(model.graph, index, recipe, ranges, claimed, passthrough, draft)
+    _plan_weights(model.graph, index, recipe, draft)
     order = {n.name: i for i, n in enumerate(model.graph.node)}
-    plan.quantized.sort(key=order.__getitem__)
-    plan.dynamic.sort(key=order.__getitem__)
-    plan.skipped.sort(key=lambda s: order[s.node])
-    return plan
+    return QuantPlan(
+        activations=draft.activations, weights=draft.weights, biases=draft.biases,
+        quantized=tuple(sorted(draft.quantized, key=order.__getitem__)), fused=draft.fused,
+        range_source=draft.range_source, skipped=tuple(sorted(draft.skipped, key=lambda s: order[s.node])),
+        dequantized_float_convs=recipe.excluded_conv_input is ExcludedConvInput.DEQUANTIZED,
+        dynamic=tuple(sorted(draft.dynamic, key=order.__getitem__)), weight_only=draft.weight_only,
+        patterns=tuple(draft.patterns), floating=draft.floating)
+
+
+@dataclass
+class _Draft:
+    """The plan while make_plan fills it, step by step; what leaves this module is a QuantPlan."""
+
+    patterns: list[Pattern]
+    floating: dict[str, str]
+    activations: dict[str, QParams] = field(default_factory=dict)
+    weights: dict[tuple[str, str], WeightPlan] = field(default_factory=dict)
+    biases: dict[str, BiasPlan] = field(default_factory=dict)
+    quantized: list[str] = field(default_factory=list)
+    fused: dict[str, str] = field(default_factory=dict)
+    range_source: dict[str, str] = field(default_factory=dict)
+    skipped: list[SkipReason] = field(default_factory=list)
+    dynamic: list[str] = field(default_factory=list)
+    weight_only: dict[str, WeightPlan] = field(default_factory=dict)
 
 
 def _skip_reason(node: onnx.NodeProto, handler: OpHandler | None, index: GraphIndex, recipe: Recipe,
@@ -65,59 +85,59 @@ def _skip_reason(node: onnx.NodeProto, handler: OpHandler | None, index: GraphIn
 _NO_4BIT_FUSION = frozenset({"Conv"})
 
 
-def _claim_compute_nodes(graph, index, recipe, ranges, plan) -> set[str]:
+def _claim_compute_nodes(graph, index, recipe, ranges, draft) -> set[str]:
     """Step 1: compute nodes claim their inputs and output. Returns the claimed tensor names."""
     claimed: set[str] = set()
     done: set[str] = set()  # nodes quantized so far, and the Relu/Clip folded into them
-    placed = set(plan.floating)  # nodes placement itself keeps float (or quantizes at run time)
+    placed = set(draft.floating)  # nodes placement itself keeps float (or quantizes at run time)
     for node in graph.node:
         handler = handler_for(node)
         if node.op_type in FUSED_ACTIVATIONS or (handler and handler.output is OutputRule.PASSTHROUGH):
             continue
-        reason = _skip_reason(node, handler, index, recipe, plan.floating)
+        reason = _skip_reason(node, handler, index, recipe, draft.floating)
         if reason is None and node.name in recipe.run_time and runs_at_run_time(node, index, recipe):
             placed.add(node.name)  # its output is float, as a dynamic MatMul's placement chose
-            plan.dynamic.append(node.name)
+            draft.dynamic.append(node.name)
             continue
         if reason is None:
             reason, own = _placement_reason(node, index, recipe, ranges, done, placed)
             if own:
                 placed.add(node.name)
             if reason is not None and reason[0] is Why.RUN_TIME:
-                plan.dynamic.append(node.name)
+                draft.dynamic.append(node.name)
                 continue
         inputs = [node.input[i] for i in activation_inputs(node, handler)] if handler else []
         weight = node.input[handler.weight] if handler and handler.weight is not None and \
             handler.weight < len(node.input) and node.input[handler.weight] in index.initializers else None
         activations = [t for t in inputs if t != weight and t not in index.initializers]
         if reason is not None:
-            plan.skipped.append(SkipReason(node.name, node.op_type, reason[1], reason[0]))
+            draft.skipped.append(SkipReason(node.name, node.op_type, reason[1], reason[0]))
             continue
-        out, fused, source = _output_and_fusion(node, handler, index, recipe, ranges, plan.floating)
+        out, fused, source = _output_and_fusion(node, handler, index, recipe, ranges, draft.floating)
         # The range that sets the output's parameters; a folded Relu/Clip's replaces the producer's.
         missing = [t for t in activations if t not in ranges]
         if handler.output is not OutputRule.UNIT and (source or out) not in ranges:
             missing.append(source or out)
         if missing:
-            plan.skipped.append(SkipReason(node.name, node.op_type, f"no calibration range for {missing[0]!r}",
+            draft.skipped.append(SkipReason(node.name, node.op_type, f"no calibration range for {missing[0]!r}",
                                            Why.NO_RANGE))
             continue
         if fused is not None:
-            plan.fused[fused.name] = node.name
+            draft.fused[fused.name] = node.name
             done.add(fused.name)
         if source is not None:
-            plan.range_source[out] = source
+            draft.range_source[out] = source
         claimed.update(activations)
         claimed.add(out)
-        plan.quantized.append(node.name)
+        draft.quantized.append(node.name)
         done.add(node.name)
     for node in graph.node:
-        if node.op_type in FUSED_ACTIVATIONS and node.name not in plan.fused:
-            reason = _skip_reason(node, None, index, recipe, plan.floating)
+        if node.op_type in FUSED_ACTIVATIONS and node.name not in draft.fused:
+            reason = _skip_reason(node, None, index, recipe, draft.floating)
             if reason is None or reason[0] is Why.NO_KERNEL:
                 reason = (Why.FOLLOWS_FLOAT,
                           f"{node.op_type} only folds into a quantized producer (Conv, Gemm, MatMul, Add, ...)")
-            plan.skipped.append(SkipReason(node.name, node.op_type, reason[1], reason[0]))
+            draft.skipped.append(SkipReason(node.name, node.op_type, reason[1], reason[0]))
     return claimed
 
 
@@ -169,30 +189,30 @@ def _relu_after_data_movement(tensor: str, index: GraphIndex, recipe: Recipe) ->
     return None
 
 
-def _claim_passthrough_nodes(graph, index, recipe, claimed, plan) -> set[str]:
+def _claim_passthrough_nodes(graph, index, recipe, claimed, draft) -> set[str]:
     """Step 2: data-movement nodes whose input is quantized. Returns their quantized outputs."""
     outputs: set[str] = set()
     for node in graph.node:
         handler = handler_for(node)
         if handler is None or handler.output is not OutputRule.PASSTHROUGH:
             continue
-        chosen = not recipe.excludes(node.name, node.op_type) and node.name not in plan.floating
-        if chosen and _plan_weight_only(node, index, recipe, plan):
+        chosen = not recipe.excludes(node.name, node.op_type) and node.name not in draft.floating
+        if chosen and _plan_weight_only(node, index, recipe, draft):
             continue
-        reason = _skip_reason(node, handler, index, recipe, plan.floating)
+        reason = _skip_reason(node, handler, index, recipe, draft.floating)
         source = node.input[0]
         if reason is None and source not in claimed and source not in outputs:
             reason = (Why.FOLLOWS_FLOAT,
                       f"its input {source!r} is float here; data-movement ops only follow quantized data")
         if reason is not None:
-            plan.skipped.append(SkipReason(node.name, node.op_type, reason[1], reason[0]))
+            draft.skipped.append(SkipReason(node.name, node.op_type, reason[1], reason[0]))
             continue
         outputs.update(o for o in node.output if o)
-        plan.quantized.append(node.name)
+        draft.quantized.append(node.name)
     return outputs
 
 
-def _plan_weight_only(node, index, recipe, plan) -> bool:
+def _plan_weight_only(node, index, recipe, draft) -> bool:
     """An embedding table (Gather from a constant) stored as int8, one scale per column."""
     table = embedding_table(node, index)
     if table is None:
@@ -200,27 +220,27 @@ def _plan_weight_only(node, index, recipe, plan) -> bool:
     spec = recipe.weights
     axis = table.ndim - 1 if isinstance(spec.granularity, PerChannel) else None
     lo, hi = weight_range(table, axis)
-    plan.weight_only[node.name] = WeightPlan(node.input[0], _params(lo, hi, spec, axis))
+    draft.weight_only[node.name] = WeightPlan(node.input[0], _params(lo, hi, spec, axis))
     return True
 
 
-def _assign_activation_params(graph, index, recipe, ranges, claimed, passthrough, plan) -> None:
+def _assign_activation_params(graph, index, recipe, ranges, claimed, passthrough, draft) -> None:
     """Step 3: parameters for every quantized activation, in graph order."""
     spec = recipe.activations
-    quantized = set(plan.quantized)
+    quantized = set(draft.quantized)
     unit = {n.output[0] for n in graph.node if n.name in quantized
             and handler_for(n) is not None and handler_for(n).output is OutputRule.UNIT}
     quantized_inputs = [i.name for i in graph.input if i.name in claimed]
     for name in quantized_inputs:
-        plan.activations[name] = _activation_params(name, ranges, spec)
+        draft.activations[name] = _activation_params(name, ranges, spec)
     for node in graph.node:
         for out in node.output:
             if out in passthrough:
-                plan.activations[out] = plan.activations[node.input[0]]
+                draft.activations[out] = draft.activations[node.input[0]]
             elif out in unit:
-                plan.activations[out] = _params(0.0, 1.0, spec)
+                draft.activations[out] = _params(0.0, 1.0, spec)
             elif out in claimed:
-                plan.activations[out] = _activation_params(plan.range_source.get(out, out), ranges, spec)
+                draft.activations[out] = _activation_params(draft.range_source.get(out, out), ranges, spec)
 
 
 def _activation_params(name: str, ranges, spec: TensorSpec) -> QParams:
@@ -242,26 +262,27 @@ def replan_weights(model: onnx.ModelProto, recipe: Recipe, plan: QuantPlan, node
     instead of planning the whole graph a second time."""
     index = GraphIndex(model.graph)
     again = set(nodes)
-    updated = replace(plan, weights=dict(plan.weights), biases=dict(plan.biases))
+    weights, biases = dict(plan.weights), dict(plan.biases)
     for node in model.graph.node:
         if node.name in again:
             handler = handler_for(node)
             if handler is not None and handler.output is not OutputRule.PASSTHROUGH:
-                _plan_node_weights(node, handler, index, recipe, updated)
-    return updated
+                _plan_node_weights(node, handler, index, recipe, plan.activations, weights, biases)
+    return replace(plan, weights=weights, biases=biases)
 
 
-def _plan_weights(graph, index, recipe, plan) -> None:
+def _plan_weights(graph, index, recipe, draft) -> None:
     """Weights (and activation inputs that are constants) of the quantized compute nodes."""
-    quantized = set(plan.quantized)
+    quantized = set(draft.quantized)
     for node in graph.node:
         handler = handler_for(node)
         if node.name not in quantized or handler is None or handler.output is OutputRule.PASSTHROUGH:
             continue
-        _plan_node_weights(node, handler, index, recipe, plan)
+        _plan_node_weights(node, handler, index, recipe, draft.activations, draft.weights, draft.biases)
 
 
-def _plan_node_weights(node, handler, index, recipe, plan) -> None:
+def _plan_node_weights(node, handler, index, recipe, activations, weights, biases) -> None:
+    """Plans the weights and the bias of one quantized node into `weights` and `biases`."""
     for i in sorted(set(activation_inputs(node, handler)) | ({handler.weight} - {None})):
         if i >= len(node.input) or node.input[i] not in index.initializers:
             continue
@@ -273,22 +294,22 @@ def _plan_node_weights(node, handler, index, recipe, plan) -> None:
             axis = spec.granularity.axis if spec.granularity.axis is not None else handler.weight_axis(node, value.ndim)
         lo, hi = weight_range(value, axis, node.input[i], node.name)
         seed = recipe.seed if is_weight and recipe.rounding is Rounding.STOCHASTIC else None
-        plan.weights[(node.name, node.input[i])] = WeightPlan(node.input[i], _params(lo, hi, spec, axis), seed)
-    _plan_bias(node, handler, index, plan)
+        weights[(node.name, node.input[i])] = WeightPlan(node.input[i], _params(lo, hi, spec, axis), seed)
+    _plan_bias(node, handler, index, activations, weights, biases)
 
 
-def _plan_bias(node, handler, index, plan) -> None:
+def _plan_bias(node, handler, index, activations, weights, biases) -> None:
     if handler.bias is None or handler.bias >= len(node.input) or not node.input[handler.bias]:
         return
     bias, x, w = node.input[handler.bias], node.input[0], node.input[handler.weight]
-    weight = plan.weights.get((node.name, w))
-    if bias not in index.initializers or weight is None or x not in plan.activations:
+    weight = weights.get((node.name, w))
+    if bias not in index.initializers or weight is None or x not in activations:
         return
     if weight.params.per_channel and np.size(weight.params.scale) != index.constant(bias).size:
         return  # grouped ConvTranspose: its weight scales repeat per group, the bias stays float
     if node.op_type == "Gemm" and (attribute(node, "alpha", 1.0) != 1.0 or attribute(node, "beta", 1.0) != 1.0
                                    or index.constant(bias).ndim != 1):
         return  # onnxruntime's QGemm only takes a plain 1-D int32 bias
-    weight = fit_bias_in_int32(weight, index.constant(bias), plan.activations[x].scale)
-    plan.weights[(node.name, w)] = weight
-    plan.biases[node.name] = BiasPlan(bias, x, weight)
+    weight = fit_bias_in_int32(weight, index.constant(bias), activations[x].scale)
+    weights[(node.name, w)] = weight
+    biases[node.name] = BiasPlan(bias, x, weight)

@@ -80,7 +80,7 @@ def float_source(tensor: str, index: GraphIndex, quantized: set[str]) -> onnx.No
 def runs_at_run_time(node: onnx.NodeProto, index: GraphIndex, recipe: Recipe) -> bool:
     """Whether `node` can be quantized at run time under `recipe`: a MatMul/Gemm (among the
     recipe's dynamic ops, Gemm without transA) of a float activation by a constant 2-D weight,
-    with 8-bit weights and uint8 activations (what rewrite_dynamic makes MatMulInteger of)."""
+    with 8-bit weights and uint8 activations (what emit_dynamic makes MatMulInteger of)."""
     if node.op_type not in ("MatMul", "Gemm") or node.op_type not in recipe.dynamic_ops or \
             node.domain not in ("", "ai.onnx") or len(node.input) < 2 or attribute(node, "transA", 0):
         return False
