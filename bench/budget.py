@@ -41,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
             start = time.perf_counter()
             result = ptq_cli.quantize(str(model.model_path), None, data=str(model.calib_dir), recipe=recipe,
                                       progress=False, budget=MEASURE_ONLY)
-            out = result.drift["outputs"][0]
+            out = result.drift.to_dict()["outputs"][0]
             met = _meets_default(result)
             rows.append({"model": name, "weights": granularity, **out, "default_met": met,
                          "seconds": time.perf_counter() - start})
@@ -60,10 +60,10 @@ def _meets_default(result) -> bool:
     from ptq_cli.drift.report import ClassReport, OutputReport
 
     reports = []
-    for out in result.drift["outputs"]:
+    for out in result.drift.to_dict()["outputs"]:
         agreement = out["top1_agreement"]
         classes = ClassReport(2, agreement, None, 0, None, None, None, None) if agreement is not None else None
-        reports.append(OutputReport(out["name"], (), result.drift["samples"], out["nonfinite_candidate"], 0,
+        reports.append(OutputReport(out["name"], (), result.drift.samples, out["nonfinite_candidate"], 0,
                                     out["sqnr_db"] or float("inf"), out["cosine_mean"], out["cosine_min"], 0.0, 0.0,
                                     0.0, (), (), classes, kind=OutputKind(out["kind"])))
     return all(r.passed for r in Budget().judge(tuple(reports)))

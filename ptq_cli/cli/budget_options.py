@@ -78,51 +78,6 @@ def budget_from_options(*, eval_data, min_sqnr, min_cosine, min_agreement, min_s
 
 def drift_lines(result) -> list[str]:
     """The drift, the budget's verdict and the fallback decisions, for the summary."""
-    drift = result.drift
-    if drift is None:
+    if result.drift is None:
         return ["  drift not measured: no data (pass --eval-data DIR to measure it)"]
-    lines = [f"  drift on {drift['data']}:"]
-    for out in drift["outputs"]:
-        if out["kind"] == "other":  # a sequence or a map (ZipMap's): no figures, not "SQNR inf"
-            lines.append(f"    {out['name']} (other): not measured (not a tensor: a sequence or a map)")
-            continue
-        figures = [f"SQNR {_fmt(out['sqnr_db'], '.1f')} dB"] if out["kind"] != "integer" else []
-        if out["kind"] != "integer":
-            figures.append(f"cosine {_fmt(out['cosine_mean'], '.5f')}")
-        if out["top1_agreement"] is not None:
-            what = {"step_scores": "per-step top-1 agreement", "integer": "exact"}.get(out["kind"], "top-1 agreement")
-            figures.append(f"{what} {100 * out['top1_agreement']:.1f} %")
-        if out.get("sequence_agreement") is not None:
-            figures.append(f"sequences decoded as FP32 {100 * out['sequence_agreement']:.1f} %")
-        lines.append(f"    {out['name']} ({out['kind']}): " + ", ".join(figures))
-    if drift["budget"]:
-        limits = _limits(drift["thresholds"])
-        lines.append(f"  budget {limits}: {'met' if drift['met'] else 'NOT MET'}")
-    if drift["fallback"]:
-        lines.append(f"  fallback: {len(drift['fallback'])} node(s) returned to float "
-                     f"({result.fallback_trials} trials, {result.fallback_seconds:.0f} s; recorded in the recipe's "
-                     f"exclude): {_names(drift['fallback'])}")
-    if drift.get("run_time"):
-        lines.append(f"  fallback: {len(drift['run_time'])} MatMul(s) quantized at run time instead of statically "
-                     f"(recorded in the recipe's run_time): {_names(drift['run_time'])}")
-    if drift["budget"] and not drift["met"]:
-        failures = "; ".join(r["detail"] for r in drift["budget"] if not r["passed"])
-        lines.append(f"  WARNING: BEST EFFORT: this model does NOT meet the drift budget: {failures}")
-    return lines
-
-
-def _names(names: list[str], shown: int = 8) -> str:
-    more = f", ... ({len(names) - shown} more; all in --json and the metadata)" if len(names) > shown else ""
-    return ", ".join(names[:shown]) + more
-
-
-def _limits(thresholds: dict) -> str:
-    shown = [f"{name} {value:g}" for name, value in thresholds.items() if name != "by_kind" and value is not None]
-    for kind, limits in thresholds.get("by_kind", {}).items():
-        inner = ", ".join(f"{name} {value:g}" for name, value in limits.items() if value is not None)
-        shown.append(f"{kind} outputs {inner}")
-    return ", ".join(shown) or "none"
-
-
-def _fmt(value, spec: str) -> str:
-    return "inf" if value is None else format(value, spec)
+    return result.drift.lines(f"{result.fallback_trials} trials, {result.fallback_seconds:.0f} s")

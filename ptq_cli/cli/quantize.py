@@ -246,7 +246,7 @@ _REASON_LINES = 25
 
 def _latency_lines(result) -> list[str]:
     decision = result.latency
-    fallback = set(result.drift["fallback"]) if result.drift else set()
+    fallback = set(result.drift.fallback) if result.drift else set()
     prefix = [name for name in decision.chosen.float_nodes if name not in fallback]  # the fallback's are listed apart
     lines = [f"  latency here ({decision.timed_on}; {len(decision.trials)} placements timed, interleaved medians): "
              f"FP32 {decision.fp32.median_ms:.3f} ms, INT8 {decision.chosen.timing.median_ms:.3f} ms, "

@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import math
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -22,6 +22,7 @@ from tqdm import tqdm
 
 from ptq_cli.drift.kinds import OutputKind, output_kinds
 from ptq_cli.drift.outputs import OutputState, PerfectBatch
+from ptq_cli.drift.record import DriftRecord, OutputFigures, Verdict
 from ptq_cli.drift.report import OutputReport, ThresholdResult
 from ptq_cli.drift.runners import OnEngine, Sessions
 from ptq_cli.drift.sensitivity import regroup
@@ -58,12 +59,11 @@ class Drift:
         missed = [r for r in self.results if not r.passed]
         return (-len(missed), -sum(_shortfall(r) for r in missed))
 
-    def to_dict(self) -> dict:
-        return {
-            "samples": self.samples, "data": self.description,
-            "outputs": [_output_summary(o) for o in self.outputs],
-            "budget": [{**r.to_dict(), "value": _round(r.value)} for r in self.results], "passed": self.passed,
-        }
+    def record(self, thresholds: Mapping, fallback: tuple[str, ...] = (), run_time: tuple[str, ...] = (),
+               met: bool = True) -> DriftRecord:
+        """What quantize records of this drift, with the budget it was held to."""
+        return DriftRecord(self.samples, self.description, tuple(OutputFigures.of(o) for o in self.outputs),
+                           tuple(Verdict.of(r) for r in self.results), self.passed, thresholds, fallback, run_time, met)
 
 
 class DriftProbe:
@@ -205,14 +205,3 @@ def _shortfall(result: ThresholdResult) -> float:
     scale = {"min_sqnr": 10.0, "max_top1_drop": 100.0}.get(result.name, 1.0)
     return abs(result.value - result.limit) / scale
 
-
-def _round(value: float | None) -> float | None:
-    # Few digits: the figures go into the output's metadata, which must not wobble in the last bit.
-    return None if value is None or not math.isfinite(value) else float(f"{value:.6g}")
-
-
-def _output_summary(out: OutputReport) -> dict:
-    return {"name": out.name, "kind": out.kind.value, "sqnr_db": _round(out.sqnr_db),
-            "cosine_mean": _round(out.cosine_mean), "cosine_min": _round(out.cosine_min),
-            "top1_agreement": _round(out.top1_agreement), "sequence_agreement": _round(out.sequence_agreement),
-            "nonfinite_candidate": out.nonfinite_candidate}

@@ -26,6 +26,7 @@ from collections.abc import Mapping
 import numpy as np
 import onnx
 
+from ptq_cli.drift.record import DRIFT_KEY, DriftRecord
 from ptq_cli.inspect.portability import portability
 from ptq_cli.inspect.report import InspectReport, RequantInfo, TensorInfo
 from ptq_cli.model.graph import GraphIndex, attribute
@@ -55,7 +56,19 @@ def inspect_model(model: onnx.ModelProto, ranges: Mapping[str, tuple[float, floa
            else "dynamic" if "DynamicQuantizeLinear" in kinds
            else "qdq" if "DequantizeLinear" in kinds else "float")
     return InspectReport(name or model.graph.name, fmt, tuple(reader.tensors), tuple(reader.requant),
-                         portability(model))
+                         portability(model), recorded_drift(model))
+
+
+def recorded_drift(model: onnx.ModelProto) -> DriftRecord | None:
+    """The drift ptq measured when it wrote `model` (its ptq.drift metadata); None when there is
+    none, or when it was written by hand or by an older version in another shape."""
+    text = {p.key: p.value for p in model.metadata_props}.get(DRIFT_KEY)
+    if text is None:
+        return None
+    try:
+        return DriftRecord.from_dict(json.loads(text))
+    except (ValueError, TypeError, KeyError):
+        return None
 
 
 def _read(model: onnx.ModelProto, ranges: Mapping[str, tuple[float, float]]) -> tuple[_Reader, set[str]]:

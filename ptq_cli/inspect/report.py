@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ptq_cli.drift.record import DriftRecord
 from ptq_cli.inspect.portability import Portability
 
 
@@ -64,11 +65,12 @@ class InspectReport:
     tensors: tuple[TensorInfo, ...]
     requantization: tuple[RequantInfo, ...]
     portability: Portability = Portability(())
+    drift: DriftRecord | None = None  # what ptq measured when it wrote the file (its metadata)
 
     def to_dict(self) -> dict:
         return {"model": self.model, "format": self.format, "tensors": [t.to_dict() for t in self.tensors],
                 "requantization": [r.to_dict() for r in self.requantization],
-                "portability": self.portability.to_dict()}
+                "portability": self.portability.to_dict(), "drift": self.drift.to_dict() if self.drift else None}
 
     def render(self) -> str:
         lines = [f"{self.model}: {self.format} format, {len(self.tensors)} quantized tensors", ""]
@@ -82,7 +84,9 @@ class InspectReport:
             rows += [(r.node, r.op_type, r.terms, _span(r.multiplier, "{:.6g}"), _span(r.m0, "{}"),
                       _span(r.shift, "{}")) for r in self.requantization]
             lines += _table(rows)
-        lines += ["", *_portability_lines(self.portability)]
+        if self.drift is not None:
+            lines += ["", "recorded by ptq quantize when it wrote this file:", *self.drift.lines()]
+        lines += ["", *_portability_lines(self.portability)]  # the verdict last: scripts read it there
         return "\n".join(lines)
 
 

@@ -14,6 +14,7 @@ from pathlib import Path
 import onnx
 
 from ptq_cli import __version__
+from ptq_cli.drift.record import DriftRecord
 from ptq_cli.errors import ModelError, UsageError
 from ptq_cli.model.external import PROTOBUF_LIMIT, model_size
 from ptq_cli.model.kernels import HostKernels
@@ -54,7 +55,7 @@ class QuantizeResult:
     float_written: bool = False  # INT8 did not pay and the float model was written instead (--if-slower float)
     # The drift measured on the evaluation samples, the budget and the fallback decisions
     # (see quantization/placement/budget.py); None when there was no data to measure it on.
-    drift: dict | None = None
+    drift: DriftRecord | None = None
     fallback_trials: int = 0
     fallback_seconds: float = 0.0
     range_sources: dict[str, str] = field(default_factory=dict)  # activation -> where its range came from (data-free)
@@ -73,7 +74,7 @@ class QuantizeResult:
             "size_after": self.size_after,
             "prepare_skipped": list(self.prepare_skipped),
             "recipe": self.recipe.to_dict(),
-            "drift": self.drift,
+            "drift": self.drift.to_dict() if self.drift else None,
             "ptq_version": __version__,
             "latency": self.latency.to_dict() if self.latency else None,
             "float_written": self.float_written,
@@ -175,7 +176,7 @@ def quantize(model: str | os.PathLike | onnx.ModelProto, output: str | os.PathLi
     check_run_time(recipe, plan)
     if not plan.quantizes_anything and decision is None and not (outcome and outcome.searched) and output is not None:
         raise ModelError(nothing_quantized(plan))  # (without an output, the result says why)
-    drift = outcome.metadata(budget) if outcome else None
+    drift = outcome.record(budget) if outcome else None
     stamp(quantized, recipe, source_sha, mode.data_description, drift, probed_host)
     with stopwatch.phase("check"):
         verify_loads(quantized, source)

@@ -12,11 +12,12 @@ from ptq_cli.errors import ModelError, UsageError
 from ptq_cli.foreign_errors import is_onnxruntime_error, onnxruntime_message
 from ptq_cli.model.io import check_model
 from ptq_cli.model.sessions import open_session
+from ptq_cli.drift.record import DRIFT_KEY, DriftRecord
 from ptq_cli.quantization.plan import QuantPlan
 from ptq_cli.recipe import Recipe
 
 
-def stamp(model: onnx.ModelProto, recipe: Recipe, source_sha: str, data: str, drift: dict | None = None,
+def stamp(model: onnx.ModelProto, recipe: Recipe, source_sha: str, data: str, drift: DriftRecord | None = None,
           probed_host=None) -> None:
     """Record how the model was made, so that any output can be traced and reproduced (the
     recipe holds the target; the probed host only when it chose the target: --target host)."""
@@ -29,7 +30,7 @@ def stamp(model: onnx.ModelProto, recipe: Recipe, source_sha: str, data: str, dr
     if probed_host is not None:
         props["ptq.host_kernels"] = probed_host.value
     if drift is not None:
-        props["ptq.drift"] = json.dumps(drift, sort_keys=True)
+        props[DRIFT_KEY] = json.dumps(drift.to_dict(), sort_keys=True)
     kept = [p for p in model.metadata_props if p.key not in props]
     del model.metadata_props[:]
     model.metadata_props.extend(kept)

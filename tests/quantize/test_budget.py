@@ -424,3 +424,26 @@ def test_every_skipped_node_says_why_as_a_kind(outlier, tmp_path):
     why = {s["node"]: s["why"] for s in json.loads(cli.stdout)["skipped"]}
     assert why["fc2"] == "excluded" and why["fc1"] == "fallback" and why["shift"] == "fallback"
     assert set(why.values()) <= {w.value for w in Why}
+
+
+def test_the_drift_record_is_one_object_for_summary_json_metadata_and_inspect(tmp_path):
+    """quantize's summary, its --json, the file's ptq.drift metadata and `ptq inspect` render one
+    DriftRecord: what a file says about itself is what the run that wrote it said."""
+    from ptq_cli.drift.record import DriftRecord
+    from ptq_cli.inspect.read import recorded_drift
+
+    source = REPO / "sample_models" / "digits_cnn.onnx"
+    before = source.read_bytes()
+    out = tmp_path / "cnn.int8.onnx"
+    run_ = CliRunner().invoke(main, ["quantize", str(source), "--data", str(CALIB), "-o", str(out), "--json"])
+    assert run_.exit_code == 0, run_.output
+    said = json.loads(run_.stdout)["drift"]
+    written = onnx.load(out)
+    record = recorded_drift(written)
+    assert isinstance(record, DriftRecord) and record.to_dict() == said == _drift(written)
+    assert DriftRecord.from_dict(said) == record and record.met and record.outputs[0].sqnr_db > 30
+    shown = CliRunner().invoke(main, ["inspect", str(out)])
+    assert shown.exit_code == 0, shown.output
+    assert all(line in shown.output for line in record.lines())
+    assert json.loads(CliRunner().invoke(main, ["inspect", str(out), "--json"]).stdout)["drift"] == said
+    assert source.read_bytes() == before

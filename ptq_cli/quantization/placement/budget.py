@@ -26,6 +26,7 @@ import numpy as np
 import onnx
 
 from ptq_cli.drift.kinds import OutputKind
+from ptq_cli.drift.record import DriftRecord
 from ptq_cli.drift.report import OutputReport, ThresholdResult
 from ptq_cli.drift.thresholds import Thresholds, evaluate
 from ptq_cli.errors import PtqError, UsageError
@@ -168,9 +169,10 @@ class BudgetOutcome:
     trials: int = 0         # candidates the search measured beyond the first
     seconds: float = 0.0
 
-    def metadata(self, budget: Budget) -> dict:
-        return {**self.trial.drift.to_dict(), "thresholds": budget.to_dict(),
-                "fallback": list(self.trial.fallback), "run_time": list(self.trial.run_time), "met": self.met}
+    def record(self, budget: Budget) -> DriftRecord:
+        """The drift of the candidate written, as the summary, --json and the metadata show it."""
+        return self.trial.drift.record(budget.to_dict(), tuple(self.trial.fallback), tuple(self.trial.run_time),
+                                       self.met)
 
 
 def hold_budget(source: onnx.ModelProto, build, recipe: Recipe, samples: EvalSamples, budget: Budget,
