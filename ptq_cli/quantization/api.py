@@ -8,7 +8,7 @@ which may fall back), time it again when it changed, check it and write it (outp
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import onnx
@@ -21,14 +21,14 @@ from ptq_cli.model.kernels import HostKernels
 from ptq_cli.model.io import LAZY_ABOVE, check_model, check_writable, load_model, save_model
 from ptq_cli.model.passes.float32 import ToFloat32, float_kinds
 from ptq_cli.model.prepare import prepare
-from ptq_cli.quantization.modes import codebook_mode, dynamic_mode, static_mode, weight_only_mode
+from ptq_cli.quantization.modes import Mode, codebook_mode, dynamic_mode, static_mode, weight_only_mode
 from ptq_cli.quantization.output import check_excludes, check_run_time, nothing_quantized, stamp, verify_loads
 from ptq_cli.quantization.placement.budget import DEFAULT_THRESHOLDS, Budget, BudgetOutcome, eval_samples, hold_budget
 from ptq_cli.quantization.placement.latency import IfSlower, LatencyDecision, Objective, SlowerThanFloat
 from ptq_cli.quantization.placement.latency.feeds import timing_feeds
 from ptq_cli.quantization.placement.latency.machine import Machine, OnnxruntimeMachine
 from ptq_cli.quantization.placement.latency.search import retime
-from ptq_cli.quantization.plan import SkipReason, Why
+from ptq_cli.quantization.plan import QuantPlan, SkipReason, Why
 from ptq_cli.quantization.timings import Stopwatch
 from ptq_cli.quantization.static import Ranges, quantize_model, required_opset
 from ptq_cli.recipe import Recipe
@@ -131,76 +131,141 @@ def quantize(model: str | os.PathLike | onnx.ModelProto, output: str | os.PathLi
         raise UsageError("--data-free is for static quantization; --dynamic and --weight-codebook need no data")
     stopwatch = Stopwatch()
     with stopwatch.phase("load"):
-        source, source_sha, path = _load_source(model)
-        source, widened = _float32(source)
-    if objective is not Objective.SIZE and not model_size(source).total < PROTOBUF_LIMIT:
+        source = load_source(model)
+    if objective is not Objective.SIZE and not model_size(source.model).total < PROTOBUF_LIMIT:
         # Timing placements hands onnxruntime the model as bytes, which protobuf cannot hold here.
         objective = Objective.SIZE
-        widened += ("latency timing skipped: the model is 2 GB or more (as with --objective size)",)
-    asked = recipe
-    inputs = _input_paths(path, data, calibration)
+        source = replace(source, notes=source.notes + (
+            "latency timing skipped: the model is 2 GB or more (as with --objective size)",))
+    inputs = _input_paths(source.path, data, calibration)
     if output is not None:
         check_writable(output, force=force, protect=inputs)  # before the long calibration
-    collect = dict(progress=progress, batch_size=batch_size, max_samples=max_samples)
-    if recipe.weight_only is not None:
-        mode = weight_only_mode(source, source_sha, path, data, calibration, recipe, image, **collect)
-    elif recipe.dynamic:
-        mode = dynamic_mode(source, recipe)
-    elif recipe.weight_codebook is not None:
-        mode = codebook_mode(source, path, source_sha, data, calibration, recipe, image, **collect)
+    if objective is not Objective.SIZE:
+        machine = machine or OnnxruntimeMachine()
+    # prepare -> (equalize) -> calibrate -> (latency search): what every candidate is built from
+    mode = _mode(source, recipe, data, calibration, image, data_free=data_free, objective=objective,
+                 if_slower=if_slower, machine=machine, stopwatch=stopwatch,
+                 collect=dict(progress=progress, batch_size=batch_size, max_samples=max_samples))
+    # place -> round -> emit, held to the drift budget (fallback) and timed again when it changed
+    chosen = _choose(source, mode, data, eval_data, image, labels, budget, machine, progress, stopwatch, engine)
+    _check_choice(recipe, source, chosen, writes=output is not None)
+    drift = chosen.outcome.record(budget) if chosen.outcome else None
+    # The candidate was built for this run alone: stamped in place (a copy would cost its size).
+    stamp(chosen.model, chosen.recipe, source.sha256, mode.data_description, drift, probed_host)
+    with stopwatch.phase("check"):
+        verify_loads(chosen.model, source.model)
+    decision = chosen.decision
+    slower = decision is not None and not decision.pays
+    if slower and if_slower is IfSlower.FAIL:
+        raise SlowerThanFloat(decision)
+    written_model = source.model if slower and if_slower is IfSlower.FLOAT else chosen.model
+    # A large model given with external data gets its output written the same way: whoever
+    # loads it (compare, onnxruntime) then maps the weights instead of parsing them.
+    external = model_size(source.model).external > 0 and model_size(written_model).total >= LAZY_ABOVE
+    with stopwatch.phase("write"):
+        written = save_model(written_model, output, force=force, protect=inputs, external=external) if output else None
+    plan, outcome = chosen.plan, chosen.outcome
+    skipped = tuple(_fallback_reason(s, outcome.trial.fallback if outcome else ()) for s in plan.skipped)
+    if decision is not None:
+        skipped = tuple(_latency_reason(s, recipe, decision) for s in skipped)
+    done = sorted([*plan.quantized, *plan.dynamic, *plan.weight_only], key=_graph_order(source.model))
+    return QuantizeResult(written_model, written, chosen.recipe, tuple(done), skipped,
+                          dict(plan.fused), model_size(source.model).total, model_size(written_model).total,
+                          source.sha256, tuple(plan.prepare_skipped), source.notes + tuple(plan.notes),
+                          latency=decision, float_written=written_model is source.model, drift=drift,
+                          fallback_trials=outcome.trials if outcome else 0,
+                          fallback_seconds=outcome.seconds if outcome else 0.0,
+                          range_sources=mode.range_sources(plan) if mode.range_sources else {},
+                          probed_host=probed_host, seconds=stopwatch.to_dict())
+
+
+@dataclass(frozen=True)
+class Source:
+    """The model as quantize reads it: float32 inside, its hash and path, and what loading changed."""
+
+    model: onnx.ModelProto
+    sha256: str
+    path: Path | None  # None: given as a ModelProto
+    notes: tuple[str, ...] = ()  # e.g. float16 computed in float32 between Casts
+
+
+@dataclass(frozen=True)
+class Chosen:
+    """The candidate to write, and what chose it."""
+
+    model: onnx.ModelProto
+    plan: QuantPlan
+    recipe: Recipe  # the one asked, changed by the latency search and the fallback
+    outcome: BudgetOutcome | None  # the drift budget's measurement and search; None without samples
+    decision: LatencyDecision | None  # the latency search's, timed on what is written; None: not timed
+
+
+def load_source(model: str | os.PathLike | onnx.ModelProto) -> Source:
+    """Read and hash the model (lazily above 256 MB); a float16/bfloat16/float64 model becomes
+    float32 between Casts at its edges, which the notes say."""
+    from ptq_cli.calibration.table import model_sha256
+
+    if isinstance(model, onnx.ModelProto):
+        check_model(model)
+        loaded, sha, path = model, model_sha256(model), None
     else:
-        if objective is not Objective.SIZE:
-            machine = machine or OnnxruntimeMachine()
-        mode = static_mode(source, source_sha, data, calibration, recipe, image, data_free=data_free,
-                           objective=objective, if_slower=if_slower, machine=machine, stopwatch=stopwatch, **collect)
-    build, recipe, floating, decision = mode.build, mode.recipe, mode.floating, mode.decision
-    # The drift is measured on real samples only (`data`), never on data-free synthetic ones.
+        path = Path(model)
+        loaded, sha = load_model(path), model_sha256(path)
+    if not float_kinds(loaded):
+        return Source(loaded, sha, path)
+    converted = onnx.ModelProto()
+    converted.CopyFrom(loaded)
+    return Source(converted, sha, path, ToFloat32()(converted).changes)
+
+
+def _mode(source: Source, recipe: Recipe, data, calibration, image, *, data_free: bool, objective: Objective,
+          if_slower: IfSlower, machine: Machine | None, stopwatch: Stopwatch, collect: dict) -> Mode:
+    """How this kind of quantization builds candidates, from data read once (modes.py)."""
+    model, sha, path = source.model, source.sha256, source.path
+    if recipe.weight_only is not None:
+        return weight_only_mode(model, sha, path, data, calibration, recipe, image, **collect)
+    if recipe.dynamic:
+        return dynamic_mode(model, recipe)
+    if recipe.weight_codebook is not None:
+        return codebook_mode(model, path, sha, data, calibration, recipe, image, **collect)
+    return static_mode(model, sha, data, calibration, recipe, image, data_free=data_free, objective=objective,
+                       if_slower=if_slower, machine=machine, stopwatch=stopwatch, **collect)
+
+
+def _choose(source: Source, mode: Mode, data, eval_data, image, labels, budget: Budget, machine: Machine | None,
+            progress: bool, stopwatch: Stopwatch, engine) -> Chosen:
+    """The candidate of the mode's recipe, held to the drift budget on real samples (never on
+    data-free synthetic ones), and timed again when the budget's fallback changed it."""
     with stopwatch.phase("reference"):
-        samples = eval_samples(source, data, eval_data, image, labels)
-    outcome = _within_budget(source, floating, build, recipe, samples, budget, progress, stopwatch, engine)
+        samples = eval_samples(source.model, data, eval_data, image, labels)
+    recipe, decision = mode.recipe, mode.decision
+    outcome = _within_budget(source.model, mode.floating, mode.build, recipe, samples, budget, progress,
+                             stopwatch, engine)
     if outcome is not None:
         quantized, plan, recipe = outcome.trial.model, outcome.trial.plan, outcome.trial.recipe
     elif decision is not None and recipe == decision.recipe:
         quantized, plan = decision.model, decision.plan
     else:
         with stopwatch.phase("build"):
-            quantized, plan = build(recipe)
+            quantized, plan = mode.build(recipe)
     if decision is not None and recipe != decision.recipe:  # the verdict is about what is written: time it
         searched = outcome is not None and bool(outcome.trial.fallback or outcome.trial.run_time)
         why = "after the drift budget's fallback" if searched else "every node quantized"
         timed_on = mode.timing_data if mode.timing_data is not None else data
         with stopwatch.phase("latency search"):
-            decision = retime(decision, source, quantized, plan, recipe, timing_feeds(source, timed_on, image)[0],
-                              machine or OnnxruntimeMachine(), why)
-    check_excludes(asked, source, plan)
-    check_run_time(recipe, plan)
-    if not plan.quantizes_anything and decision is None and not (outcome and outcome.searched) and output is not None:
-        raise ModelError(nothing_quantized(plan))  # (without an output, the result says why)
-    drift = outcome.record(budget) if outcome else None
-    stamp(quantized, recipe, source_sha, mode.data_description, drift, probed_host)
-    with stopwatch.phase("check"):
-        verify_loads(quantized, source)
-    slower = decision is not None and not decision.pays
-    if slower and if_slower is IfSlower.FAIL:
-        raise SlowerThanFloat(decision)
-    written_model = source if slower and if_slower is IfSlower.FLOAT else quantized
-    # A large model given with external data gets its output written the same way: whoever
-    # loads it (compare, onnxruntime) then maps the weights instead of parsing them.
-    external = model_size(source).external > 0 and model_size(written_model).total >= LAZY_ABOVE
-    with stopwatch.phase("write"):
-        written = save_model(written_model, output, force=force, protect=inputs, external=external) if output else None
-    skipped = tuple(_fallback_reason(s, outcome.trial.fallback if outcome else ()) for s in plan.skipped)
-    if decision is not None:
-        skipped = tuple(_latency_reason(s, asked, decision) for s in skipped)
-    done = sorted([*plan.quantized, *plan.dynamic, *plan.weight_only], key=_graph_order(source))
-    return QuantizeResult(written_model, written, recipe, tuple(done), skipped,
-                          dict(plan.fused), model_size(source).total, model_size(written_model).total, source_sha,
-                          tuple(plan.prepare_skipped), widened + tuple(plan.notes),
-                          latency=decision, float_written=written_model is source, drift=drift,
-                          fallback_trials=outcome.trials if outcome else 0,
-                          fallback_seconds=outcome.seconds if outcome else 0.0,
-                          range_sources=mode.range_sources(plan) if mode.range_sources else {},
-                          probed_host=probed_host, seconds=stopwatch.to_dict())
+            decision = retime(decision, source.model, quantized, plan, recipe,
+                              timing_feeds(source.model, timed_on, image)[0], machine or OnnxruntimeMachine(), why)
+    return Chosen(quantized, plan, recipe, outcome, decision)
+
+
+def _check_choice(asked: Recipe, source: Source, chosen: Chosen, *, writes: bool) -> None:
+    """Refuse names in the recipe that matched nothing, and a file with nothing quantized (without
+    an output, the result says why instead)."""
+    check_excludes(asked, source.model, chosen.plan)
+    check_run_time(chosen.recipe, chosen.plan)
+    searched = chosen.outcome is not None and chosen.outcome.searched
+    if writes and not chosen.plan.quantizes_anything and chosen.decision is None and not searched:
+        raise ModelError(nothing_quantized(chosen.plan))
 
 
 def _latency_reason(skip: SkipReason, asked: Recipe, decision: LatencyDecision) -> SkipReason:
@@ -236,28 +301,6 @@ def _input_paths(*given) -> tuple[str | os.PathLike, ...]:
     return tuple(p for p in given if isinstance(p, (str, os.PathLike)))
 
 
-def _float32(source: onnx.ModelProto) -> tuple[onnx.ModelProto, tuple[str, ...]]:
-    """A float16/bfloat16/float64 model as a float32 one with Casts at its edges, and the note
-    that says so; a float32 model as it is."""
-    if not float_kinds(source):
-        return source, ()
-    converted = onnx.ModelProto()
-    converted.CopyFrom(source)
-    return converted, ToFloat32()(converted).changes
-
-
 def _graph_order(model: onnx.ModelProto):
     order = {n.name: i for i, n in enumerate(model.graph.node)}
     return lambda name: (order.get(name, len(order)), name)
-
-
-def _load_source(model) -> tuple[onnx.ModelProto, str, Path | None]:
-    from ptq_cli.calibration.table import model_sha256
-
-    if isinstance(model, onnx.ModelProto):
-        check_model(model)
-        return model, model_sha256(model), None
-    path = Path(model)
-    return load_model(path), model_sha256(path), path
-
-
