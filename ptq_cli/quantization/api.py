@@ -14,23 +14,53 @@ from pathlib import Path
 import onnx
 
 from ptq_cli import __version__
+from ptq_cli.calibration.table import model_sha256
 from ptq_cli.drift.record import DriftRecord
 from ptq_cli.errors import ModelError, UsageError
 from ptq_cli.model.external import PROTOBUF_LIMIT, model_size
+from ptq_cli.model.io import (
+    LAZY_ABOVE,
+    check_model,
+    check_writable,
+    load_model,
+    save_model,
+)
 from ptq_cli.model.kernels import HostKernels
-from ptq_cli.model.io import LAZY_ABOVE, check_model, check_writable, load_model, save_model
 from ptq_cli.model.passes.float32 import ToFloat32, float_kinds
 from ptq_cli.model.prepare import prepare
-from ptq_cli.quantization.modes import Mode, codebook_mode, dynamic_mode, static_mode, weight_only_mode
-from ptq_cli.quantization.output import check_excludes, check_run_time, nothing_quantized, stamp, verify_loads
-from ptq_cli.quantization.placement.budget import DEFAULT_THRESHOLDS, Budget, BudgetOutcome, eval_samples, hold_budget
-from ptq_cli.quantization.placement.latency import IfSlower, LatencyDecision, Objective, SlowerThanFloat
+from ptq_cli.quantization.modes import (
+    Mode,
+    codebook_mode,
+    dynamic_mode,
+    static_mode,
+    weight_only_mode,
+)
+from ptq_cli.quantization.output import (
+    check_excludes,
+    check_run_time,
+    nothing_quantized,
+    stamp,
+    verify_loads,
+)
+from ptq_cli.quantization.placement.budget import (
+    DEFAULT_THRESHOLDS,
+    Budget,
+    BudgetOutcome,
+    eval_samples,
+    hold_budget,
+)
+from ptq_cli.quantization.placement.latency import (
+    IfSlower,
+    LatencyDecision,
+    Objective,
+    SlowerThanFloat,
+)
 from ptq_cli.quantization.placement.latency.feeds import timing_feeds
 from ptq_cli.quantization.placement.latency.machine import Machine, OnnxruntimeMachine
 from ptq_cli.quantization.placement.latency.search import retime
 from ptq_cli.quantization.plan import QuantPlan, SkipReason, Why
-from ptq_cli.quantization.timings import Stopwatch
 from ptq_cli.quantization.static import Ranges, quantize_model, required_opset
+from ptq_cli.quantization.timings import Stopwatch
 from ptq_cli.recipe import Recipe
 
 __all__ = ["QuantizeResult", "Ranges", "default_output", "quantize", "quantize_model"]
@@ -203,7 +233,6 @@ class Chosen:
 def load_source(model: str | os.PathLike | onnx.ModelProto) -> Source:
     """Read and hash the model (lazily above 256 MB); a float16/bfloat16/float64 model becomes
     float32 between Casts at its edges, which the notes say."""
-    from ptq_cli.calibration.table import model_sha256
 
     if isinstance(model, onnx.ModelProto):
         check_model(model)

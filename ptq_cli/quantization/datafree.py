@@ -8,8 +8,11 @@ declared or inferred statistics (data/synthetic.py). Each range's source is repo
 
 from __future__ import annotations
 
+from ptq_cli.calibration.batchnorm import batchnorm_ranges
 from ptq_cli.data.dataset import Dataset
+from ptq_cli.data.synthetic import DEFAULT_SAMPLES, synthetic_dataset
 from ptq_cli.errors import UsageError
+from ptq_cli.model.io import input_specs
 
 BATCHNORM = "BatchNormalization statistics"
 SYNTHETIC = "synthetic inputs"
@@ -19,8 +22,6 @@ def synthetic_data(source, data, calibration, image, *, seed: int, max_samples: 
     """The synthetic Dataset that stands in for --data."""
     if data is not None or calibration is not None:
         raise UsageError("--data-free chooses ranges without data: drop --data / --calibration (or --data-free)")
-    from ptq_cli.data.synthetic import DEFAULT_SAMPLES, synthetic_dataset
-    from ptq_cli.model.io import input_specs
 
     return synthetic_dataset(source, input_specs(source), image, samples=max_samples or DEFAULT_SAMPLES, seed=seed)
 
@@ -28,7 +29,6 @@ def synthetic_data(source, data, calibration, image, *, seed: int, max_samples: 
 def with_batchnorm_ranges(source, prepared, ranges) -> tuple[dict, dict[str, str]]:
     """`ranges` with every BN-derived range put in and the class scores taken out, and the
     source of each range kept."""
-    from ptq_cli.calibration.batchnorm import batchnorm_ranges
 
     derived = batchnorm_ranges(source, prepared)
     merged = dict(ranges)

@@ -13,22 +13,40 @@ from dataclasses import dataclass, replace
 
 import onnx
 
+from ptq_cli.calibration.api import calibrate
+from ptq_cli.calibration.table import CalibrationTable
 from ptq_cli.errors import UsageError
 from ptq_cli.model.io import opset_version
-from ptq_cli.model.prepare import QDQ_4_16_BIT_OPSET, QDQ_PER_AXIS_OPSET, prepare, prepare_with_result
+from ptq_cli.model.prepare import (
+    QDQ_4_16_BIT_OPSET,
+    QDQ_PER_AXIS_OPSET,
+    prepare,
+    prepare_with_result,
+)
 from ptq_cli.quantization.arithmetic.equalize import equalization_pairs, equalize
+from ptq_cli.quantization.datafree import range_sources as sources_of
+from ptq_cli.quantization.datafree import synthetic_data, with_batchnorm_ranges
 from ptq_cli.quantization.emitters.base import EmitResult
 from ptq_cli.quantization.emitters.codebook import emit_codebook
-from ptq_cli.quantization.emitters.dynamic import DYNAMIC_DATA, check_dynamic_recipe, emit_dynamic
+from ptq_cli.quantization.emitters.dynamic import (
+    DYNAMIC_DATA,
+    check_dynamic_recipe,
+    emit_dynamic,
+)
 from ptq_cli.quantization.emitters.subgraphs import emit_bodies
 from ptq_cli.quantization.emitters.weight_only import emit_weight_only
-from ptq_cli.quantization.placement.latency import IfSlower, LatencyDecision, Objective, search_placement
+from ptq_cli.quantization.placement.latency import (
+    IfSlower,
+    LatencyDecision,
+    Objective,
+    search_placement,
+)
 from ptq_cli.quantization.placement.latency.feeds import timing_feeds
 from ptq_cli.quantization.placement.latency.machine import Machine
 from ptq_cli.quantization.placement.opsets import all_float, fit_recipe
 from ptq_cli.quantization.plan import QuantPlan
-from ptq_cli.quantization.timings import Stopwatch
 from ptq_cli.quantization.static import quantize_model, required_opset
+from ptq_cli.quantization.timings import Stopwatch
 from ptq_cli.recipe import CalibMethod, Recipe, Rounding
 
 Build = Callable[[Recipe], tuple[onnx.ModelProto, QuantPlan]]
@@ -89,8 +107,6 @@ def static_mode(source, source_sha, data, calibration, recipe: Recipe, image, *,
     the speed objective, the placement timed fastest on `machine`."""
     range_sources = None
     if data_free:
-        from ptq_cli.quantization.datafree import synthetic_data
-
         data = synthetic_data(source, data, calibration, image, seed=recipe.seed, max_samples=max_samples)
     stopwatch = stopwatch or Stopwatch()
     with stopwatch.phase("prepare"):
@@ -105,8 +121,6 @@ def static_mode(source, source_sha, data, calibration, recipe: Recipe, image, *,
     means = {name: table.channel_mean(name) for name in table.names if table.channel_mean(name) is not None}
     ranges = _activation_ranges(table, floating)
     if data_free:
-        from ptq_cli.quantization.datafree import range_sources as sources_of, with_batchnorm_ranges
-
         ranges, sources = with_batchnorm_ranges(source, floating, ranges)
         range_sources = lambda plan: sources_of(plan, sources)  # noqa: E731
 
@@ -135,8 +149,6 @@ def _weight_only_grams(source, source_sha, path, data, calibration, recipe: Reci
     if recipe.rounding is not Rounding.GPTQ:
         return None, WEIGHT_ONLY_DATA
     if calibration is None and data is not None:  # only the Gram matrices: no activation is observed
-        from ptq_cli.calibration.api import calibrate
-
         table = calibrate(path or source, data, image=image, tensors=[], grams=True, **collect)
         return table.grams, table.data
     table = _calibration_table(path or source, source_sha, data, calibration, recipe, image, **collect)
@@ -179,16 +191,12 @@ def _codebook_inputs(source, source_sha, data, calibration, opset: int, image, *
     grams, description = None, "none: codebook weights cluster the weights alone"
     prepared = prepare(source, min_opset=opset)
     if data is not None or calibration is not None:
-        from ptq_cli.calibration.table import CalibrationTable
-
         if calibration is not None and data is not None:
             raise UsageError("give either --data or --calibration, not both")
         if calibration is not None:
             table = calibration if isinstance(calibration, CalibrationTable) else CalibrationTable.load(calibration)
             table.check_model(source_sha)
         else:
-            from ptq_cli.calibration.api import calibrate
-
             # The prepared graph (opset >= 13) is the one whose layers the Gram keys name.
             table = calibrate(prepared, data, image=image, grams=True, histograms=False, **collect)
         grams, description = table.grams, table.data
@@ -213,8 +221,6 @@ def _equalized(prepared: onnx.ModelProto, data, recipe: Recipe, image, **collect
     if data is None:
         raise UsageError("--equalize needs --data: it measures each channel's peak before ReLU6 "
                          "(a calibration table alone is not enough)")
-    from ptq_cli.calibration.api import calibrate
-
     peaks = [conv1.output[0] for conv1, _, _ in equalization_pairs(prepared)]
     if not peaks:
         return prepared
@@ -224,16 +230,12 @@ def _equalized(prepared: onnx.ModelProto, data, recipe: Recipe, image, **collect
 
 
 def _calibration_table(source, source_sha, data, calibration, recipe, image, **collect):
-    from ptq_cli.calibration.table import CalibrationTable
-
     if calibration is not None and data is not None:
         raise UsageError("give either --data or --calibration, not both")
     if calibration is not None:
         table = calibration if isinstance(calibration, CalibrationTable) else CalibrationTable.load(calibration)
         table.check_model(source_sha)
     elif data is not None:
-        from ptq_cli.calibration.api import calibrate
-
         table = calibrate(source, data, spec=recipe.calibration, image=image,
                           grams=recipe.rounding is Rounding.GPTQ, model_sha=source_sha, prepared=True, **collect)
     else:

@@ -397,14 +397,14 @@ def test_a_codebook_search_calibrates_once(tmp_path, monkeypatch):
     """--weight-codebook under a budget it misses: every trial reuses the prepared graph and the
     Gram matrices of the first calibration (a trial used to calibrate again: minutes on PP-OCRv4;
     bench/bytes.py checks the written files did not change)."""
-    from ptq_cli.calibration import api as calibration_api
+    from ptq_cli.quantization import modes
     from ptq_cli.recipe import PerTensor, WeightCodebook
 
     model, path, data = _mlp(tmp_path, np.random.default_rng(4))
     before = path.read_bytes()
     calls = []
-    real = calibration_api.calibrate
-    monkeypatch.setattr(calibration_api, "calibrate", lambda *a, **k: calls.append(1) or real(*a, **k))
+    real = modes.calibrate
+    monkeypatch.setattr(modes, "calibrate", lambda *a, **k: calls.append(1) or real(*a, **k))
     strict = Budget(Thresholds(min_sqnr=20), by_kind=(), where_measurable=False, best_effort=True)
     recipe = ptq_cli.Recipe(weight_codebook=WeightCodebook(bits=2, granularity=PerTensor()))
     result = ptq_cli.quantize(path, tmp_path / "out.onnx", data=data, progress=False, budget=strict, recipe=recipe)

@@ -15,13 +15,13 @@ import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+import numpy
+
 _PREFIXES = ("scipy_openblas", "openblas")
 _SUFFIXES = ("64_", "")
 
 
 def _openblas():
-    import numpy
-
     root = os.path.dirname(numpy.__file__)
     for path in sorted(glob.glob(os.path.join(root, "..", "numpy.libs", "*openblas*")) +
                        glob.glob(os.path.join(root, ".libs", "*openblas*"))):

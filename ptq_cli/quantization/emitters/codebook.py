@@ -27,12 +27,13 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from ptq_cli.calibration.gram import gram_key
 from ptq_cli.model.graph import GraphIndex, NameAllocator, attribute
-from ptq_cli.quantization.emitters.codebook_gptq import gptq_assign
 from ptq_cli.quantization.arithmetic.kmeans import kmeans_rows
-from ptq_cli.quantization.emitters.base import EmitResult
-from ptq_cli.quantization.plan import SkipReason, Why
 from ptq_cli.quantization.arithmetic.stochastic import weight_rng
+from ptq_cli.quantization.emitters.base import EmitResult
+from ptq_cli.quantization.emitters.codebook_gptq import gptq_assign
+from ptq_cli.quantization.plan import SkipReason, Why
 from ptq_cli.recipe import PerChannel, Recipe
 
 _MIN_VALUES_PER_CENTROID = 16  # a tensor smaller than 16·2**bits values is left alone: nothing to gain
@@ -115,7 +116,6 @@ def _gram(site: _Site, weight: np.ndarray, index: GraphIndex, grams: Mapping | N
     """The layer's input Gram matrix H [groups, d, d], d = the values of one output channel."""
     if not grams or site.node.op_type not in ("Conv", "Gemm", "MatMul") or weight.ndim < 2:
         return None
-    from ptq_cli.calibration.gram import gram_key
 
     gram = grams.get(gram_key(site.node, index) or "")
     if gram is None or gram.total is None:

@@ -16,7 +16,6 @@ a collapsed model (MobileNetV1 per tensor: cosine 0.17, agreement 0.09) misses i
 from __future__ import annotations
 
 import math
-
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -25,12 +24,17 @@ from typing import TYPE_CHECKING
 import numpy as np
 import onnx
 
+from ptq_cli.data import iter_batches, open_dataset
 from ptq_cli.drift.kinds import OutputKind
+from ptq_cli.drift.probe import DriftProbe
 from ptq_cli.drift.record import DriftRecord
 from ptq_cli.drift.report import OutputReport, ThresholdResult
 from ptq_cli.drift.thresholds import Thresholds, evaluate
 from ptq_cli.errors import PtqError, UsageError
+from ptq_cli.model.io import input_specs
 from ptq_cli.model.sessions import parallel_sessions
+from ptq_cli.quantization.placement.fallback import evaluate as evaluate_candidate
+from ptq_cli.quantization.placement.fallback import search
 from ptq_cli.quantization.timings import Stopwatch
 from ptq_cli.recipe import Recipe
 
@@ -132,8 +136,6 @@ class EvalSamples:
 def eval_samples(model: onnx.ModelProto, data, eval_data, image, labels=None,
                  limit: int = EVAL_SAMPLES) -> EvalSamples | None:
     """The samples the drift is measured on, or None when there is no data at all."""
-    from ptq_cli.data import iter_batches, open_dataset
-    from ptq_cli.model.io import input_specs
 
     source = eval_data if eval_data is not None else data
     if source is None:
@@ -185,8 +187,6 @@ def hold_budget(source: onnx.ModelProto, build, recipe: Recipe, samples: EvalSam
     verdicts), except under best effort, which may write the best failing candidate and so
     compares full figures, and without the fallback, which reports the first candidate's.
     `engine` (a cluster) runs the reference and the candidates on its workers."""
-    from ptq_cli.drift.probe import DriftProbe
-    from ptq_cli.quantization.placement.fallback import evaluate, search
 
     stopwatch = stopwatch or Stopwatch()
     stop_early = budget.fallback and not budget.best_effort
@@ -195,7 +195,7 @@ def hold_budget(source: onnx.ModelProto, build, recipe: Recipe, samples: EvalSam
         probe = DriftProbe(source, samples.feeds, description=samples.description, batch_free=samples.batch_free,
                            labels=samples.labels, workers=workers, engine=engine, progress=progress)
     with stopwatch.phase("first candidate"):
-        first = evaluate(build, probe, budget.judge, recipe, stop_early=stop_early,
+        first = evaluate_candidate(build, probe, budget.judge, recipe, stop_early=stop_early,
                          progress="drift: INT8 candidate" if progress else None)
     stopwatch.trials.append(first.seconds)
     if first.drift.passed or not budget.fallback:

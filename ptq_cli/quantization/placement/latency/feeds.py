@@ -8,6 +8,7 @@ import itertools
 import numpy as np
 import onnx
 
+from ptq_cli.data import Dataset, open_dataset
 from ptq_cli.model.io import input_specs
 from ptq_cli.quantization.placement.latency.machine import Feeds
 
@@ -18,8 +19,6 @@ def timing_feeds(model: onnx.ModelProto, data=None, image=None) -> tuple[list[Fe
     """Feeds to time `model` on, and where they come from (for the summary)."""
     specs = input_specs(model)
     if data is not None:
-        from ptq_cli.data import Dataset, open_dataset
-
         dataset = data if isinstance(data, Dataset) else open_dataset(data, specs, image=image)
         # A whole sample (inputs without a shared batch axis, e.g. a recurrent state or a scalar
         # sample rate) is one feed already: it is timed as given.
