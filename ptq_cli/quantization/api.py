@@ -18,43 +18,14 @@ from ptq_cli.calibration.table import model_sha256
 from ptq_cli.drift.record import DriftRecord
 from ptq_cli.errors import ModelError, UsageError
 from ptq_cli.model.external import PROTOBUF_LIMIT, model_size
-from ptq_cli.model.io import (
-    LAZY_ABOVE,
-    check_model,
-    check_writable,
-    load_model,
-    save_model,
-)
+from ptq_cli.model.io import LAZY_ABOVE, check_model, check_writable, load_model, save_model
 from ptq_cli.model.kernels import HostKernels
 from ptq_cli.model.passes.float32 import ToFloat32, float_kinds
 from ptq_cli.model.prepare import prepare
-from ptq_cli.quantization.modes import (
-    Mode,
-    codebook_mode,
-    dynamic_mode,
-    static_mode,
-    weight_only_mode,
-)
-from ptq_cli.quantization.output import (
-    check_excludes,
-    check_run_time,
-    nothing_quantized,
-    stamp,
-    verify_loads,
-)
-from ptq_cli.quantization.placement.budget import (
-    DEFAULT_THRESHOLDS,
-    Budget,
-    BudgetOutcome,
-    eval_samples,
-    hold_budget,
-)
-from ptq_cli.quantization.placement.latency import (
-    IfSlower,
-    LatencyDecision,
-    Objective,
-    SlowerThanFloat,
-)
+from ptq_cli.quantization.modes import Mode, codebook_mode, dynamic_mode, static_mode, weight_only_mode
+from ptq_cli.quantization.output import check_excludes, check_run_time, nothing_quantized, stamp, verify_loads
+from ptq_cli.quantization.placement.budget import DEFAULT_THRESHOLDS, Budget, BudgetOutcome, eval_samples, hold_budget
+from ptq_cli.quantization.placement.latency import IfSlower, LatencyDecision, Objective, SlowerThanFloat
 from ptq_cli.quantization.placement.latency.feeds import timing_feeds
 from ptq_cli.quantization.placement.latency.machine import Machine, OnnxruntimeMachine
 from ptq_cli.quantization.placement.latency.search import retime

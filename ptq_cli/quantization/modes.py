@@ -17,30 +17,16 @@ from ptq_cli.calibration.api import calibrate
 from ptq_cli.calibration.table import CalibrationTable
 from ptq_cli.errors import UsageError
 from ptq_cli.model.io import opset_version
-from ptq_cli.model.prepare import (
-    QDQ_4_16_BIT_OPSET,
-    QDQ_PER_AXIS_OPSET,
-    prepare,
-    prepare_with_result,
-)
+from ptq_cli.model.prepare import QDQ_4_16_BIT_OPSET, QDQ_PER_AXIS_OPSET, prepare, prepare_with_result
 from ptq_cli.quantization.arithmetic.equalize import equalization_pairs, equalize
 from ptq_cli.quantization.datafree import range_sources as sources_of
 from ptq_cli.quantization.datafree import synthetic_data, with_batchnorm_ranges
 from ptq_cli.quantization.emitters.base import EmitResult
 from ptq_cli.quantization.emitters.codebook import emit_codebook
-from ptq_cli.quantization.emitters.dynamic import (
-    DYNAMIC_DATA,
-    check_dynamic_recipe,
-    emit_dynamic,
-)
+from ptq_cli.quantization.emitters.dynamic import DYNAMIC_DATA, check_dynamic_recipe, emit_dynamic
 from ptq_cli.quantization.emitters.subgraphs import emit_bodies
 from ptq_cli.quantization.emitters.weight_only import emit_weight_only
-from ptq_cli.quantization.placement.latency import (
-    IfSlower,
-    LatencyDecision,
-    Objective,
-    search_placement,
-)
+from ptq_cli.quantization.placement.latency import IfSlower, LatencyDecision, Objective, search_placement
 from ptq_cli.quantization.placement.latency.feeds import timing_feeds
 from ptq_cli.quantization.placement.latency.machine import Machine
 from ptq_cli.quantization.placement.opsets import all_float, fit_recipe
