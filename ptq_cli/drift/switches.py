@@ -14,6 +14,7 @@ much as the convolutions themselves (measured: 4x the reference's run time on Mo
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 
 import numpy as np
@@ -46,6 +47,7 @@ class FloatBase:
         ref_by_name = {n.name: n for n in ref.nodes if n.name}
         self.model = onnx.ModelProto()
         self.model.CopyFrom(candidate)
+        self._switching = threading.Lock()
         self._float_outputs(cand)
         nodes: list[SwitchedNode] = []
         for index, node in enumerate(cand.nodes):
@@ -95,17 +97,22 @@ class FloatBase:
         return tuple(switched)
 
     def variant(self, k: int) -> bytes:
-        """The serialized model with only nodes[k] quantized."""
+        """The serialized model with only nodes[k] quantized. Safe from several threads (the
+        ranking builds variants on as many as it runs sessions)."""
         node = self.nodes[k]
-        target = self.model.graph.node[node.index]
-        floats = [(position, target.input[position]) for position, _ in node.quantized_inputs]
-        for position, dq_output in node.quantized_inputs:
-            target.input[position] = dq_output
-        try:
-            return serialized(self.model)
-        finally:  # restore the base: one copy of the model serves every variant
-            for position, name in floats:
-                target.input[position] = name
+        # One copy of the model serves every variant: switched, serialized and restored under the
+        # lock. Without it a thread could serialize another's switch too (two nodes quantized, or
+        # none), and the ranking, the fallback and so the written file changed from run to run.
+        with self._switching:
+            target = self.model.graph.node[node.index]
+            floats = [(position, target.input[position]) for position, _ in node.quantized_inputs]
+            for position, dq_output in node.quantized_inputs:
+                target.input[position] = dq_output
+            try:
+                return serialized(self.model)
+            finally:
+                for position, name in floats:
+                    target.input[position] = name
 
 
 def _same_name(node: onnx.NodeProto, ref_by_name: dict) -> onnx.NodeProto | None:

@@ -91,6 +91,27 @@ def test_float_base_reproduces_the_reference(rng):
     assert base.variant(1) != base.variant(0) and base.variant(0) == base.variant(0)   # restored in between
 
 
+def test_variants_built_on_several_threads_are_the_single_threaded_ones(rng):
+    """The ranking builds variants on as many threads as it runs sessions: each must hold its own
+    node quantized and no other (a race here changed PP-OCRv4's ranking, so its file, run to run)."""
+    import sys
+    from concurrent.futures import ThreadPoolExecutor
+
+    model, cand, _, _ = _case(rng, "w1")
+    base = FloatBase(model, cand, match_layers(model, cand))
+    expected = [base.variant(k) for k in range(len(base.nodes))]
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # switch threads as often as the interpreter can
+    try:
+        with ThreadPoolExecutor(4) as pool:
+            ks = [k for _ in range(150) for k in range(len(base.nodes))]
+            built = list(pool.map(base.variant, ks))
+    finally:
+        sys.setswitchinterval(interval)
+    assert [k for k, got in zip(ks, built) if got != expected[k]] == []
+    assert len(set(expected)) == len(expected)
+
+
 def test_weights_without_a_float_original_stay_quantized_and_are_listed(rng):
     model, cand, x, _ = _case(rng)
     other = copy.deepcopy(model)   # the reference's w2 has another shape: not the same constant
