@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 import onnx
 
 from ptq_cli.calibration.in_process import calibrate_in_process
+from ptq_cli.calibration.sharded import calibrate_on
 from ptq_cli.calibration.table import CalibrationTable
 from ptq_cli.data import Dataset, open_dataset
 from ptq_cli.data.images import ImagePreprocess
@@ -64,8 +65,6 @@ def calibrate(model: str | os.PathLike | onnx.ModelProto, data: str | os.PathLik
 
 def _on_engine(engine: "Engine", model, data, *, spec: CalibrationSpec, image: ImagePreprocess | None,
                shard: tuple[int, int] | None, prepared: bool, **options) -> CalibrationTable:
-    from ptq_cli.calibration.sharded import calibrate_on
-
     if shard is not None:
         raise UsageError("--shard runs one shard on this machine and --engine dask splits all the data "
                          "across the cluster: give one or the other")

@@ -9,6 +9,7 @@ from collections.abc import Sequence
 import onnx
 
 from ptq_cli.calibration.collector import collect
+from ptq_cli.calibration.gram import collect_grams
 from ptq_cli.calibration.table import CalibrationTable, model_sha256
 from ptq_cli.data import Dataset, iter_batches, open_dataset
 from ptq_cli.data.images import ImagePreprocess
@@ -57,8 +58,6 @@ def calibrate_in_process(model: str | os.PathLike | onnx.ModelProto, data: str |
                         "along its batch axis); give arrays with at least one sample")
     second_order = None
     if grams:
-        from ptq_cli.calibration.gram import collect_grams
-
         batches = iter_batches(dataset, specs, batch_size=batch_size, max_samples=max_samples)
         second_order = collect_grams(proto, batches, progress=progress, total=total, threads=threads)
     return CalibrationTable.build(sha, spec, stats, data=dataset.description, samples=samples,

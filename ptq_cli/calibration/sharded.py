@@ -34,6 +34,8 @@ from ptq_cli.data.split import Part, split_contiguous
 from ptq_cli.engine import Engine
 from ptq_cli.engine.gather import gather_in_order, submit_shards
 from ptq_cli.errors import CalibrationError, DataError, UsageError
+from ptq_cli.model.io import load_model
+from ptq_cli.model.prepare import prepare
 from ptq_cli.recipe import CalibrationSpec
 
 
@@ -115,9 +117,6 @@ def calibrate_part(task: PartTask) -> CalibrationTable:
 def _prepared(path: str, sha: str) -> onnx.ModelProto:
     key = (path, sha)
     if key not in _PREPARED:
-        from ptq_cli.model.io import load_model
-        from ptq_cli.model.prepare import prepare
-
         found = model_sha256(path)
         if found != sha:
             raise CalibrationError(f"the worker reads another model at {path} (sha {found[:12]}..., the client's "
