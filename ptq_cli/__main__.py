@@ -12,7 +12,8 @@ def run() -> None:
 
     try:
         signal.signal(signal.SIGTERM, terminate)
-        from ptq_cli.cli import main  # inside the try: a Ctrl-C while onnx imports (~0.7 s) is caught
+        # inside the try: a Ctrl-C while onnx imports (~0.7 s) is caught
+        from ptq_cli.cli import main
     except KeyboardInterrupt:
         sys.stderr.write("ptq: interrupted; no output was written\n")
         sys.exit(130)

@@ -96,7 +96,8 @@ def calibrate_command(ctx: click.Context, model: Path, **kwargs: Any) -> None:
     without reading data again. Memory does not grow with the number of samples.
     """
     with reported_errors(ctx):
-        from ptq_cli.calibration.api import calibrate  # --help start-up: calibration costs ~60 ms
+        # --help start-up: calibration costs ~60 ms
+        from ptq_cli.calibration.api import calibrate
 
         data_opts = pop_data_options(kwargs)
         engine_spec, parts = engine_spec_from_options(**pop_engine_options(kwargs))
@@ -141,7 +142,8 @@ def merge_command(ctx: click.Context, tables: tuple[Path, ...], output: Path, fo
     exactly (they share a power-of-two grid). Tables of different models are refused.
     """
     with reported_errors(ctx):
-        from ptq_cli.calibration.table import CalibrationTable, merge  # --help start-up: as calibrate above
+        # --help start-up: as calibrate above
+        from ptq_cli.calibration.table import CalibrationTable, merge
 
         check_writable(output, force=force, protect=tables)
         started = time.perf_counter()

@@ -118,7 +118,8 @@ def compare_command(ctx: click.Context, reference: Path, candidate: Path, **kwar
 
 def _compare(reference: Path, candidate: Path, data: dict, kwargs: dict, engine, parts):
     """compare() with the command's flags; `engine` None runs it in this process."""
-    from ptq_cli.comparison import Thresholds, compare  # --help start-up: ~80 ms, as above
+    # --help start-up: ~80 ms, as above
+    from ptq_cli.comparison import Thresholds, compare
 
     return compare(
         reference, candidate, data["data"], labels=data.get("labels"),

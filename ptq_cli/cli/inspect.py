@@ -28,7 +28,8 @@ def inspect_command(ctx: click.Context, model: Path, calibration: Path | None, a
       ptq inspect model.int8.onnx
       ptq inspect model.int8.onnx --calibration model.calib.json --json
     """
-    from ptq_cli.inspect import inspect_file  # --help start-up: ptq_cli.inspect costs ~22 ms
+    # --help start-up: ptq_cli.inspect costs ~22 ms
+    from ptq_cli.inspect import inspect_file
 
     with reported_errors(ctx):
         report = inspect_file(model, calibration)

@@ -135,7 +135,8 @@ def quantize_command(ctx: click.Context, model: Path, output: Path | None, calib
     decoded as FP32's); the most sensitive nodes go back to float until it does. Exit 3, nothing written,
     when it cannot be met (unless --best-effort).
     """
-    from ptq_cli.quantization.api import default_output, quantize  # --help start-up: quantization costs ~110 ms
+    # --help start-up: quantization costs ~110 ms
+    from ptq_cli.quantization.api import default_output, quantize
 
     data_opts = pop_data_options(flags)
     budget_opts = pop_budget_options(flags)

@@ -90,7 +90,8 @@ class ImagePreprocess:
         return np.ascontiguousarray(pixels[np.newaxis], dtype=np.float32)
 
     def _resize_and_crop(self, image, height: int | None, width: int | None, source: str):
-        from PIL import Image  # optional: the images extra (the image given came from Pillow)
+        # optional: the images extra (the image given came from Pillow)
+        from PIL import Image
 
         bilinear = Image.Resampling.BILINEAR
         if self.resize is not None:

@@ -55,7 +55,8 @@ class SessionSpec:
     profile_prefix: str | None = None  # profile every run into files with this prefix
 
     def session_options(self) -> "ort.SessionOptions":
-        import onnxruntime as ort  # --help start-up: onnxruntime costs ~22 ms (this module is on its path)
+        # --help start-up: onnxruntime costs ~22 ms (this module is on its path)
+        import onnxruntime as ort
 
         options = ort.SessionOptions()
         options.log_severity_level = self.log_severity
@@ -79,7 +80,8 @@ def open_session(model: onnx.ModelProto | bytes | str | os.PathLike,
     maps itself); one whose in-memory part is 2 GB or more is saved once to a private temporary
     folder, weights streamed to external data, and loaded from there. Bytes and paths go to
     onnxruntime as they are."""
-    import onnxruntime as ort  # --help start-up: onnxruntime costs ~22 ms (this module is on its path)
+    # --help start-up: onnxruntime costs ~22 ms (this module is on its path)
+    import onnxruntime as ort
 
     available = ort.get_available_providers()
     for provider in spec.providers:
