@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Iterable, Iterator, Sequence
 
 from ptq_cli.errors import OutputExistsError, PtqError, UsageError
+from ptq_cli.model.external import external_data_files
 
 PathLike = str | os.PathLike
 
@@ -167,8 +168,6 @@ def _is_inside_or_same(path: Path, protected: Path) -> bool:
     except OSError:
         return False
     if protected.suffix.lower() == ".onnx":  # a model's external data files are inputs too
-        from ptq_cli.model.external import external_data_files  # onnx: only for a model
-
         return any(f.exists() and os.path.samefile(path, f) for f in external_data_files(protected))
     return False
 

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import re
 
-from ptq_cli.errors import ModelError, PtqError
+from ptq_cli.errors import EngineError, ModelError, PtqError
+from ptq_cli.files import describe_os_error
 
 _ORT_PREFIX = re.compile(r"^\[ONNXRuntimeError\]\s*:\s*\d+\s*:\s*[A-Z_]+\s*:\s*")
 _NO_KERNEL = re.compile(r"Could not find an implementation for (\w+)\((\d+)\) node with name '([^']*)'")
@@ -27,8 +28,6 @@ def as_ptq_error(exc: BaseException) -> PtqError:
     if isinstance(exc, RecursionError):
         return ModelError("the model is nested too deeply to process (recursion limit reached)")
     if isinstance(exc, OSError):
-        from ptq_cli.files import describe_os_error
-
         name = exc.filename if exc.filename is not None else "a file"
         return PtqError(describe_os_error(exc, f"cannot access {name}"))
     if is_onnxruntime_error(exc):
@@ -36,8 +35,6 @@ def as_ptq_error(exc: BaseException) -> PtqError:
     if type(exc).__module__.startswith("onnx"):
         return ModelError(f"onnx cannot process the model: {first_line(exc)}")
     if type(exc).__module__.startswith("distributed"):  # KilledWorker, a lost scheduler, ...
-        from ptq_cli.errors import EngineError
-
         return EngineError(f"the Dask cluster failed ({type(exc).__name__}: {first_line(exc)}); a worker "
                            "that died more than --retries times, or a lost scheduler: see the workers' logs")
     if isinstance(exc, UnicodeError):

@@ -14,6 +14,9 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import onnx
+
 from ptq_cli.errors import UsageError
 
 
@@ -45,8 +48,6 @@ class QType(enum.Enum):
 
     @property
     def onnx_type(self) -> int:
-        import onnx
-
         return {
             QType.UINT8: onnx.TensorProto.UINT8,
             QType.INT8: onnx.TensorProto.INT8,
@@ -58,8 +59,6 @@ class QType(enum.Enum):
 
     @property
     def numpy_type(self):
-        import numpy as np
-
         # 4-bit values are held in int8/uint8 arrays; onnx packs them when the tensor is made.
         return {
             QType.UINT8: np.uint8,

@@ -9,6 +9,8 @@ from typing import TYPE_CHECKING
 import onnx
 
 from ptq_cli.calibration.in_process import calibrate_in_process
+from ptq_cli.calibration.run import CalibrationRun
+from ptq_cli.calibration.sharded import calibrate_on
 from ptq_cli.calibration.table import CalibrationTable
 from ptq_cli.data import Dataset, open_dataset
 from ptq_cli.data.images import ImagePreprocess
@@ -50,29 +52,25 @@ def calibrate(model: str | os.PathLike | onnx.ModelProto, data: str | os.PathLik
     cluster for instance, and returns the same table byte for byte (calibration/sharded.py); the
     model must then be a path and the data a folder or Dataset of files the workers can read.
     """
+    run = CalibrationRun(spec=spec, batch_size=batch_size, max_samples=max_samples, shard=shard,
+                         provider=provider, tensors=None if tensors is None else tuple(tensors),
+                         progress=progress, histograms=histograms, channel_axis=channel_axis,
+                         overlap=overlap, grams=grams, model_sha=model_sha, prepared=prepared,
+                         threads=threads)
     if engine is not None:
-        return _on_engine(engine, model, data, spec=spec, image=image, batch_size=batch_size,
-                          max_samples=max_samples, shard=shard, parts=parts, provider=provider,
-                          tensors=tensors, progress=progress, histograms=histograms,
-                          channel_axis=channel_axis, grams=grams, prepared=prepared)
-    return calibrate_in_process(model, data, spec=spec, image=image, batch_size=batch_size,
-                                max_samples=max_samples, shard=shard, provider=provider, tensors=tensors,
-                                progress=progress, histograms=histograms, channel_axis=channel_axis,
-                                overlap=overlap, grams=grams, model_sha=model_sha, prepared=prepared,
-                                threads=threads)
+        return _on_engine(engine, model, data, run, image=image, parts=parts)
+    return calibrate_in_process(model, data, run, image=image)
 
 
-def _on_engine(engine: "Engine", model, data, *, spec: CalibrationSpec, image: ImagePreprocess | None,
-               shard: tuple[int, int] | None, prepared: bool, **options) -> CalibrationTable:
-    from ptq_cli.calibration.sharded import calibrate_on
-
-    if shard is not None:
+def _on_engine(engine: "Engine", model, data, run: CalibrationRun, *, image: ImagePreprocess | None,
+               parts: int | None) -> CalibrationTable:
+    if run.shard is not None:
         raise UsageError("--shard runs one shard on this machine and --engine dask splits all the data "
                          "across the cluster: give one or the other")
-    if prepared:
+    if run.prepared:
         raise UsageError("an engine calibrates the model file as given (the workers prepare it)")
     if isinstance(model, onnx.ModelProto):
         raise UsageError("calibrating on an engine needs the model as a file path (the workers read it)")
     dataset = data if isinstance(data, Dataset) else \
         open_dataset(data, input_specs(load_model(model, check=False)), image=image)
-    return calibrate_on(engine, model, dataset, spec=spec, **options)
+    return calibrate_on(engine, model, dataset, run, parts=parts)

@@ -16,6 +16,7 @@ import numpy as np
 import onnx
 
 from ptq_cli.model.graph import GraphIndex, attribute
+from ptq_cli.model.passes import LiftConstants
 
 SIGMAS = 4.0
 _KEEP = ("MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool", "Reshape", "Flatten", "Transpose",
@@ -24,8 +25,6 @@ _KEEP = ("MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool", "Reshap
 
 def batchnorm_ranges(source: onnx.ModelProto, prepared: onnx.ModelProto) -> dict[str, tuple[float, float]]:
     """Ranges of the BN outputs of `source`, carried forward through `prepared` (the graph quantized)."""
-    from ptq_cli.model.passes import LiftConstants
-
     lifted = onnx.ModelProto()
     lifted.CopyFrom(source)
     LiftConstants()(lifted)  # BN parameters stored in Constant nodes

@@ -33,6 +33,8 @@ import onnx
 from onnx import helper, numpy_helper
 from tqdm import tqdm
 
+from ptq_cli.calibration.collector import _run, calibration_session
+from ptq_cli.calibration.probes import Augmented
 from ptq_cli.calibration.sums import PairSum
 from ptq_cli.data import Batch
 from ptq_cli.model.graph import GraphIndex, NameAllocator, attribute
@@ -207,9 +209,6 @@ def collect_grams(model: onnx.ModelProto, batches: Iterable[Batch], *, progress:
                   total: int | None = None, sites: list[GramSite] | None = None,
                   threads: int = 0) -> dict[str, Gram]:
     """Σ x·xᵀ of every MatMul/Gemm/Conv weight's input over `batches`, keyed by gram_key."""
-    from ptq_cli.calibration.collector import _run, calibration_session
-    from ptq_cli.calibration.probes import Augmented
-
     sites = gram_sites(model) if sites is None else sites
     grams = {s.key: Gram() for s in sites}
     if not sites:

@@ -20,13 +20,14 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import onnx
 
 from ptq_cli.calibration.gram import Gram
 from ptq_cli.calibration.in_process import calibrate_in_process
+from ptq_cli.calibration.run import CalibrationRun
 from ptq_cli.calibration.stats import TensorStats
 from ptq_cli.calibration.table import CalibrationTable, model_sha256
 from ptq_cli.data import Dataset
@@ -34,6 +35,8 @@ from ptq_cli.data.split import Part, split_contiguous
 from ptq_cli.engine import Engine
 from ptq_cli.engine.gather import gather_in_order, submit_shards
 from ptq_cli.errors import CalibrationError, DataError, UsageError
+from ptq_cli.model.io import load_model
+from ptq_cli.model.prepare import prepare
 from ptq_cli.recipe import CalibrationSpec
 
 
@@ -42,42 +45,34 @@ class PartTask:
     """What a worker needs for one part: paths and settings, never arrays."""
 
     model: str
-    model_sha: str
     part: Part
-    spec: CalibrationSpec
-    batch_size: int
-    histograms: bool | None
-    channel_axis: int | None
-    grams: bool
-    provider: str
-    tensors: tuple[str, ...] | None
-    threads: int
+    run: CalibrationRun  # the part's own run: see calibrate_on
 
 
-def calibrate_on(engine: Engine, model: str | os.PathLike, dataset: Dataset, *, spec: CalibrationSpec,
-                 batch_size: int = 1, max_samples: int | None = None, parts: int | None = None,
-                 provider: str = "CPUExecutionProvider", tensors: Sequence[str] | None = None,
-                 progress: bool = True, histograms: bool | None = None, channel_axis: int | None = None,
-                 grams: bool = False) -> CalibrationTable:
+def calibrate_on(engine: Engine, model: str | os.PathLike, dataset: Dataset, run: CalibrationRun, *,
+                 parts: int | None = None) -> CalibrationTable:
     """The table calibrate() makes in one process, computed as `parts` tasks on `engine`
     (default: two per task slot, so a slow worker does not hold the rest back)."""
     if isinstance(model, onnx.ModelProto):
         raise UsageError("calibrating on an engine needs the model as a file path (the workers read it)")
-    if spec.moving_average:
+    if run.spec.moving_average:
         raise UsageError("--moving-average depends on the order of every batch and has no exact merge "
                          "across workers; calibrate it without --engine dask")
     path = str(Path(model).absolute())
     sha = model_sha256(path)
-    shards = split_contiguous(dataset, dataset.specs, parts or 2 * engine.slots, batch_size=batch_size,
-                              max_samples=max_samples)
+    shards = split_contiguous(dataset, dataset.specs, parts or 2 * engine.slots, batch_size=run.batch_size,
+                              max_samples=run.max_samples)
     if not shards:
         raise DataError(f"{dataset.description} holds no sample to calibrate on")
-    tasks = [PartTask(path, sha, part, spec, batch_size, histograms, channel_axis, grams, provider,
-                      None if tensors is None else tuple(tensors), engine.threads) for part in shards]
+    # A worker checks its file against the client's sha and prepares it once for all its parts
+    # (_prepared), runs the threads the engine gives a task, and shows no bar: the client's counts
+    # the parts' samples as they come back.
+    on_worker = replace(run, model_sha=sha, prepared=True, progress=False, threads=engine.threads)
+    tasks = [PartTask(path, part, replace(on_worker, max_samples=part.max_samples)) for part in shards]
     submitted = submit_shards(engine.executor, calibrate_part, tasks)
-    tables = gather_in_order(submitted, len(tasks), weights=[p.rows for p in shards], progress=progress,
+    tables = gather_in_order(submitted, len(tasks), weights=[p.rows for p in shards], progress=run.progress,
                              desc=f"calibrating on {engine.description}", unit="sample")
-    return fold_parts(tables, spec, sha, data=dataset.description)
+    return fold_parts(tables, run.spec, sha, data=dataset.description)
 
 
 def fold_parts(tables: Sequence[CalibrationTable], spec: CalibrationSpec, sha: str, *,
@@ -105,19 +100,12 @@ _PREPARED: dict[tuple[str, str], onnx.ModelProto] = {}  # per worker process: (p
 
 def calibrate_part(task: PartTask) -> CalibrationTable:
     """Run on a worker: one part's table (only its statistics are used: fold_parts adds them up)."""
-    return calibrate_in_process(_prepared(task.model, task.model_sha), task.part.dataset, spec=task.spec,
-                                batch_size=task.batch_size, max_samples=task.part.max_samples,
-                                provider=task.provider, tensors=task.tensors, progress=False,
-                                histograms=task.histograms, channel_axis=task.channel_axis, grams=task.grams,
-                                model_sha=task.model_sha, prepared=True, threads=task.threads)
+    return calibrate_in_process(_prepared(task.model, task.run.model_sha), task.part.dataset, task.run)
 
 
 def _prepared(path: str, sha: str) -> onnx.ModelProto:
     key = (path, sha)
     if key not in _PREPARED:
-        from ptq_cli.model.io import load_model
-        from ptq_cli.model.prepare import prepare
-
         found = model_sha256(path)
         if found != sha:
             raise CalibrationError(f"the worker reads another model at {path} (sha {found[:12]}..., the client's "

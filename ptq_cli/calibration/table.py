@@ -30,6 +30,7 @@ from ptq_cli.calibration.schema import check_range, validate_table
 from ptq_cli.calibration.stats import TensorStats
 from ptq_cli.errors import CalibrationError, UsageError
 from ptq_cli.files import write_text
+from ptq_cli.model.external import fits_in_protobuf, is_external, structure_copy, tensor_bytes
 from ptq_cli.model.io import sha256_file
 from ptq_cli.recipe import CalibMethod, CalibrationSpec
 
@@ -64,8 +65,6 @@ def _external_files(path: Path) -> list[str]:
 
 
 def _proto_sha256(model: onnx.ModelProto) -> str:
-    from ptq_cli.model.external import fits_in_protobuf, is_external, structure_copy, tensor_bytes
-
     if fits_in_protobuf(model) and not any(is_external(t) for t in model.graph.initializer):
         return hashlib.sha256(model.SerializeToString()).hexdigest()
     digest = hashlib.sha256(structure_copy(model).SerializeToString(deterministic=True))

@@ -12,6 +12,10 @@ import sys
 import click
 
 from ptq_cli import __version__
+from ptq_cli.cli.calibrate import calibrate_command
+from ptq_cli.cli.compare import compare_command
+from ptq_cli.cli.inspect import inspect_command
+from ptq_cli.cli.quantize import quantize_command
 from ptq_cli.cli.reporting import fail, interrupted
 from ptq_cli.foreign_errors import as_ptq_error
 
@@ -63,15 +67,6 @@ def main(ctx: click.Context, debug: bool) -> None:
     ctx.obj["debug"] = debug
 
 
-def _register() -> None:
-    # Commands register here, one module each, so `ptq --help` lists them all.
-    from ptq_cli.cli.calibrate import calibrate_command
-    from ptq_cli.cli.compare import compare_command
-    from ptq_cli.cli.inspect import inspect_command
-    from ptq_cli.cli.quantize import quantize_command
-
-    for command in (quantize_command, calibrate_command, compare_command, inspect_command):
-        main.add_command(command)
-
-
-_register()
+# Commands register here, one module each, so `ptq --help` lists them all.
+for _command in (quantize_command, calibrate_command, compare_command, inspect_command):
+    main.add_command(_command)

@@ -17,6 +17,7 @@ import click
 from ptq_cli.cli.reporting import echo_json, reported_errors
 from ptq_cli.cli.data_options import data_options, dataset_from_options, pop_data_options
 from ptq_cli.cli.engine_options import engine_options, engine_spec_from_options, pop_engine_options
+from ptq_cli.engine import open_engine
 from ptq_cli.model.io import check_writable
 from ptq_cli.recipe import CalibMethod, CalibrationSpec
 
@@ -95,6 +96,7 @@ def calibrate_command(ctx: click.Context, model: Path, **kwargs: Any) -> None:
     without reading data again. Memory does not grow with the number of samples.
     """
     with reported_errors(ctx):
+        # --help start-up: calibration costs ~60 ms
         from ptq_cli.calibration.api import calibrate
 
         data_opts = pop_data_options(kwargs)
@@ -113,8 +115,6 @@ def calibrate_command(ctx: click.Context, model: Path, **kwargs: Any) -> None:
         if engine_spec is None:
             table = calibrate(model, dataset, **options)
         else:
-            from ptq_cli.engine import open_engine
-
             with open_engine(engine_spec) as engine:
                 table = calibrate(model, dataset, engine=engine, parts=parts, **options)
         table.save(output, force=kwargs["force"], protect=inputs)
@@ -142,6 +142,7 @@ def merge_command(ctx: click.Context, tables: tuple[Path, ...], output: Path, fo
     exactly (they share a power-of-two grid). Tables of different models are refused.
     """
     with reported_errors(ctx):
+        # --help start-up: as calibrate above
         from ptq_cli.calibration.table import CalibrationTable, merge
 
         check_writable(output, force=force, protect=tables)

@@ -92,7 +92,7 @@ def _options(required: bool) -> list:
                      help="Divide by after subtracting the mean: one value or one per channel."),
         click.option("--bgr", is_flag=True, default=None,
                      help="Feed channels in BGR order (Caffe/OpenCV-trained models)."),
-        click.option("--layout", type=click.Choice([l.value for l in Layout], case_sensitive=False),
+        click.option("--layout", type=click.Choice([layout.value for layout in Layout], case_sensitive=False),
                      help="Image input layout; guessed from the input's shape when omitted."),
     ]
 

@@ -28,6 +28,7 @@ def inspect_command(ctx: click.Context, model: Path, calibration: Path | None, a
       ptq inspect model.int8.onnx
       ptq inspect model.int8.onnx --calibration model.calib.json --json
     """
+    # --help start-up: ptq_cli.inspect costs ~22 ms
     from ptq_cli.inspect import inspect_file
 
     with reported_errors(ctx):

@@ -11,9 +11,12 @@ from ptq_cli.cli.reporting import echo_json, reported_errors
 from ptq_cli.cli.budget_options import budget_from_options, budget_options, drift_lines, pop_budget_options
 from ptq_cli.cli.data_options import data_options, image_preprocess_from_options, pop_data_options
 from ptq_cli.cli.engine_options import engine_options, engine_spec_from_options, pop_engine_options
+from ptq_cli.engine import open_engine
+from ptq_cli.files import check_output
+from ptq_cli.model.kernels import host_kernels
 from ptq_cli.quantization.placement.latency.search import IfSlower, Objective
 from ptq_cli.recipe import (ExcludedConvInput, DEFAULT_DYNAMIC_OPS, CalibMethod, CalibrationSpec, Format, PerChannel, PerTensor, QType,
-                            Recipe, Rounding, Target, TensorSpec, WeightCodebook)
+                            Recipe, Rounding, Target, TensorSpec, WeightCodebook, WeightOnly, load_recipe)
 
 _QTYPES = [q.value for q in QType]
 
@@ -132,7 +135,7 @@ def quantize_command(ctx: click.Context, model: Path, output: Path | None, calib
     decoded as FP32's); the most sensitive nodes go back to float until it does. Exit 3, nothing written,
     when it cannot be met (unless --best-effort).
     """
-    from ptq_cli.files import check_output
+    # --help start-up: quantization costs ~110 ms
     from ptq_cli.quantization.api import default_output, quantize
 
     data_opts = pop_data_options(flags)
@@ -145,8 +148,6 @@ def quantize_command(ctx: click.Context, model: Path, output: Path | None, calib
                                    "samples out by itself")
         probed = None
         if target == "host" and recipe_file is None:
-            from ptq_cli.model.kernels import host_kernels
-
             probed = host_kernels()
         recipe = _recipe(recipe_file, **flags, target=None if recipe_file else _target(target, probed),
                          fmt_given=ctx.get_parameter_source("fmt").name != "DEFAULT")
@@ -164,8 +165,6 @@ def quantize_command(ctx: click.Context, model: Path, output: Path | None, calib
         if engine_spec is None:
             result = quantize(model, output, **run)
         else:
-            from ptq_cli.engine import open_engine
-
             with open_engine(engine_spec) as engine:
                 result = quantize(model, output, engine=engine, **run)
     if as_json:
@@ -186,8 +185,6 @@ def _recipe(recipe_file: Path | None, *, method, percentile, bins, per_channel, 
             bias_correction, equalize, rounding, seed, weight_codebook, dynamic_ops, weight_only, block_size,
             accuracy_level, excluded_conv_input, target: Target | None, fmt_given: bool = False) -> Recipe:
     if recipe_file is not None:
-        from ptq_cli.recipe import load_recipe
-
         return load_recipe(recipe_file)
     weights = TensorSpec(QType(weight_type), symmetric=not asymmetric_weights,
                          granularity=PerChannel() if per_channel else PerTensor(),
@@ -196,8 +193,6 @@ def _recipe(recipe_file: Path | None, *, method, percentile, bins, per_channel, 
                              power_of_two=power_of_two)
     blocks = None
     if weight_only is not None:
-        from ptq_cli.recipe import WeightOnly
-
         blocks = WeightOnly(QType(weight_only), int(block_size), symmetric=not asymmetric_weights,
                             qdq=fmt_given and fmt == "qdq", accuracy_level=accuracy_level)
     return Recipe(weights=weights, activations=activations, format=Format(fmt), dynamic=dynamic, weight_only=blocks,

@@ -18,6 +18,8 @@ from ptq_cli.comparison.host import host_report
 from ptq_cli.comparison.latency import LatencySettings, measure_latency
 from ptq_cli.drift.layers import match_layers
 from ptq_cli.comparison.report import CompareReport, ModelRef
+from ptq_cli.comparison.sharded import measure_on
+from ptq_cli.data import iter_batches, open_dataset
 from ptq_cli.drift.kinds import output_kinds
 from ptq_cli.drift.runtime import make_session
 from ptq_cli.drift.sensitivity import measure_sensitivity
@@ -58,8 +60,6 @@ def compare(reference: ModelLike, candidate: ModelLike, data, *, labels: str | o
     ref_model, ref_ref = _load(reference, "reference")
     cand_model, cand_ref = _load(candidate, "candidate")
     specs = check_same_inputs(ref_model, cand_model)
-    from ptq_cli.data import iter_batches, open_dataset  # the data readers pull in Pillow lazily
-
     if isinstance(data, (str, os.PathLike)):
         dataset = open_dataset(data, specs, image=image, labels=labels)
     else:
@@ -106,8 +106,6 @@ def _compare_on(engine: "Engine", reference: ModelLike, candidate: ModelLike, re
                 cand_model: onnx.ModelProto, dataset, *, per_layer: bool, latency: bool,
                 max_samples: int | None, batch_size: int, thresholds: Thresholds, progress: bool,
                 latency_settings: LatencySettings, parts: int | None) -> CompareReport:
-    from ptq_cli.comparison.sharded import measure_on
-
     if per_layer:
         raise UsageError("--per-layer runs in one process (it needs both models' intermediate tensors "
                          "side by side); drop --engine dask for it")

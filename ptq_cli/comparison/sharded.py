@@ -22,10 +22,11 @@ from ptq_cli.data import Dataset, iter_batches
 from ptq_cli.data.split import Part, split_contiguous
 from ptq_cli.drift.kinds import OutputKind
 from ptq_cli.drift.outputs import OutputState
+from ptq_cli.drift.runtime import make_session, run
 from ptq_cli.engine import Engine
 from ptq_cli.engine.gather import gather_in_order, submit_shards
 from ptq_cli.errors import ModelError
-from ptq_cli.model.io import sha256_file
+from ptq_cli.model.io import load_model, sha256_file
 
 
 @dataclass(frozen=True)
@@ -90,8 +91,6 @@ _SESSIONS: dict[tuple, tuple] = {}  # per worker process: the last (reference, c
 
 def compare_part(task: ComparePart) -> PartFigures:
     """Run on a worker: both models over one part, one fresh state per batch."""
-    from ptq_cli.drift.runtime import run
-
     ref_session, cand_session = _sessions(task)
     names_ref, names_cand = [r for r, _ in task.pairs], [c for _, c in task.pairs]
     batches, samples, labelled = [], 0, 0
@@ -111,9 +110,6 @@ def compare_part(task: ComparePart) -> PartFigures:
 def _sessions(task: ComparePart) -> tuple:
     key = (task.reference, task.candidate, task.shas, task.threads)
     if key not in _SESSIONS:
-        from ptq_cli.drift.runtime import make_session
-        from ptq_cli.model.io import load_model
-
         for path, sha in zip((task.reference, task.candidate), task.shas):
             if sha256_file(path) != sha:
                 raise ModelError(f"the worker reads another model at {path} than the client; give the "

@@ -90,6 +90,7 @@ class ImagePreprocess:
         return np.ascontiguousarray(pixels[np.newaxis], dtype=np.float32)
 
     def _resize_and_crop(self, image, height: int | None, width: int | None, source: str):
+        # optional: the images extra (the image given came from Pillow)
         from PIL import Image
 
         bilinear = Image.Resampling.BILINEAR
@@ -152,7 +153,7 @@ def image_geometry(spec: InputSpec, layout: Layout | None,
 
 
 def open_image(path: Path, source: str):
-    try:
+    try:  # optional: the images extra
         from PIL import Image
     except ImportError:
         raise DataError("reading images needs Pillow: pip install 'ptq-cli[images]'") from None

@@ -138,7 +138,7 @@ def _masks(model: onnx.ModelProto, specs: list[InputSpec], vocab: dict[str, int]
 
 
 def _image_input(spec: InputSpec, preprocess: ImagePreprocess, rng: np.random.Generator, source: str) -> np.ndarray:
-    try:
+    try:  # optional: the images extra
         from PIL import Image
     except ImportError:
         raise DataError("synthetic images need Pillow: pip install 'ptq-cli[images]'") from None

@@ -12,6 +12,7 @@ from ptq_cli.drift.metrics import (ClassAccumulator, ErrorAccumulator, LabelOutO
                                    hist_edges)
 from ptq_cli.drift.report import ClassReport, OutputReport
 from ptq_cli.drift.sequences import SequenceAccumulator, best_classes, class_counts
+from ptq_cli.errors import DataError, ModelError
 
 
 @dataclass(frozen=True)
@@ -41,7 +42,6 @@ class PerfectBatch:
                                 sequences=ref.shape[0] if decoded else 0,
                                 counts=class_counts(best_classes(ref)) if decoded else {})
         return batch
-from ptq_cli.errors import DataError, ModelError
 
 
 class OutputState:

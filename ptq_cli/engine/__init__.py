@@ -13,6 +13,8 @@ default start-up imports nothing more.
 from __future__ import annotations
 
 from ptq_cli.engine.base import KINDS, Engine, EngineSpec
+from ptq_cli.engine.dask import dask_engine
+from ptq_cli.engine.local import local_engine
 
 __all__ = ["KINDS", "Engine", "EngineSpec", "open_engine"]
 
@@ -20,9 +22,5 @@ __all__ = ["KINDS", "Engine", "EngineSpec", "open_engine"]
 def open_engine(spec: EngineSpec = EngineSpec()) -> Engine:
     """The engine `spec` describes; close it (or use it as a context manager) when done."""
     if spec.kind == "local":
-        from ptq_cli.engine.local import local_engine
-
         return local_engine()
-    from ptq_cli.engine.dask import dask_engine
-
     return dask_engine(spec)

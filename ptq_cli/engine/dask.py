@@ -16,7 +16,7 @@ INSTALL_HINT = "pip install 'ptq-cli[dask]'"
 
 
 def dask_engine(spec: EngineSpec) -> Engine:
-    try:
+    try:  # optional: the dask extra, imported only when asked for
         import dask
         from distributed import Client, LocalCluster
     except ImportError as exc:

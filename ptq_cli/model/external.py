@@ -19,6 +19,8 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from ptq_cli.errors import ModelError
+
 # protobuf refuses to serialize (or even size) a message of 2 GiB or more.
 PROTOBUF_LIMIT = 2**31 - 1
 BASE_KEY = "ptq_base_dir"
@@ -252,8 +254,6 @@ def serialized(model: onnx.ModelProto) -> bytes:
     if not any(is_external(t) for t in model.graph.initializer):
         return model.SerializeToString()
     if model_size(model).total >= PROTOBUF_LIMIT:
-        from ptq_cli.errors import ModelError
-
         raise ModelError("this step needs the model as one protobuf message, and it is 2 GB or more; "
                          "use --objective size (no latency timing) for models this large")
     return inlined(model).SerializeToString()

@@ -23,6 +23,7 @@ import onnx
 
 from ptq_cli.errors import UsageError
 from ptq_cli.model.external import fits_in_protobuf, model_size, runtime_view
+from ptq_cli.model.io import save_model
 
 if TYPE_CHECKING:
     import onnxruntime as ort
@@ -54,6 +55,7 @@ class SessionSpec:
     profile_prefix: str | None = None  # profile every run into files with this prefix
 
     def session_options(self) -> "ort.SessionOptions":
+        # --help start-up: onnxruntime costs ~22 ms (this module is on its path)
         import onnxruntime as ort
 
         options = ort.SessionOptions()
@@ -78,6 +80,7 @@ def open_session(model: onnx.ModelProto | bytes | str | os.PathLike,
     maps itself); one whose in-memory part is 2 GB or more is saved once to a private temporary
     folder, weights streamed to external data, and loaded from there. Bytes and paths go to
     onnxruntime as they are."""
+    # --help start-up: onnxruntime costs ~22 ms (this module is on its path)
     import onnxruntime as ort
 
     available = ort.get_available_providers()
@@ -97,8 +100,6 @@ def open_session(model: onnx.ModelProto | bytes | str | os.PathLike,
             if folder:
                 options.add_session_config_entry(_EXTERNAL_FOLDER, folder)
             return ort.InferenceSession(model.SerializeToString(), options, **kwargs)
-    from ptq_cli.model.io import save_model
-
     with tempfile.TemporaryDirectory(prefix="ptq-session-") as tmp:
         path = save_model(model, Path(tmp) / "model.onnx")
         return ort.InferenceSession(str(path), options, **kwargs)

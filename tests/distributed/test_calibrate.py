@@ -10,6 +10,7 @@ import pytest
 from click.testing import CliRunner
 
 from ptq_cli.calibration.api import calibrate
+from ptq_cli.calibration.run import CalibrationRun
 from ptq_cli.calibration.sharded import PartTask, calibrate_part, fold_parts
 from ptq_cli.calibration.table import CalibrationTable, model_sha256, merge
 from ptq_cli.cli import main
@@ -62,8 +63,7 @@ def test_a_part_run_twice_and_results_in_any_order_give_the_same_table(engine, c
     dataset = open_dataset(data_dir, input_specs(onnx.load(str(conv_model))))
     sha = model_sha256(conv_model)
     parts = split_contiguous(dataset, dataset.specs, 3, batch_size=2)
-    tasks = [PartTask(str(conv_model.absolute()), sha, p, SPEC, 2, None, None, True, "CPUExecutionProvider",
-                      None, 1) for p in parts]
+    tasks = [_task(conv_model, sha, p) for p in parts]
     order = [(i, t) for i, t in enumerate(tasks)] + [(1, tasks[1])]  # part 1 submitted twice
     random.Random(0).shuffle(order)
     submitted = [(i, engine.executor.submit(calibrate_part, task)) for i, task in order]
@@ -109,8 +109,7 @@ def test_a_worker_that_dies_is_retried_and_the_table_stays_exact(engine, conv_mo
     dataset = open_dataset(data_dir, input_specs(onnx.load(str(conv_model))))
     sha = model_sha256(conv_model)
     parts = split_contiguous(dataset, dataset.specs, 2, batch_size=2)
-    tasks = [PartTask(str(conv_model.absolute()), sha, p, SPEC, 2, None, None, True, "CPUExecutionProvider",
-                      None, 1) for p in parts]
+    tasks = [_task(conv_model, sha, p) for p in parts]
     marker = tmp_path / "died-once"
     submitted = [(0, engine.executor.submit(_die_once, tasks[0], str(marker))),
                  (1, engine.executor.submit(calibrate_part, tasks[1]))]
@@ -119,6 +118,13 @@ def test_a_worker_that_dies_is_retried_and_the_table_stays_exact(engine, conv_mo
     fold_parts(tables, SPEC, sha, data=dataset.description).save(tmp_path / "t.json")
     assert (tmp_path / "t.json").read_bytes() == single.read_bytes()
     assert isinstance(tables[0], CalibrationTable) and np.isfinite(tables[0].stats["x"].minmax.max)
+
+
+def _task(model, sha: str, part) -> PartTask:
+    """The task calibrate_on gives a worker for `part` of a run with OPTIONS, one thread."""
+    run = CalibrationRun(spec=SPEC, batch_size=2, grams=True, progress=False, max_samples=part.max_samples,
+                         model_sha=sha, prepared=True, threads=1)
+    return PartTask(str(model.absolute()), part, run)
 
 
 def _die_once(task, marker: str):
