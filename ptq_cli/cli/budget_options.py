@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import click
+
+from ptq_cli.errors import UsageError
 
 BUDGET_OPTION_NAMES = ("eval_data", "min_sqnr", "min_cosine", "min_agreement", "min_sequence_agreement",
                        "max_top1_drop", "no_budget", "best_effort", "budget_time", "budget_trials", "jobs")
@@ -58,10 +61,9 @@ def pop_budget_options(kwargs: dict[str, Any]) -> dict[str, Any]:
 
 def budget_from_options(*, eval_data, min_sqnr, min_cosine, min_agreement, min_sequence_agreement, max_top1_drop,
                         no_budget, best_effort, budget_time, budget_trials, jobs):
+    # --help start-up: the drift package and the quantization stack (numpy, onnx, onnxruntime) cost
+    # most of a second; only a run that quantizes needs them.
     from ptq_cli.drift.thresholds import Thresholds
-    from ptq_cli.errors import UsageError
-    from dataclasses import replace
-
     from ptq_cli.quantization.placement.budget import DEFAULT_SECONDS, DEFAULT_TRIALS, MEASURE_ONLY, Budget
 
     given = Thresholds(min_sqnr, max_top1_drop, min_cosine, min_agreement, min_sequence_agreement)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from ptq_cli.calibration.table import CalibrationTable
 from ptq_cli.errors import UsageError
 from ptq_cli.inspect.read import inspect_model
 from ptq_cli.inspect.report import InspectReport
@@ -18,8 +19,6 @@ def inspect_file(model: str | os.PathLike, calibration: str | os.PathLike | None
     loaded = load_model(path)
     ranges = None
     if calibration is not None:
-        from ptq_cli.calibration.table import CalibrationTable
-
         table = CalibrationTable.load(calibration)
         source = {p.key: p.value for p in loaded.metadata_props}.get("ptq.source_sha256")
         if source:
