@@ -5,13 +5,10 @@ the factory that imports them do not import each other."""
 
 from __future__ import annotations
 
+from concurrent.futures import Executor
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 from ptq_cli.errors import UsageError
-
-if TYPE_CHECKING:  # concurrent.futures costs milliseconds that `ptq --help` need not pay
-    from concurrent.futures import Executor
 
 KINDS = ("local", "dask")
 
