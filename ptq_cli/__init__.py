@@ -12,8 +12,9 @@ from importlib import import_module
 
 __version__ = "0.1.0"
 
-# Resolved on first use (module __getattr__), so that `ptq` starts without importing onnx (a
-# Ctrl-C while the tool is still starting is then caught by the command line). The functions are
+# Resolved on first use (module __getattr__), so that `import ptq_cli` imports no stage, and
+# the command line imports each command's library only when it runs (a Ctrl-C while the tool is
+# still starting is then caught by the command line). The functions are
 # named after the commands, their stages live in quantization/, calibration/ and comparison/: no
 # subpackage has a public name, so importing one never rebinds it (tests/test_layering.py).
 _PUBLIC = {

@@ -19,6 +19,7 @@ prepares it once for all its parts.
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -96,6 +97,8 @@ def fold_parts(tables: Sequence[CalibrationTable], spec: CalibrationSpec, sha: s
 
 
 _PREPARED: dict[tuple[str, str], onnx.ModelProto] = {}  # per worker process: (path, sha) -> model
+# A worker runs as many tasks at once as it has threads: one of them prepares, the others wait for it.
+_PREPARING = threading.Lock()
 
 
 def calibrate_part(task: PartTask) -> CalibrationTable:
@@ -105,11 +108,14 @@ def calibrate_part(task: PartTask) -> CalibrationTable:
 
 def _prepared(path: str, sha: str) -> onnx.ModelProto:
     key = (path, sha)
-    if key not in _PREPARED:
-        found = model_sha256(path)
-        if found != sha:
-            raise CalibrationError(f"the worker reads another model at {path} (sha {found[:12]}..., the client's "
-                                   f"is {sha[:12]}...); give the workers the same file")
-        _PREPARED.clear()  # one model at a time: a worker does not collect every model it saw
-        _PREPARED[key] = prepare(load_model(path, check=False), min_opset=0)
-    return _PREPARED[key]
+    with _PREPARING:
+        model = _PREPARED.get(key)
+        if model is None:
+            found = model_sha256(path)
+            if found != sha:
+                raise CalibrationError(f"the worker reads another model at {path} (sha {found[:12]}..., the "
+                                       f"client's is {sha[:12]}...); give the workers the same file")
+            model = prepare(load_model(path, check=False), min_opset=0)
+            _PREPARED.clear()  # one model at a time: a worker does not collect every model it saw
+            _PREPARED[key] = model
+    return model

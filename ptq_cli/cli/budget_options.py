@@ -61,8 +61,8 @@ def pop_budget_options(kwargs: dict[str, Any]) -> dict[str, Any]:
 
 def budget_from_options(*, eval_data, min_sqnr, min_cosine, min_agreement, min_sequence_agreement, max_top1_drop,
                         no_budget, best_effort, budget_time, budget_trials, jobs):
-    # --help start-up: the drift package and the quantization stack (numpy, onnx, onnxruntime) cost
-    # most of a second; only a run that quantizes needs them.
+    # --help start-up: the drift package and the quantization stack cost ~90 ms more; only a run
+    # that quantizes needs them.
     from ptq_cli.drift.thresholds import Thresholds
     from ptq_cli.quantization.placement.budget import DEFAULT_SECONDS, DEFAULT_TRIALS, MEASURE_ONLY, Budget
 

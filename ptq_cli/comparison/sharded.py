@@ -14,6 +14,7 @@ which times the models on this machine (the client) on the first batches it read
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -87,6 +88,7 @@ def _first_feeds(dataset: Dataset, batch_size: int, max_samples: int | None, cou
 
 
 _SESSIONS: dict[tuple, tuple] = {}  # per worker process: the last (reference, candidate) sessions
+_OPENING = threading.Lock()  # a worker runs several tasks at once: one opens, the others wait
 
 
 def compare_part(task: ComparePart) -> PartFigures:
@@ -109,12 +111,15 @@ def compare_part(task: ComparePart) -> PartFigures:
 
 def _sessions(task: ComparePart) -> tuple:
     key = (task.reference, task.candidate, task.shas, task.threads)
-    if key not in _SESSIONS:
-        for path, sha in zip((task.reference, task.candidate), task.shas):
-            if sha256_file(path) != sha:
-                raise ModelError(f"the worker reads another model at {path} than the client; give the "
-                                 "workers the same files")
-        _SESSIONS.clear()  # one pair at a time
-        _SESSIONS[key] = (make_session(load_model(task.reference), "reference", threads=task.threads),
-                          make_session(load_model(task.candidate), "candidate", threads=task.threads))
-    return _SESSIONS[key]
+    with _OPENING:
+        pair = _SESSIONS.get(key)
+        if pair is None:
+            for path, sha in zip((task.reference, task.candidate), task.shas):
+                if sha256_file(path) != sha:
+                    raise ModelError(f"the worker reads another model at {path} than the client; give the "
+                                     "workers the same files")
+            pair = (make_session(load_model(task.reference), "reference", threads=task.threads),
+                    make_session(load_model(task.candidate), "candidate", threads=task.threads))
+            _SESSIONS.clear()  # one pair at a time
+            _SESSIONS[key] = pair
+    return pair

@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 
 from ptq_cli.drift.report import OutputReport, ThresholdResult
+from ptq_cli.drift.thresholds import THRESHOLD_NAMES
 
 DRIFT_KEY = "ptq.drift"  # the metadata entry of a quantized file that holds its DriftRecord (JSON)
 
@@ -120,10 +121,14 @@ def _names(names: tuple[str, ...], shown: int = 8) -> str:
 
 
 def _limits(thresholds: Mapping) -> str:
-    shown = [f"{name} {value:g}" for name, value in sorted(thresholds.items()) if name != "by_kind" and value is not None]
-    for kind, limits in thresholds.get("by_kind", {}).items():
-        inner = ", ".join(f"{name} {value:g}" for name, value in limits.items() if value is not None)
-        shown.append(f"{kind} outputs {inner}")
+    """The limits in one fixed order (thresholds.THRESHOLD_NAMES, kinds alphabetically), whatever
+    order the mapping has: the metadata's JSON is written with sorted keys, a live budget is not."""
+    def listed(limits: Mapping) -> list[str]:
+        return [f"{name} {limits[name]:g}" for name in THRESHOLD_NAMES if limits.get(name) is not None]
+
+    shown = listed(thresholds)
+    for kind, limits in sorted(thresholds.get("by_kind", {}).items()):
+        shown.append(f"{kind} outputs {', '.join(listed(limits))}")
     return ", ".join(shown) or "none"
 
 

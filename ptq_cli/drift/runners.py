@@ -16,14 +16,15 @@ import collections
 import hashlib
 import itertools
 import math
+import threading
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING
 
 import onnx
 
 from ptq_cli.drift.runtime import make_session, run
-from ptq_cli.model.sessions import run_in_order
 from ptq_cli.model.external import serialized
+from ptq_cli.model.sessions import run_in_order
 
 if TYPE_CHECKING:
     from ptq_cli.engine import Engine
@@ -88,14 +89,16 @@ def _in_order(submit, fn, items: Sequence, in_flight: int):
 
 # On a worker: the sessions of the last models asked for, by digest (a trial's tasks share one).
 _WORKER_SESSIONS: collections.OrderedDict = collections.OrderedDict()
+_OPENING = threading.Lock()  # a worker runs several tasks at once: one opens, the others wait
 
 
 def run_chunks(model: bytes, chunks: Sequence[dict], names: list[str], threads: int, what: str) -> list[dict]:
     """A task: `model`'s outputs `names` on each chunk (runs on a worker, or wherever called)."""
     key = hashlib.blake2b(model, digest_size=20).digest()
-    session = _WORKER_SESSIONS.get(key)
-    if session is None:
-        session = _WORKER_SESSIONS[key] = make_session(model, what, threads=threads)
-        while len(_WORKER_SESSIONS) > 2:
-            _WORKER_SESSIONS.popitem(last=False)
+    with _OPENING:
+        session = _WORKER_SESSIONS.get(key)
+        if session is None:
+            session = _WORKER_SESSIONS[key] = make_session(model, what, threads=threads)
+            while len(_WORKER_SESSIONS) > 2:
+                _WORKER_SESSIONS.popitem(last=False)
     return [run(session, chunk, what, names) for chunk in chunks]

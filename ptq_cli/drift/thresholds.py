@@ -36,7 +36,7 @@ class Thresholds:
     min_sequence_agreement: float | None = None
 
     def __post_init__(self) -> None:
-        for name in _NAMES:
+        for name in THRESHOLD_NAMES:
             value = getattr(self, name)
             if value is not None and not math.isfinite(value):
                 raise UsageError(f"threshold {name} must be a finite number, got {value}")
@@ -51,19 +51,20 @@ class Thresholds:
 
     @property
     def any(self) -> bool:
-        return any(getattr(self, name) is not None for name in _NAMES)
+        return any(getattr(self, name) is not None for name in THRESHOLD_NAMES)
 
     def to_dict(self) -> dict:
-        return {name: getattr(self, name) for name in _NAMES}
+        return {name: getattr(self, name) for name in THRESHOLD_NAMES}
 
     def describe(self) -> str:
         units = {"min_sqnr": " dB", "max_top1_drop": " pt"}
-        shown = [f"{name} {getattr(self, name):g}{units.get(name, '')}" for name in _NAMES
+        shown = [f"{name} {getattr(self, name):g}{units.get(name, '')}" for name in THRESHOLD_NAMES
                  if getattr(self, name) is not None]
         return ", ".join(shown) or "none"
 
 
-_NAMES = ("min_sqnr", "max_top1_drop", "min_cosine", "min_agreement", "min_sequence_agreement")
+THRESHOLD_NAMES = (  # the order every report lists them in
+    "min_sqnr", "max_top1_drop", "min_cosine", "min_agreement", "min_sequence_agreement")
 
 
 def evaluate(thresholds: Thresholds, outputs: tuple[OutputReport, ...], *,

@@ -254,7 +254,7 @@ def _choose(source: Source, mode: Mode, data, eval_data, image, labels, budget: 
         timed_on = mode.timing_data if mode.timing_data is not None else data
         with stopwatch.phase("latency search"):
             decision = retime(decision, source.model, quantized, plan, recipe,
-                              timing_feeds(source.model, timed_on, image)[0], machine or OnnxruntimeMachine(), why)
+                              timing_feeds(source.model, timed_on, image)[0], machine, why)
     return Chosen(quantized, plan, recipe, outcome, decision)
 
 

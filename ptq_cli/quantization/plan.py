@@ -81,7 +81,9 @@ class QuantPlan:
 
     Frozen: placement builds it (placement/place.py), every later stage derives a new one with
     `dataclasses.replace` (the arithmetic refines weights, quantize_model records what the
-    emitters wrote), so a plan a stage was handed is the plan it reads to the end."""
+    emitters wrote), so a plan a stage was handed is the plan it reads to the end. The maps are
+    shared by the plans derived from one another and typed read-only (Mapping): a stage that
+    changes one builds a new dict (rounding.py, replan_weights) and never writes into it."""
 
     activations: Mapping[str, QParams] = field(default_factory=dict)
     weights: Mapping[tuple[str, str], WeightPlan] = field(default_factory=dict)  # (node, input) ->

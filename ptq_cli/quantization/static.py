@@ -44,8 +44,10 @@ def quantize_model(model: onnx.ModelProto, recipe: Recipe, ranges: Ranges,
     prepared = prepared_result.model
     recipe, notes = fit_recipe(recipe, opset_version(prepared))
     if recipe is None:  # the opset has no QuantizeLinear and cannot be raised
-        return prepared, QuantPlan(skipped=all_float(prepared, notes[0]), notes=notes,
-                                   prepare_skipped=prepared_result.skipped)
+        unchanged = onnx.ModelProto()
+        unchanged.CopyFrom(prepared)  # the caller's model may be the one given: it gets stamped
+        return unchanged, QuantPlan(skipped=all_float(prepared, notes[0]), notes=notes,
+                                    prepare_skipped=prepared_result.skipped)
     prepared, plan = _refined(prepared, make_plan(prepared, recipe, ranges), recipe, channel_means, grams)
     emit = emit_qoperator if recipe.format is Format.QOPERATOR else emit_qdq
 
@@ -55,9 +57,13 @@ def quantize_model(model: onnx.ModelProto, recipe: Recipe, ranges: Ranges,
 
     static = emit_bodies(emit(prepared, plan), emit_body)
     run_time = _dynamic_matmuls(static.model, plan, recipe)
-    return run_time.model, replace(plan, quantized=static.quantized, skipped=static.skipped,
-                                   dynamic=run_time.quantized, prepare_skipped=prepared_result.skipped,
-                                   notes=plan.notes + notes)
+    # A MatMul placement sent to run time that the dynamic emitter refused stays float: say why.
+    order = {n.name: i for i, n in enumerate(prepared.graph.node)}
+    refused = tuple(s for s in run_time.skipped if s.node in plan.dynamic)
+    skipped = tuple(sorted(static.skipped + refused, key=lambda s: order.get(s.node, len(order))))
+    return run_time.model, replace(plan, quantized=static.quantized, skipped=skipped, dynamic=run_time.quantized,
+                                   prepare_skipped=prepared_result.skipped,
+                                   notes=plan.notes + notes + static.notes + run_time.notes)
 
 
 def _refined(prepared: onnx.ModelProto, plan: QuantPlan, recipe: Recipe, channel_means, grams

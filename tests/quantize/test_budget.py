@@ -444,6 +444,10 @@ def test_the_drift_record_is_one_object_for_summary_json_metadata_and_inspect(tm
     assert DriftRecord.from_dict(said) == record and record.met and record.outputs[0].sqnr_db > 30
     shown = CliRunner().invoke(main, ["inspect", str(out)])
     assert shown.exit_code == 0, shown.output
-    assert all(line in shown.output for line in record.lines())
+    summary = CliRunner().invoke(main, ["quantize", str(source), "--data", str(CALIB), "-o", str(tmp_path / "again.onnx")])
+    assert summary.exit_code == 0, summary.output
+    drift_lines = [line for line in summary.output.splitlines() if line in record.lines()]
+    assert drift_lines == record.lines() and all(line in shown.output for line in drift_lines)
+    assert "budget min_cosine 0.97, min_agreement 0.9, embedding outputs" in summary.output  # the budget's order
     assert json.loads(CliRunner().invoke(main, ["inspect", str(out), "--json"]).stdout)["drift"] == said
     assert source.read_bytes() == before

@@ -10,6 +10,8 @@ at once; the run-time, weight-only and codebook emitters decide node by node fro
 alone (a node's form depends on nothing but the node), so the recipe is their plan. Either way
 the emitter copies the model (the one given is never touched) and says, per node it looked at,
 whether it wrote it in integer form or left it float and why, in the same types placement uses.
+`emit_bodies` is the one that does not copy: it completes another emitter's fresh result (its
+bodies) in place, as no other stage has seen that model yet.
 """
 
 from __future__ import annotations

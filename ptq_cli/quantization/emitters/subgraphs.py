@@ -40,15 +40,17 @@ def emit_bodies(outer: EmitResult, emit_body: EmitBody) -> EmitResult:
     model = outer.model
     done: list[str] = []
     skipped: list[SkipReason] = []
+    notes: list[str] = []
     weights = {t.name: t for t in model.graph.initializer}
-    _visit(model, model.graph, _types(model.graph), weights, emit_body, done, skipped)
+    _visit(model, model.graph, _types(model.graph), weights, emit_body, done, skipped, notes)
     drop_unused_initializers(model.graph)  # weights now quantized inside the bodies
     owners = {n.name for n in model.graph.node if n.op_type in _BODY_OPS} if done else set()
     kept = tuple(s for s in outer.skipped if s.node not in owners)
-    return EmitResult(model, outer.quantized + tuple(done), kept + tuple(skipped), outer.notes)
+    return EmitResult(model, outer.quantized + tuple(done), kept + tuple(skipped),
+                      tuple(dict.fromkeys(outer.notes + tuple(notes))))
 
 
-def _visit(model, graph, scope, weights, emit_body, done, skipped) -> None:
+def _visit(model, graph, scope, weights, emit_body, done, skipped, notes) -> None:
     for node in graph.node:
         if node.op_type not in _BODY_OPS or node.domain not in ("", "ai.onnx"):
             continue
@@ -65,8 +67,9 @@ def _visit(model, graph, scope, weights, emit_body, done, skipped) -> None:
             _import_domains(model, quantized)  # e.g. com.microsoft for a DynamicQuantizeLSTM
             done += emitted.quantized
             skipped += emitted.skipped
+            notes += emitted.notes
             inner = {**weights, **{t.name: t for t in attr.g.initializer}}
-            _visit(model, attr.g, {**scope, **_types(quantized.graph)}, inner, emit_body, done, skipped)
+            _visit(model, attr.g, {**scope, **_types(quantized.graph)}, inner, emit_body, done, skipped, notes)
 
 
 def _standalone(model: onnx.ModelProto, body: onnx.GraphProto, scope: dict[str, onnx.TypeProto],
