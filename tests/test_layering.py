@@ -16,7 +16,8 @@ from tests.conftest import REPO
 PACKAGE = REPO / "ptq_cli"
 ABOVE_ARITHMETIC = ("ptq_cli.quantization.placement", "ptq_cli.quantization.emitters", "ptq_cli.quantization.api",
                     "ptq_cli.quantization.modes", "ptq_cli.quantization.static", "ptq_cli.quantization.output",
-                    "ptq_cli.quantization.timings", "ptq_cli.quantization.datafree")
+                    "ptq_cli.quantization.timings", "ptq_cli.quantization.datafree",
+                    "ptq_cli.quantization.source")
 
 
 def _module(path: Path) -> str:

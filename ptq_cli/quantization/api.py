@@ -14,13 +14,11 @@ from pathlib import Path
 import onnx
 
 from ptq_cli import __version__
-from ptq_cli.calibration.table import model_sha256
 from ptq_cli.drift.record import DriftRecord
 from ptq_cli.errors import ModelError, UsageError
 from ptq_cli.model.external import PROTOBUF_LIMIT, model_size
-from ptq_cli.model.io import LAZY_ABOVE, check_model, check_writable, load_model, save_model
+from ptq_cli.model.io import LAZY_ABOVE, check_writable, save_model
 from ptq_cli.model.kernels import HostKernels
-from ptq_cli.model.passes.float32 import ToFloat32, float_kinds
 from ptq_cli.model.prepare import prepare
 from ptq_cli.quantization.modes import Mode, codebook_mode, dynamic_mode, static_mode, weight_only_mode
 from ptq_cli.quantization.output import check_excludes, check_run_time, nothing_quantized, stamp, verify_loads
@@ -30,6 +28,7 @@ from ptq_cli.quantization.placement.latency.feeds import timing_feeds
 from ptq_cli.quantization.placement.latency.machine import Machine, OnnxruntimeMachine
 from ptq_cli.quantization.placement.latency.search import retime
 from ptq_cli.quantization.plan import QuantPlan, SkipReason, Why
+from ptq_cli.quantization.source import Source, load_source
 from ptq_cli.quantization.static import Ranges, quantize_model, required_opset
 from ptq_cli.quantization.timings import Stopwatch
 from ptq_cli.recipe import Recipe
@@ -181,16 +180,6 @@ def quantize(model: str | os.PathLike | onnx.ModelProto, output: str | os.PathLi
 
 
 @dataclass(frozen=True)
-class Source:
-    """The model as quantize reads it: float32 inside, its hash and path, and what loading changed."""
-
-    model: onnx.ModelProto
-    sha256: str
-    path: Path | None  # None: given as a ModelProto
-    notes: tuple[str, ...] = ()  # e.g. float16 computed in float32 between Casts
-
-
-@dataclass(frozen=True)
 class Chosen:
     """The candidate to write, and what chose it."""
 
@@ -201,34 +190,16 @@ class Chosen:
     decision: LatencyDecision | None  # the latency search's, timed on what is written; None: not timed
 
 
-def load_source(model: str | os.PathLike | onnx.ModelProto) -> Source:
-    """Read and hash the model (lazily above 256 MB); a float16/bfloat16/float64 model becomes
-    float32 between Casts at its edges, which the notes say."""
-
-    if isinstance(model, onnx.ModelProto):
-        check_model(model)
-        loaded, sha, path = model, model_sha256(model), None
-    else:
-        path = Path(model)
-        loaded, sha = load_model(path), model_sha256(path)
-    if not float_kinds(loaded):
-        return Source(loaded, sha, path)
-    converted = onnx.ModelProto()
-    converted.CopyFrom(loaded)
-    return Source(converted, sha, path, ToFloat32()(converted).changes)
-
-
 def _mode(source: Source, recipe: Recipe, data, calibration, image, *, data_free: bool, objective: Objective,
           if_slower: IfSlower, machine: Machine | None, stopwatch: Stopwatch, collect: dict) -> Mode:
     """How this kind of quantization builds candidates, from data read once (modes.py)."""
-    model, sha, path = source.model, source.sha256, source.path
     if recipe.weight_only is not None:
-        return weight_only_mode(model, sha, path, data, calibration, recipe, image, **collect)
+        return weight_only_mode(source, data, calibration, recipe, image, **collect)
     if recipe.dynamic:
-        return dynamic_mode(model, recipe)
+        return dynamic_mode(source, recipe)
     if recipe.weight_codebook is not None:
-        return codebook_mode(model, path, sha, data, calibration, recipe, image, **collect)
-    return static_mode(model, sha, data, calibration, recipe, image, data_free=data_free, objective=objective,
+        return codebook_mode(source, data, calibration, recipe, image, **collect)
+    return static_mode(source, data, calibration, recipe, image, data_free=data_free, objective=objective,
                        if_slower=if_slower, machine=machine, stopwatch=stopwatch, **collect)
 
 

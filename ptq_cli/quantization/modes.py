@@ -31,6 +31,7 @@ from ptq_cli.quantization.placement.latency.feeds import timing_feeds
 from ptq_cli.quantization.placement.latency.machine import Machine
 from ptq_cli.quantization.placement.opsets import all_float, fit_recipe
 from ptq_cli.quantization.plan import QuantPlan
+from ptq_cli.quantization.source import Source
 from ptq_cli.quantization.static import quantize_model, required_opset
 from ptq_cli.quantization.timings import Stopwatch
 from ptq_cli.recipe import CalibMethod, Recipe, Rounding
@@ -49,9 +50,11 @@ class Mode:
     timing_data: object = None      # what placements were timed on (data-free: the synthetic samples)
 
 
-def weight_only_mode(source, source_sha, path, data, calibration, recipe: Recipe, image, **collect) -> Mode:
+def weight_only_mode(loaded: Source, data, calibration, recipe: Recipe, image, **collect) -> Mode:
     """Block-wise weights, float activations; GPTQ reads the Gram matrices of a calibration."""
-    grams, described = _weight_only_grams(source, source_sha, path, data, calibration, recipe, image, **collect)
+    source = loaded.model
+    grams, described = _weight_only_grams(source, loaded.sha256, loaded.path, data, calibration, recipe, image,
+                                          **collect)
 
     def build(r: Recipe) -> tuple[onnx.ModelProto, QuantPlan]:
         min_opset = QDQ_4_16_BIT_OPSET if r.weight_only.qdq else QDQ_PER_AXIS_OPSET
@@ -59,17 +62,18 @@ def weight_only_mode(source, source_sha, path, data, calibration, recipe: Recipe
     return Mode(build, recipe, described, source)
 
 
-def dynamic_mode(source, recipe: Recipe) -> Mode:
+def dynamic_mode(loaded: Source, recipe: Recipe) -> Mode:
     """Run-time activation ranges: no data; the model is prepared once, for every trial."""
     check_dynamic_recipe(recipe)
-    prepared = prepare_with_result(source, min_opset=QDQ_PER_AXIS_OPSET)
-    return Mode(lambda r: _dynamic(prepared, r), recipe, DYNAMIC_DATA, source)
+    prepared = prepare_with_result(loaded.model, min_opset=QDQ_PER_AXIS_OPSET)
+    return Mode(lambda r: _dynamic(prepared, r), recipe, DYNAMIC_DATA, loaded.model)
 
 
-def codebook_mode(source, path, source_sha, data, calibration, recipe: Recipe, image, **collect) -> Mode:
+def codebook_mode(loaded: Source, data, calibration, recipe: Recipe, image, **collect) -> Mode:
     """Clustered weights; the first build is the one asked, kept for when it is asked again. The
     prepared graph and its Gram matrices depend on the codebook's bits alone (the opset), so the
     drift budget's trials reuse them instead of calibrating again (PP-OCRv4: minutes per trial)."""
+    source, source_sha = loaded.model, loaded.sha256
     inputs: dict[int, tuple] = {}
 
     def prepared_inputs(r: Recipe) -> tuple:
@@ -85,12 +89,13 @@ def codebook_mode(source, path, source_sha, data, calibration, recipe: Recipe, i
     return Mode(lambda r: first[:2] if r == recipe else build(r), recipe, first[2], source)
 
 
-def static_mode(source, source_sha, data, calibration, recipe: Recipe, image, *, data_free: bool,
+def static_mode(loaded: Source, data, calibration, recipe: Recipe, image, *, data_free: bool,
                 objective: Objective, if_slower: IfSlower, machine: Machine, max_samples=None,
                 stopwatch: Stopwatch | None = None, **collect) -> Mode:
     """Calibrated activation ranges on one prepared graph, which calibration measures and the plan
     quantizes (equalized, when asked: its activations between the Conv pairs are rescaled); with
     the speed objective, the placement timed fastest on `machine`."""
+    source, source_sha = loaded.model, loaded.sha256
     range_sources = None
     if data_free:
         data = synthetic_data(source, data, calibration, image, seed=recipe.seed, max_samples=max_samples)
