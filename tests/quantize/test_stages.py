@@ -3,20 +3,17 @@ timed by stage, meets the documented stages in the documented order."""
 
 from __future__ import annotations
 
-import re
-
 import ptq_cli
 from ptq_cli.quantization.placement.latency import Objective
 from ptq_cli.quantization.placement.latency.machine import OnnxruntimeMachine
 from tests.conftest import REPO
+from tests.test_docs import _stage_rows
 
 CALIB = REPO / "calibration" / "digits" / "calib"
 
 
 def documented_stages() -> list[str]:
-    text = (REPO / "docs" / "architecture.md").read_text()
-    section = text.split("## The stages", 1)[1].split("\n## ", 1)[0]
-    return re.findall(r"^\| ([a-z +]+) \| `[\w/]+\.py` \|", section, re.M)
+    return [stage for stage, _, _ in _stage_rows()]  # the table test_docs.py checks against the code
 
 
 def _in_documented_order(phases: list[str]) -> list[str]:
